@@ -1,0 +1,1 @@
+"""End-to-end test infrastructure for agentfleet (not part of the operator package)."""

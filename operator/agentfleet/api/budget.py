@@ -1,0 +1,92 @@
+"""Budget: token and money limits per app or tenant, cheap-versus-large routing, and per-task caps. It creates
+nothing; the AgentApp runtime enforces it with a reservation ledger and its spend is read back into status."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from ..names import API_VERSION
+from .base import CRDInfo, Condition, Model, PrinterColumn, Resource, Rule, StatusModel
+
+__all__ = [
+    "BudgetScope", "BudgetLimits", "TaskCaps", "Price", "RoutingSpec", "BudgetSpec", "BudgetStatus", "Budget",
+    "Window",
+]
+
+Window = Literal["hour", "day", "week", "month", "total"]
+
+
+class BudgetScope(Model):
+    """What the limits apply to: an AgentApp, a tenant, or a tenant of an app. Empty means every caller."""
+
+    app: str | None = Field(default=None, min_length=1)
+    tenant: str | None = Field(default=None, min_length=1)
+
+
+class BudgetLimits(Model):
+    __rules__: ClassVar = (
+        Rule("has(self.tokens) || has(self.costUsd)", "set at least one of tokens and costUsd",
+             lambda s: s.tokens is not None or s.cost_usd is not None),
+    )
+
+    tokens: int | None = Field(default=None, ge=0, description="Prompt + completion tokens per window.")
+    cost_usd: float | None = Field(default=None, ge=0, description="Money per window, in US dollars.")
+
+
+class TaskCaps(Model):
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+
+
+class Price(Model):
+    model: str = Field(min_length=1, description="A ModelFleet name or a served model name.")
+    input_per_m_tokens_usd: float = Field(ge=0)
+    output_per_m_tokens_usd: float = Field(ge=0)
+
+
+class RoutingSpec(Model):
+    policy: Literal["cheap-first", "large-only", "small-only"] = "cheap-first"
+    escalate_on_failure: bool = Field(default=True, description="Retry a failed cheap step on the large model.")
+
+
+class BudgetSpec(Model):
+    scope: BudgetScope = Field(default_factory=BudgetScope)
+    window: Window = "day"
+    limits: BudgetLimits
+    per_task: TaskCaps = Field(default_factory=TaskCaps)
+    prices: list[Price] = Field(default_factory=list)
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    on_exhausted: Literal["reject", "degrade"] = Field(
+        default="reject", description="reject: 429 with the reason; degrade: route everything to the small model.")
+
+
+class BudgetStatus(StatusModel):
+    observed_generation: int | None = None
+    window_start: str | None = None
+    window_end: str | None = None
+    spent_tokens: int = 0
+    spent_usd: float = 0.0
+    remaining_tokens: int | None = None
+    remaining_usd: float | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Budget(Resource):
+    __crd__: ClassVar = CRDInfo(
+        kind="Budget", plural="budgets", short_names=("bgt",),
+        columns=(
+            PrinterColumn("Window", ".spec.window"),
+            PrinterColumn("Spent-USD", ".status.spentUsd", "number"),
+            PrinterColumn("Remaining-USD", ".status.remainingUsd", "number"),
+            PrinterColumn("Spent-Tokens", ".status.spentTokens", "integer"),
+            PrinterColumn("Status", '.status.conditions[?(@.type=="Ready")].reason'),
+            PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+        ),
+    )
+
+    api_version: Literal[API_VERSION] = API_VERSION  # type: ignore[valid-type]
+    kind: Literal["Budget"] = "Budget"
+    spec: BudgetSpec
+    status: BudgetStatus = Field(default_factory=BudgetStatus)

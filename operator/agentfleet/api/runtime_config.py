@@ -1,0 +1,53 @@
+"""The runtime configuration: what the operator (or `agentfleet up`) hands an AgentApp's server. It is the
+contract between render and the runtime, so it is a model like the resources themselves."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .agentapp import LedgerSpec, LoopLimits, ModelRole, SubAgent, ToolsSpec
+from .base import Model
+from .budget import BudgetSpec
+from .vectorindex import AccessDefaults, ChunkingSpec, EmbeddingSpec
+
+__all__ = ["ModelEndpoint", "IndexConnection", "BudgetConfig", "RuntimeConfig"]
+
+
+class ModelEndpoint(Model):
+    role: ModelRole
+    fleet: str
+    url: str = Field(description="OpenAI-compatible base URL, ending in /v1.")
+    model: str = Field(description="Served model name sent in requests.")
+    input_per_m_tokens_usd: float | None = None
+    output_per_m_tokens_usd: float | None = None
+
+
+class IndexConnection(Model):
+    name: str
+    uri: str = Field(description="A milvus-lite file path or a Milvus URI.")
+    collection: str
+    token_env: str | None = Field(default=None, description="Environment variable holding the Milvus token.")
+    top_k: int = 5
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    embedding_url: str | None = Field(default=None, description="Base URL when embeddings come from a ModelFleet.")
+    chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
+    access: AccessDefaults = Field(default_factory=AccessDefaults)
+
+
+class BudgetConfig(Model):
+    name: str
+    spec: BudgetSpec
+
+
+class RuntimeConfig(Model):
+    app: str
+    namespace: str
+    models: dict[ModelRole, ModelEndpoint]
+    index: IndexConnection | None = None
+    budget: BudgetConfig | None = None
+    system_prompt: str
+    tools: ToolsSpec
+    sub_agents: list[SubAgent] = Field(default_factory=list)
+    limits: LoopLimits
+    ledger: LedgerSpec
+    api_keys_file: str = Field(description="YAML file: API key -> {user, tenant, groups}.")

@@ -1,0 +1,108 @@
+"""kopf registrations, nothing more: each handler hands the object to `reconcile` and maps the error tree to
+kopf (a spec error is permanent, a missing dependency or an upstream failure is retried with a delay)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
+
+from ..errors import DependencyMissing, SpecError, UpstreamError
+from ..names import ANNOTATION_PREFIX, FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY, VERSION
+from ..render import Defaults
+from . import reconcile as rec
+from .kube import Kube
+
+__all__ = ["PLURALS", "configure"]
+
+PLURALS = {"ModelFleet": "modelfleets", "VectorIndex": "vectorindexes", "AgentApp": "agentapps",
+           "Budget": "budgets"}
+DEPENDENCY_RETRY_S = 15
+UPSTREAM_RETRY_S = 10
+DRIFT_INTERVAL_S = 60
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    """kopf's Body is a read-only view; the reconciler wants plain dicts."""
+    if hasattr(body, "items"):
+        return {k: _plain(v) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_plain(v) for v in body]  # type: ignore[return-value]
+    return body
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Decided once (design.md): changing these later makes kopf re-handle every object.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.networking.request_timeout = 60
+    if getattr(memo, "kube", None) is None:
+        memo.kube = Kube()
+    if getattr(memo, "defaults", None) is None:
+        memo.defaults = Defaults()
+
+
+def _converge(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    plain = _plain(body)
+    try:
+        obj = rec.reconcile(memo.kube, plain, defaults=memo.defaults, now=_now())
+    except SpecError as err:
+        raise kopf.PermanentError(str(err)) from None
+    except DependencyMissing as err:
+        raise kopf.TemporaryError(str(err), delay=DEPENDENCY_RETRY_S) from None
+    except (UpstreamError, ApiException, DynamicApiError) as err:
+        raise kopf.TemporaryError(f"{type(err).__name__}: {err}", delay=UPSTREAM_RETRY_S) from None
+    logger.debug("reconciled %s", obj.ref())
+    if obj.kind in ("ModelFleet", "VectorIndex", "Budget"):
+        for dep in rec.dependents(memo.kube, obj.kind, obj.name, obj.namespace):
+            try:
+                rec.reconcile(memo.kube, dep, defaults=memo.defaults, now=_now())
+            except (SpecError, DependencyMissing, UpstreamError) as err:
+                logger.info("dependent %s not converged yet: %s", dep["metadata"]["name"], err)
+
+
+def _drift(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """The slow timer: same reconcile; failures are already in status and are retried at the next tick."""
+    try:
+        _converge(body, memo, logger)
+    except (kopf.PermanentError, kopf.TemporaryError) as err:
+        logger.debug("drift check: %s", err)
+
+
+for _kind, _plural in PLURALS.items():
+    kopf.on.resume(GROUP, VERSION, _plural, id=f"reconcile-{_plural}")(_converge)
+    kopf.on.create(GROUP, VERSION, _plural, id=f"reconcile-{_plural}")(_converge)
+    kopf.on.update(GROUP, VERSION, _plural, id=f"reconcile-{_plural}")(_converge)
+    kopf.timer(GROUP, VERSION, _plural, id=f"drift-{_plural}", interval=DRIFT_INTERVAL_S,
+               initial_delay=DRIFT_INTERVAL_S)(_drift)
+
+
+def _child_changed(body: Any, memo: kopf.Memo, **_: Any) -> None:
+    """A child's status moved (pods became ready, a Job finished): refresh the owner's status."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            try:
+                rec.refresh(memo.kube, ref["kind"], ref["name"], body["metadata"]["namespace"],
+                            defaults=memo.defaults, now=_now())
+            except (UpstreamError, ApiException, DynamicApiError) as err:
+                raise kopf.TemporaryError(str(err), delay=UPSTREAM_RETRY_S) from None
+
+
+_MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
+kopf.on.event("apps", "v1", "statefulsets", labels=_MANAGED, id="child-statefulsets")(_child_changed)
+kopf.on.event("apps", "v1", "deployments", labels=_MANAGED, id="child-deployments")(_child_changed)
+kopf.on.event("batch", "v1", "jobs", labels=_MANAGED, id="child-jobs")(_child_changed)

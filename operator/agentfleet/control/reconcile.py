@@ -1,0 +1,178 @@
+"""One idempotent reconcile per kind: parse -> resolve references -> render -> server-side apply -> prune what
+is no longer rendered -> observe the children -> write status. resume, create, update, the drift timer and
+child events all end up here, so a restart or a missed event converges to the same state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from .. import render, status
+from ..api import KINDS, AgentApp, Budget, Condition, ModelFleet, Resource, VectorIndex, parse
+from ..errors import AgentfleetError, DependencyMissing, SpecError, UpstreamError
+from ..names import (
+    API_VERSION, CONFIG_HASH_ANNOTATION, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY,
+    engine_name, router_name,
+)
+from ..render import Defaults
+from .kube import Kube
+
+__all__ = ["reconcile", "refresh", "dependents", "observe"]
+
+log = logging.getLogger(__name__)
+
+
+def _stamp(now: dt.datetime) -> str:
+    return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _current_conditions(body: dict[str, Any]) -> list[Condition]:
+    out = []
+    for c in ((body.get("status") or {}).get("conditions") or []):
+        try:
+            out.append(Condition.model_validate(c))
+        except ValueError:
+            continue
+    return out
+
+
+def _write_status(kube: Kube, body: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Patch only what differs, so an unchanged object is not written (no resourceVersion churn)."""
+    old = body.get("status") or {}
+    diff = {k: v for k, v in new.items() if old.get(k) != v}
+    if not diff:
+        return False
+    meta = body["metadata"]
+    kube.patch_status(body["kind"], meta["name"], meta.get("namespace", "default"), diff)
+    return True
+
+
+def _related(kube: Kube, obj: Resource) -> render.Related:
+    """The referenced objects that exist and parse; an invalid one counts as missing for its dependents."""
+    out: render.Related = {}
+    for kind, name in render.references(obj):
+        body = kube.get(API_VERSION, kind, name, obj.namespace)
+        if body is None:
+            continue
+        try:
+            out[(kind, name)] = parse(body)
+        except SpecError:
+            continue
+    return out
+
+
+def _prune(kube: Kube, obj: Resource, children: list[dict[str, Any]]) -> list[str]:
+    """Delete children this object owns but no longer renders (an old ingestion Job, a claim after a mode
+    change). Only objects whose controller owner reference carries our uid are touched."""
+    keep = {(c["kind"], c["metadata"]["name"]) for c in children}
+    selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={obj.name},{LABEL_PART_OF}={obj.kind.lower()}"
+    pruned = []
+    for api_version, kind in render.CHILD_KINDS[obj.kind]:
+        try:
+            existing = kube.list(api_version, kind, obj.namespace, label_selector=selector)
+        except UpstreamError:
+            continue  # kind not served here (the Milvus operator is optional)
+        for item in existing:
+            meta = item["metadata"]
+            owned = any(r.get("uid") == obj.metadata.uid and r.get("controller")
+                        for r in meta.get("ownerReferences") or [])
+            if owned and (kind, meta["name"]) not in keep:
+                kube.delete(api_version, kind, meta["name"], obj.namespace)
+                pruned.append(f"{kind}/{meta['name']}")
+    return pruned
+
+
+def _ingest_summary(kube: Kube, namespace: str, job_name: str) -> dict[str, int] | None:
+    """Each ingestion worker ends by printing a JSON summary as its termination message; add them up."""
+    pods = kube.list("v1", "Pod", namespace, label_selector=f"job-name={job_name}")
+    total: dict[str, int] = {}
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = ((cs.get("state") or {}).get("terminated") or {})
+            if term.get("exitCode") != 0:
+                continue
+            try:
+                report = json.loads(term.get("message") or "")
+            except ValueError:
+                continue
+            for key in ("documents", "chunks", "skippedDocuments"):
+                if isinstance(report.get(key), int):
+                    total[key] = total.get(key, 0) + report[key]
+    return total or None
+
+
+def observe(kube: Kube, obj: Resource, *, now: dt.datetime, defaults: Defaults,
+            children: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The status `obj` should have, from what its children report now."""
+    stamp = _stamp(now)
+    ns = obj.namespace
+    if isinstance(obj, ModelFleet):
+        return status.modelfleet(
+            obj, statefulset=kube.get("apps/v1", "StatefulSet", engine_name(obj.name), ns),
+            router=kube.get("apps/v1", "Deployment", router_name(obj.name), ns), now=stamp)
+    if isinstance(obj, VectorIndex):
+        job_name = render.vectorindex(obj, defaults)[-1]["metadata"]["name"]
+        job = kube.get("batch/v1", "Job", job_name, ns)
+        summary = _ingest_summary(kube, ns, job_name) if job else None
+        return status.vectorindex(obj, job=job, uri=render.connection(obj).uri, now=stamp, summary=summary)
+    if isinstance(obj, AgentApp):
+        dep = kube.get("apps/v1", "Deployment", obj.name, ns)
+        rendered = next((c for c in children or [] if c["kind"] == "Deployment"), dep)
+        cfg_hash = (((rendered or {}).get("spec") or {}).get("template", {}).get("metadata", {})
+                    .get("annotations", {}).get(CONFIG_HASH_ANNOTATION))
+        return status.agentapp(obj, deployment=dep, config_hash=cfg_hash, now=stamp)
+    if isinstance(obj, Budget):
+        return status.budget(obj, now=now)
+    raise TypeError(type(obj).__name__)
+
+
+def reconcile(kube: Kube, body: dict[str, Any], *, defaults: Defaults, now: dt.datetime) -> Resource:
+    """Converge one object. Raises SpecError (permanent) or DependencyMissing (retry later) after recording
+    them in status; UpstreamError and API errors propagate for the caller to retry."""
+    meta = body.get("metadata") or {}
+    try:
+        obj = parse(body)
+        children = render.render(obj, related=_related(kube, obj), defaults=defaults)
+    except (SpecError, DependencyMissing) as err:
+        _write_status(kube, body, status.failed(_current_conditions(body), err, generation=meta.get("generation"),
+                                                now=_stamp(now)))
+        raise
+    for child in children:
+        kube.apply(child)
+    pruned = _prune(kube, obj, children) if obj.metadata.uid else []
+    if pruned:
+        log.info("%s: pruned %s", obj.ref(), ", ".join(pruned))
+    _write_status(kube, body, observe(kube, obj, now=now, defaults=defaults, children=children))
+    return obj
+
+
+def refresh(kube: Kube, kind: str, name: str, namespace: str, *, defaults: Defaults, now: dt.datetime) -> None:
+    """Status only (a child changed): no apply, so a busy StatefulSet does not cause API writes of its own."""
+    if kind not in KINDS:
+        return
+    body = kube.get(API_VERSION, kind, name, namespace)
+    if body is None:
+        return
+    try:
+        obj = parse(body)
+    except SpecError:
+        return  # its own reconcile reports this
+    if render.missing_references(obj, _related(kube, obj)):
+        return
+    _write_status(kube, body, observe(kube, obj, now=now, defaults=defaults))
+
+
+def dependents(kube: Kube, kind: str, name: str, namespace: str) -> list[dict[str, Any]]:
+    """AgentApps (and VectorIndexes) that reference kind/name: they re-render when it changes or appears."""
+    out = []
+    for dep_kind in ("AgentApp", "VectorIndex"):
+        for body in kube.list(API_VERSION, dep_kind, namespace):
+            try:
+                obj = parse(body)
+            except AgentfleetError:
+                continue
+            if (kind, name) in render.references(obj):
+                out.append(body)
+    return out

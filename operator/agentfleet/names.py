@@ -1,0 +1,79 @@
+"""Every name that crosses a process boundary lives here once: the API group and version, the finalizer,
+the field manager, the label keys and the names of the children each resource owns."""
+
+from __future__ import annotations
+
+__all__ = [
+    "GROUP", "VERSION", "API_VERSION", "CATEGORY", "FINALIZER", "FIELD_MANAGER", "SCALER_FIELD_MANAGER",
+    "ANNOTATION_PREFIX", "CONFIG_HASH_ANNOTATION", "SPEC_HASH_LABEL", "MANAGED_BY", "LABEL_NAME", "LABEL_INSTANCE",
+    "LABEL_COMPONENT", "LABEL_MANAGED_BY", "LABEL_PART_OF", "ENGINE_PORT", "ROUTER_PORT", "RUNTIME_PORT",
+    "engine_name", "router_name", "fleet_url", "milvus_uri", "ingest_job_name", "index_data_claim_name",
+    "milvus_name", "app_config_name",
+]
+
+GROUP = "agentfleet.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "agentfleet"
+
+# kopf persistence: set once in the operator's on.startup; changing either makes kopf re-handle every object.
+ANNOTATION_PREFIX = GROUP
+FINALIZER = f"{GROUP}/finalizer"
+
+# One field manager for everything the reconciler applies; the autoscaler writes spec.replicas under its own.
+FIELD_MANAGER = "agentfleet"
+SCALER_FIELD_MANAGER = "agentfleet-autoscaler"
+
+CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
+SPEC_HASH_LABEL = f"{GROUP}/spec-hash"
+
+MANAGED_BY = "agentfleet"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+
+ENGINE_PORT = 8000
+ROUTER_PORT = 8000
+RUNTIME_PORT = 8080
+
+
+def engine_name(fleet: str) -> str:
+    """The vLLM StatefulSet of a ModelFleet and its headless Service."""
+    return f"{fleet}-engine"
+
+
+def router_name(fleet: str) -> str:
+    """The router Deployment of a ModelFleet (and its ServiceAccount and Role)."""
+    return f"{fleet}-router"
+
+
+def fleet_url(fleet: str, namespace: str) -> str:
+    """The OpenAI-compatible base URL of a ModelFleet inside the cluster: its router's Service."""
+    return f"http://{router_name(fleet)}.{namespace}.svc:{ROUTER_PORT}/v1"
+
+
+def ingest_job_name(index: str, spec_hash: str) -> str:
+    """A Job cannot change in place, so its name carries the hash of what it ingests."""
+    return f"{index}-ingest-{spec_hash}"
+
+
+def index_data_claim_name(index: str) -> str:
+    """The PersistentVolumeClaim holding a milvus-lite file when an index runs embedded in a cluster."""
+    return f"{index}-index-data"
+
+
+def milvus_name(index: str) -> str:
+    """The Milvus resource (Milvus operator) of a managed VectorIndex; the operator names its Service
+    `<name>-milvus`."""
+    return index
+
+
+def milvus_uri(index: str, namespace: str) -> str:
+    return f"http://{milvus_name(index)}-milvus.{namespace}.svc:19530"
+
+
+def app_config_name(app: str) -> str:
+    """The ConfigMap holding an AgentApp's rendered runtime configuration."""
+    return f"{app}-config"

@@ -1,0 +1,73 @@
+"""Pure rendering: (resource, the resources it references, defaults) -> child manifests. No cluster access;
+the same functions back the operator, `agentfleet render` and `agentfleet up`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import AgentApp, Budget, ModelFleet, Resource, VectorIndex
+from ..errors import DependencyMissing
+from ..names import fleet_url
+from .agentapp import agentapp, runtime_config
+from .defaults import Defaults
+from .meta import child_meta, labels, owner_reference, selector_labels, stable_hash
+from .modelfleet import modelfleet
+from .vectorindex import connection, ingest_hash, vectorindex
+
+__all__ = [
+    "Defaults", "Related", "render", "references", "missing_references", "modelfleet", "vectorindex", "agentapp",
+    "runtime_config", "connection", "ingest_hash", "child_meta", "labels", "owner_reference", "selector_labels",
+    "stable_hash", "CHILD_KINDS",
+]
+
+# What each kind may own, for pruning and RBAC: (apiVersion, kind).
+CHILD_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "ModelFleet": (("v1", "Service"), ("apps/v1", "StatefulSet"), ("policy/v1", "PodDisruptionBudget"),
+                   ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
+                   ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment")),
+    "VectorIndex": (("v1", "PersistentVolumeClaim"), ("milvus.io/v1beta1", "Milvus"), ("batch/v1", "Job")),
+    "AgentApp": (("v1", "ServiceAccount"), ("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service")),
+    "Budget": (),
+}
+
+Related = dict[tuple[str, str], Resource]
+"""Objects a resource may reference, keyed by (kind, name) in its namespace."""
+
+
+def references(obj: Resource) -> list[tuple[str, str]]:
+    """(kind, name) of every object `obj` references in its namespace, in a stable order."""
+    wanted: list[tuple[str, str]] = []
+    if isinstance(obj, AgentApp):
+        wanted += [("ModelFleet", n) for n in obj.fleet_names]
+        if obj.spec.index:
+            wanted.append(("VectorIndex", obj.spec.index.name))
+        if obj.spec.budget_ref:
+            wanted.append(("Budget", obj.spec.budget_ref.name))
+    elif isinstance(obj, VectorIndex) and obj.spec.embedding.fleet_ref:
+        wanted.append(("ModelFleet", obj.spec.embedding.fleet_ref.name))
+    return wanted
+
+
+def missing_references(obj: Resource, related: Related) -> list[str]:
+    """`Kind/name` of every referenced object not in `related`."""
+    return [f"{k}/{n}" for k, n in references(obj) if (k, n) not in related]
+
+
+def render(obj: Resource, *, related: Related, defaults: Defaults) -> list[dict[str, Any]]:
+    """Every child of `obj`. Raises DependencyMissing when a reference is not in `related`."""
+    missing = missing_references(obj, related)
+    if missing:
+        raise DependencyMissing(obj.ref(), missing)
+    if isinstance(obj, ModelFleet):
+        return modelfleet(obj, defaults)
+    if isinstance(obj, VectorIndex):
+        ref = obj.spec.embedding.fleet_ref
+        return vectorindex(obj, defaults, embedder_url=fleet_url(ref.name, obj.namespace) if ref else None)
+    if isinstance(obj, AgentApp):
+        fleets = {n: related[("ModelFleet", n)] for n in obj.fleet_names}
+        index = related[("VectorIndex", obj.spec.index.name)] if obj.spec.index else None
+        budget = related[("Budget", obj.spec.budget_ref.name)] if obj.spec.budget_ref else None
+        return agentapp(obj, defaults, fleets=fleets, index=index, budget=budget)  # type: ignore[arg-type]
+    if isinstance(obj, Budget):
+        return []
+    raise TypeError(f"cannot render {type(obj).__name__}")

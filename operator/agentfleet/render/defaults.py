@@ -1,0 +1,18 @@
+"""What the operator fills in when a spec leaves it open: pinned images and cluster-wide settings. One instance
+comes from the operator's flags; tests build their own."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from .. import __version__
+
+__all__ = ["Defaults"]
+
+
+class Defaults(BaseModel):
+    agentfleet_image: str = f"ghcr.io/agentfleet/agentfleet:{__version__}"
+    # vLLM's OpenAI server image; `vllm serve` is its entry point.
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    image_pull_policy: str = "IfNotPresent"

@@ -1,0 +1,177 @@
+"""Builders for the unit tier: small custom resources made from dicts through `agentfleet.api.parse` (the same
+path the operator takes), pinned defaults, and readers for rendered manifests. Exposed as the `kit` fixture so
+test modules never import this file by name."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import pytest
+
+from agentfleet.api import AgentApp, Budget, ModelFleet, Resource, VectorIndex, parse
+from agentfleet.names import (
+    API_VERSION, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY,
+)
+from agentfleet.render import Defaults
+
+NS = "team-a"
+UID = "6f1c2a9e-0d3b-4c1e-9a7f-2b8d5e4c3a10"
+# The longest name an owner may have (api.base.MAX_NAME_LENGTH): every child name must still fit in 63.
+LONGEST_NAME = "n" * 38 + "-z"
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+RECOMMENDED_LABELS = (LABEL_NAME, LABEL_INSTANCE, LABEL_COMPONENT, LABEL_MANAGED_BY)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    """`override` laid over `base`, recursively; a None value removes the key."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class Kit:
+    ns = NS
+    uid = UID
+    longest_name = LONGEST_NAME
+    dns1123 = DNS1123_LABEL
+    dns1035 = DNS1035_LABEL
+    merge = staticmethod(merge)
+    defaults = Defaults(agentfleet_image="registry.test/agentfleet:unit", vllm_image="registry.test/vllm:unit",
+                        image_pull_policy="IfNotPresent")
+
+    # --- resources -----------------------------------------------------------------------------------------
+    @staticmethod
+    def make(kind: str, name: str, spec: dict[str, Any], *, uid: str | None = UID, namespace: str = NS,
+             generation: int | None = 1, annotations: dict[str, str] | None = None,
+             labels: dict[str, str] | None = None, status: dict[str, Any] | None = None) -> Resource:
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        if uid is not None:
+            meta["uid"] = uid
+        if generation is not None:
+            meta["generation"] = generation
+        if annotations:
+            meta["annotations"] = annotations
+        if labels:
+            meta["labels"] = labels
+        doc: dict[str, Any] = {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
+        if status is not None:
+            doc["status"] = status
+        return parse(doc)
+
+    def fleet(self, name: str = "llm", spec: dict[str, Any] | None = None, **meta: Any) -> ModelFleet:
+        base = {"model": {"uri": "hf://acme/chat-7b"}}
+        return self.make("ModelFleet", name, merge(base, spec), **meta)  # type: ignore[return-value]
+
+    def index(self, name: str = "docs", spec: dict[str, Any] | None = None, **meta: Any) -> VectorIndex:
+        base = {"source": {"configMap": {"name": "corpus"}}}
+        return self.make("VectorIndex", name, merge(base, spec), **meta)  # type: ignore[return-value]
+
+    def app(self, name: str = "assistant", spec: dict[str, Any] | None = None, **meta: Any) -> AgentApp:
+        base = {"fleets": {"large": "large"}, "index": {"name": "docs"},
+                "auth": {"apiKeysSecretRef": {"name": "api-keys", "key": "keys.yaml"}}}
+        return self.make("AgentApp", name, merge(base, spec), **meta)  # type: ignore[return-value]
+
+    def budget(self, name: str = "spend", spec: dict[str, Any] | None = None, **meta: Any) -> Budget:
+        base = {"limits": {"costUsd": 5}}
+        return self.make("Budget", name, merge(base, spec), **meta)  # type: ignore[return-value]
+
+    @staticmethod
+    def related(*objs: Resource) -> dict[tuple[str, str], Resource]:
+        return {(o.kind, o.name): o for o in objs}
+
+    # --- reading manifests ---------------------------------------------------------------------------------
+    @staticmethod
+    def one(children: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [c for c in children if c["kind"] == kind and (name is None or c["metadata"]["name"] == name)]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, got {[c['metadata']['name'] for c in found]}"
+        return found[0]
+
+    @staticmethod
+    def container(manifest: dict[str, Any]) -> dict[str, Any]:
+        containers = manifest["spec"]["template"]["spec"]["containers"]
+        assert len(containers) == 1
+        return containers[0]
+
+    @staticmethod
+    def flag(args: list[str], name: str) -> str | None:
+        """The value following `name` in an argument list; None when the flag is absent."""
+        if name not in args:
+            return None
+        assert args.count(name) == 1, f"{name} given {args.count(name)} times"
+        return args[args.index(name) + 1]
+
+    @staticmethod
+    def volume(manifest: dict[str, Any], name: str) -> dict[str, Any] | None:
+        return next((v for v in manifest["spec"]["template"]["spec"].get("volumes", []) if v["name"] == name), None)
+
+    @staticmethod
+    def mount(container: dict[str, Any], name: str) -> dict[str, Any] | None:
+        return next((m for m in container.get("volumeMounts", []) if m["name"] == name), None)
+
+    @staticmethod
+    def env(container: dict[str, Any], name: str) -> dict[str, Any] | None:
+        return next((e for e in container.get("env", []) if e["name"] == name), None)
+
+    @staticmethod
+    def child_problems(children: list[dict[str, Any]], owner: Resource) -> list[str]:
+        """What every child of every kind must satisfy, as a list of violations (empty when all hold)."""
+        problems = []
+        for c in children:
+            meta = c["metadata"]
+            what = f"{c['kind']}/{meta['name']}"
+            if meta.get("namespace") != owner.namespace:
+                problems.append(f"{what}: namespace {meta.get('namespace')!r}")
+            if not DNS1123_LABEL.match(meta["name"]) or len(meta["name"]) > 63:
+                problems.append(f"{what}: name is not a DNS-1123 label of at most 63 characters")
+            labels = meta.get("labels") or {}
+            missing = [k for k in RECOMMENDED_LABELS if not labels.get(k)]
+            if missing:
+                problems.append(f"{what}: missing labels {missing}")
+            if labels.get(LABEL_INSTANCE) != owner.name or labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+                problems.append(f"{what}: instance/managed-by labels {labels}")
+            if any(len(v) > 63 for v in labels.values()):
+                problems.append(f"{what}: a label value is longer than 63")
+            refs = meta.get("ownerReferences")
+            if owner.metadata.uid:
+                want = [{"apiVersion": owner.api_version, "kind": owner.kind, "name": owner.name,
+                         "uid": owner.metadata.uid, "controller": True, "blockOwnerDeletion": True}]
+                if refs != want:
+                    problems.append(f"{what}: ownerReferences {refs}")
+            elif refs is not None:
+                problems.append(f"{what}: ownerReferences without an owner uid: {refs}")
+        return problems
+
+    @staticmethod
+    def aliased(children: list[dict[str, Any]]) -> list[str]:
+        """Paths of dicts and lists reachable twice from the rendered children (one object in two places)."""
+        seen: dict[int, str] = {}
+        out: list[str] = []
+
+        def walk(node: Any, path: str) -> None:
+            if not isinstance(node, (dict, list)):
+                return
+            if id(node) in seen:
+                out.append(f"{path} is {seen[id(node)]}")
+                return
+            seen[id(node)] = path
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, value in items:
+                walk(value, f"{path}.{key}")
+
+        for c in children:
+            walk(c, f"{c['kind']}/{c['metadata']['name']}")
+        return out
+
+
+@pytest.fixture(scope="session")
+def kit() -> Kit:
+    return Kit()

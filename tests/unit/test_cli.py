@@ -1,0 +1,101 @@
+"""The command line as a user runs it: exit codes and the lines they read."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentfleet.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "agentapp.yaml"
+
+BAD = """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: not-ours}
+---
+apiVersion: agentfleet.io/v1alpha1
+kind: ModelFleet
+metadata: {name: llama, namespace: prod}
+spec:
+  model: {uri: "hf://meta-llama/Llama-3.1-8B-Instruct"}
+  autoscaling: {minReplicas: 5, maxReplicas: 3}
+  router: {policy: random}
+---
+apiVersion: agentfleet.io/v1alpha1
+kind: Budget
+metadata: {name: b}
+spec:
+  limits: {costUsd: -1}
+"""
+
+
+def test_validate_accepts_the_example(capsys):
+    assert main(["validate", "-f", str(EXAMPLE)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_validate_reports_one_line_per_problem(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text(BAD)
+    assert main(["validate", "-f", str(f)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [
+        f"{f}: document 2 (ModelFleet prod/llama): spec.autoscaling.minReplicas: "
+        "minReplicas must be less than or equal to maxReplicas",
+        f"{f}: document 2 (ModelFleet prod/llama): spec.router.policy: Input should be 'prefix-aware', 'session', "
+        "'least-load' or 'round-robin', got 'random'",
+        f"{f}: document 3 (Budget default/b): spec.limits.costUsd: Input should be greater than or equal to 0",
+    ]
+
+
+def test_validate_reports_unreadable_yaml(tmp_path, capsys):
+    f = tmp_path / "broken.yaml"
+    f.write_text("kind: [unclosed\n")
+    assert main(["validate", "-f", str(f)]) == 1
+    assert "cannot read" in capsys.readouterr().out
+
+
+def test_render_prints_every_child_of_the_example(capsys):
+    assert main(["render", "-f", str(EXAMPLE)]) == 0
+    children = list(yaml.safe_load_all(capsys.readouterr().out))
+    kinds = {(c["kind"], c["metadata"]["name"]) for c in children}
+    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    fleets = [d["metadata"]["name"] for d in docs if d["kind"] == "ModelFleet"]
+    apps = [d["metadata"]["name"] for d in docs if d["kind"] == "AgentApp"]
+    for f in fleets:
+        assert ("StatefulSet", f"{f}-engine") in kinds
+        assert ("Deployment", f"{f}-router") in kinds
+    for a in apps:
+        assert ("Deployment", a) in kinds
+        assert ("ConfigMap", f"{a}-config") in kinds
+    assert any(k == "Job" for k, _ in kinds)
+
+
+def test_render_names_a_missing_reference(tmp_path, capsys):
+    f = tmp_path / "app.yaml"
+    f.write_text(yaml.safe_dump({
+        "apiVersion": "agentfleet.io/v1alpha1", "kind": "AgentApp", "metadata": {"name": "a"},
+        "spec": {"fleets": {"large": "nope"}, "tools": {"builtin": []},
+                 "auth": {"apiKeysSecretRef": {"name": "k", "key": "keys.yaml"}}}}))
+    assert main(["render", "-f", str(f)]) == 1
+    assert "AgentApp default/a: waiting for ModelFleet/nope" in capsys.readouterr().err
+
+
+def test_crds_command_writes_what_is_committed(tmp_path):
+    assert main(["crds", "--out", str(tmp_path)]) == 0
+    for f in (ROOT / "crds").glob("agentfleet.io_*.yaml"):
+        assert (tmp_path / f.name).read_text() == f.read_text()
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["validate", "--help"]], ids=["version", "help"])
+def test_console_script_is_installed(argv):
+    out = subprocess.run([Path(sys.executable).parent / "agentfleet", *argv], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
