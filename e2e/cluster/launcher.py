@@ -367,8 +367,7 @@ def up(
     deadline = time.monotonic() + timeout
 
     def fail(why: str) -> ClusterError:
-        logs = cluster_logs(name)
-        print(logs, file=sys.stderr, flush=True)
+        logs = cluster_logs(name)  # part of the exception message (pytest and the CLI show it)
         with contextlib.suppress(Exception):
             down(name)
         return ClusterError(f"cluster {name!r}: {why}\n{logs}")

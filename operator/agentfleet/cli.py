@@ -98,6 +98,9 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+_PLUGGED: list = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentfleet", description=__doc__)
     p.add_argument("--version", action="version", version=f"agentfleet {__version__}")
@@ -127,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--prometheus-url", help="Prometheus the autoscaler reads")
     o.add_argument("-v", "--verbose", action="store_true")
     o.set_defaults(func=_cmd_operator)
+
+    # Commands owned by other rooms register themselves here (each module exposes add_parsers(sub)).
+    for module in _PLUGGED:
+        module.add_parsers(sub)
     return p
 
 

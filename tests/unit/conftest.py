@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agentfleet.api import AgentApp, Budget, ModelFleet, Resource, VectorIndex, parse
+from agentfleet.api.base import MAX_NAME_LENGTH
 from agentfleet.names import (
     API_VERSION, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY,
 )
@@ -20,6 +21,7 @@ NS = "team-a"
 UID = "6f1c2a9e-0d3b-4c1e-9a7f-2b8d5e4c3a10"
 # The longest name an owner may have (api.base.MAX_NAME_LENGTH): every child name must still fit in 63.
 LONGEST_NAME = "n" * 38 + "-z"
+assert len(LONGEST_NAME) == MAX_NAME_LENGTH, "the test tables' longest-name rows use this literal"
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 RECOMMENDED_LABELS = (LABEL_NAME, LABEL_INSTANCE, LABEL_COMPONENT, LABEL_MANAGED_BY)

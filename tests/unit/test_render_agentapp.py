@@ -9,8 +9,10 @@ import yaml
 
 from agentfleet import render
 from agentfleet.api import RuntimeConfig
-from agentfleet.errors import DependencyMissing
-from agentfleet.names import CONFIG_HASH_ANNOTATION, RUNTIME_PORT, app_config_name, fleet_url, index_data_claim_name
+from agentfleet.errors import DependencyMissing, SpecError
+from agentfleet.names import (
+    CONFIG_HASH_ANNOTATION, RUNTIME_PORT, app_config_name, fleet_url, index_data_claim_name,
+)
 from agentfleet.render.agentapp import CONFIG_DIR, KEYS_DIR
 from agentfleet.render.vectorindex import INDEX_MOUNT, MILVUS_TOKEN_ENV
 
@@ -298,7 +300,7 @@ def test_children_share_no_mutable_objects(kit):
 def test_service_name_is_rfc1035_or_the_app_is_rejected(kit):
     try:
         app, related = _world(kit, app_name="1app")
-    except Exception:  # rejected at parse: the desired outcome
+    except SpecError:  # rejected at parse: the desired outcome
         return
     svc = kit.one(_render(kit, app, related), "Service")
 

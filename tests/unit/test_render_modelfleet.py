@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agentfleet import render
-from agentfleet.render.modelfleet import engine_args
+from agentfleet.errors import SpecError
 from agentfleet.names import ENGINE_PORT, ROUTER_PORT, engine_name, router_name
+from agentfleet.render.modelfleet import engine_args
 
 
 def _children(kit, spec=None, **meta):
@@ -313,7 +314,7 @@ def test_children_share_no_mutable_objects(kit):
 def test_service_names_are_rfc1035_or_the_fleet_is_rejected(kit):
     try:
         fleet = kit.fleet("1llm")
-    except Exception:  # rejected at parse: the desired outcome
+    except SpecError:  # rejected at parse: the desired outcome
         return
     services = [c for c in render.modelfleet(fleet, kit.defaults) if c["kind"] == "Service"]
 
