@@ -94,7 +94,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     defaults = Defaults(**{k: v for k, v in {"agentfleet_image": args.image, "vllm_image": args.vllm_image,
                                              "prometheus_url": args.prometheus_url}.items() if v})
     run(namespaces=args.namespace or (), standalone=args.standalone, liveness=args.liveness, defaults=defaults,
-        verbose=args.verbose)
+        verbose=args.verbose, log_format=args.log_format)
     return 0
 
 
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--image", help="agentfleet image for routers, ingestion Jobs and runtimes")
     o.add_argument("--vllm-image", help="default vLLM image for ModelFleets")
     o.add_argument("--prometheus-url", help="Prometheus the autoscaler reads")
+    o.add_argument("--log-format", choices=["full", "plain", "json"], default="full",
+                   help="json: one structured event per line")
     o.add_argument("-v", "--verbose", action="store_true")
     o.set_defaults(func=_cmd_operator)
 

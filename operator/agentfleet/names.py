@@ -7,7 +7,7 @@ __all__ = [
     "GROUP", "VERSION", "API_VERSION", "CATEGORY", "FINALIZER", "FIELD_MANAGER", "SCALER_FIELD_MANAGER",
     "ANNOTATION_PREFIX", "CONFIG_HASH_ANNOTATION", "SPEC_HASH_LABEL", "MANAGED_BY", "LABEL_NAME", "LABEL_INSTANCE",
     "LABEL_COMPONENT", "LABEL_MANAGED_BY", "LABEL_PART_OF", "ENGINE_PORT", "ROUTER_PORT", "RUNTIME_PORT",
-    "engine_name", "router_name", "fleet_url", "milvus_uri", "ingest_job_name", "index_data_claim_name",
+    "engine_name", "router_name", "fleet_url", "milvus_uri", "ingest_job_name",
     "milvus_name", "app_config_name",
 ]
 
@@ -59,14 +59,9 @@ def ingest_job_name(index: str, spec_hash: str) -> str:
     return f"{index}-ingest-{spec_hash}"
 
 
-def index_data_claim_name(index: str) -> str:
-    """The PersistentVolumeClaim holding a milvus-lite file when an index runs embedded in a cluster."""
-    return f"{index}-index-data"
-
-
 def milvus_name(index: str) -> str:
     """The Milvus resource (Milvus operator) of a managed VectorIndex; the operator names its Service
-    `<name>-milvus`."""
+    `<name>-milvus`, and an embedded index's own Milvus pod and Service use that same name."""
     return index
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from .api import AgentApp, Budget, Condition, ModelFleet, VectorIndex
 from .conditions import DEGRADED, PROGRESSING, READY, Status, set_condition
 from .errors import AgentfleetError
-from .names import fleet_url
+from .names import RUNTIME_PORT, fleet_url
 from .render.meta import selector_labels
 from .render.modelfleet import ENGINE_APP
 
@@ -20,12 +20,17 @@ Verdict = tuple[Status, str, str]
 """(Ready status, reason, message)."""
 
 
+# Ready=True reasons that still mean work in flight (Progressing stays True).
+_MOVING = {"Scaling"}
+
+
 def conditions_for(current: list[Condition], verdict: Verdict, *, generation: int | None, now: str,
                    degraded: tuple[str, str] | None = None) -> list[dict[str, Any]]:
-    """Ready from the verdict; Progressing while not ready and not failed; Degraded when given a (reason, msg)."""
+    """Ready from the verdict; Progressing while not (fully) ready and not failed; Degraded when given a
+    (reason, message)."""
     ready, reason, message = verdict
     conds = set_condition(current, READY, ready, reason, message, generation=generation, now=now)
-    progressing: Status = "True" if ready != "True" and degraded is None else "False"
+    progressing: Status = "True" if (ready != "True" or reason in _MOVING) and degraded is None else "False"
     conds = set_condition(conds, PROGRESSING, progressing, reason if progressing == "True" else "Stable",
                           message if progressing == "True" else "", generation=generation, now=now)
     if degraded:
@@ -67,13 +72,13 @@ def modelfleet(fleet: ModelFleet, *, statefulset: dict[str, Any] | None, router:
     elif desired == 0:
         verdict = ("True", "ScaledToZero", "scaled to zero replicas")
     elif ready == 0:
-        verdict = ("False", "ReplicasNotReady", f"0/{desired} replicas ready (loading the model?)")
+        verdict = ("False", "ReplicasNotReady", f"0 of {desired} desired replicas ready (loading the model?)")
     elif router_ready == 0:
-        verdict = ("False", "RouterNotReady", f"{ready}/{desired} replicas ready, router not ready")
-    elif ready < desired:
-        verdict = ("True", "Scaling", f"{ready}/{desired} replicas ready")
+        verdict = ("False", "RouterNotReady", f"{ready} of {desired} desired replicas ready, router not ready")
+    elif ready != desired or current != desired:
+        verdict = ("True", "Scaling", f"{ready} replicas ready, {current} running, {desired} desired")
     else:
-        verdict = ("True", "Ready", f"{ready}/{desired} replicas ready")
+        verdict = ("True", "Ready", f"{ready} of {desired} replicas ready")
     return {
         "observedGeneration": gen,
         "replicas": current,
@@ -138,7 +143,7 @@ def agentapp(app: AgentApp, *, deployment: dict[str, Any] | None, config_hash: s
         verdict = ("True", "Ready", f"{ready}/{desired} runtime replicas ready")
     return {
         "observedGeneration": gen,
-        "endpoint": f"http://{app.name}.{app.namespace}.svc:8080/v1",
+        "endpoint": f"http://{app.name}.{app.namespace}.svc:{RUNTIME_PORT}/v1",
         "replicas": _int(deployment, "status", "replicas"),
         "readyReplicas": ready,
         "fleets": app.fleet_names,
@@ -150,8 +155,8 @@ def agentapp(app: AgentApp, *, deployment: dict[str, Any] | None, config_hash: s
 
 
 def window_bounds(window: str, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """The current accounting window (UTC, calendar-aligned) containing `now`."""
-    now = now.astimezone(dt.timezone.utc)
+    """The current accounting window (UTC, calendar-aligned) containing `now` (a naive `now` is UTC)."""
+    now = now.replace(tzinfo=dt.timezone.utc) if now.tzinfo is None else now.astimezone(dt.timezone.utc)
     if window == "total":
         return None, None
     if window == "hour":
@@ -173,10 +178,11 @@ def _iso(t: dt.datetime | None) -> str | None:
 
 
 def budget(b: Budget, *, now: dt.datetime) -> dict[str, Any]:
-    """Window and remaining allowance. Spend is written by the runtime's ledger; a new window starts at zero."""
+    """Window and remaining allowance. One writer per field: spentUsd/spentTokens belong to the runtime's ledger
+    (which resets them when its window turns); the operator only derives remaining and Exhausted from them."""
     gen = b.metadata.generation
     start, end = window_bounds(b.spec.window, now)
-    same_window = b.status.window_start == _iso(start)
+    same_window = b.status.window_start in (None, _iso(start))
     spent_usd = b.status.spent_usd if same_window else 0.0
     spent_tokens = b.status.spent_tokens if same_window else 0
     lim = b.spec.limits
@@ -199,8 +205,6 @@ def budget(b: Budget, *, now: dt.datetime) -> dict[str, Any]:
         "observedGeneration": gen,
         "windowStart": _iso(start),
         "windowEnd": _iso(end),
-        "spentUsd": spent_usd,
-        "spentTokens": spent_tokens,
         "remainingUsd": remaining_usd,
         "remainingTokens": remaining_tokens,
         "conditions": [c.wire() for c in conds],

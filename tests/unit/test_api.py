@@ -46,7 +46,7 @@ def test_minimal_documents_parse_with_defaults():
     index = parse(INDEX)
     assert isinstance(index, VectorIndex)
     assert index.collection == "docs"
-    assert index.spec.milvus.mode == "lite"
+    assert index.spec.milvus.mode == "embedded"
     assert index.spec.access.allow_public is False
     app = parse(APP)
     assert isinstance(app, AgentApp)

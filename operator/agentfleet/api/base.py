@@ -12,10 +12,13 @@ from pydantic_core import PydanticCustomError
 
 __all__ = [
     "Rule", "Model", "StatusModel", "ObjectMeta", "Condition", "LocalRef", "SecretKeyRef", "PrinterColumn",
-    "CRDInfo", "Resource", "DNS1123_LABEL", "MAX_NAME_LENGTH",
+    "CRDInfo", "Resource", "DNS1123_LABEL", "RFC1035_LABEL", "MAX_NAME_LENGTH",
 ]
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Our names become Service names, which must be RFC 1035 labels (start with a letter). Kubernetes accepts any
+# DNS subdomain as an object name, so the operator (not the schema) rejects the rest with InvalidSpec.
+RFC1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # Children append suffixes such as "-ingest-0123456789" and pod ordinals; 40 keeps every child name under 63.
 MAX_NAME_LENGTH = 40
 
@@ -74,7 +77,7 @@ class StatusModel(Model):
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel)
 
-    name: str = Field(pattern=DNS1123_LABEL, max_length=MAX_NAME_LENGTH)
+    name: str = Field(pattern=RFC1035_LABEL, max_length=MAX_NAME_LENGTH)
     namespace: str = "default"
     uid: str | None = None
     generation: int | None = None

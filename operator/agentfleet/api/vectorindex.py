@@ -84,22 +84,23 @@ class ManagedMilvusSpec(Model):
 
 
 class MilvusSpec(Model):
-    """lite: milvus-lite, a file (on one machine; in a cluster a PersistentVolumeClaim). external: any Milvus by
-    URI. managed: a `Milvus` resource for the Milvus operator, sized here."""
+    """embedded: milvus-lite, a file, on one machine (`agentfleet up`); in a cluster, one Milvus standalone pod with
+    embedded etcd and local storage (milvus-lite locks its file, so it cannot be shared by ingestion workers and
+    runtime replicas). external: any Milvus by URI. managed: a `Milvus` resource for the Milvus operator."""
 
     __rules__: ClassVar = (
         Rule("self.mode != 'external' || has(self.uri)", "uri is required when mode is external",
              lambda s: s.mode != "external" or s.uri is not None, "uri"),
     )
 
-    mode: Literal["lite", "external", "managed"] = "lite"
+    mode: Literal["embedded", "external", "managed"] = "embedded"
     uri: str | None = Field(default=None, pattern=r"^(https?|tcp|grpc)://\S+$")
     token_secret_ref: SecretKeyRef | None = None
     collection: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
                                    description="Defaults to the VectorIndex's name with '-' as '_'.")
     shards: int = Field(default=2, ge=1, le=64)
-    storage_size: str = Field(default="5Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
-                              description="Size of the claim that holds the milvus-lite file (lite mode).")
+    storage_size: str = Field(default="10Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
+                              description="Volume of the embedded Milvus pod in a cluster.")
     managed: ManagedMilvusSpec = Field(default_factory=ManagedMilvusSpec)
     deletion_policy: Literal["Delete", "Retain"] = Field(
         default="Delete", description="What happens to the collection when the VectorIndex is deleted.")

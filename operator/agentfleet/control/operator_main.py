@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Sequence
 
@@ -17,12 +16,13 @@ __all__ = ["run"]
 
 def run(*, namespaces: Sequence[str] = (), standalone: bool = True, liveness: str | None = None,
         defaults: Defaults | None = None, kube: Kube | None = None, stop_flag: threading.Event | None = None,
-        ready_flag: threading.Event | None = None, verbose: bool = False) -> None:
-    """Blocks until stopped. No namespaces means every namespace (cluster-wide)."""
+        ready_flag: threading.Event | None = None, verbose: bool = False, log_format: str = "full") -> None:
+    """Blocks until stopped. No namespaces means every namespace (cluster-wide). `log_format` json gives one
+    JSON object per line, with the object's namespace/name under "object"."""
     from . import handlers  # noqa: F401  (registers the handlers with kopf's default registry)
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if threading.current_thread() is threading.main_thread():
+        kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format.upper()], log_refkey="object")
     memo = kopf.Memo(kube=kube, defaults=defaults)
     asyncio.run(kopf.operator(
         standalone=standalone,

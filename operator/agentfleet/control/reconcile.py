@@ -113,7 +113,8 @@ def observe(kube: Kube, obj: Resource, *, now: dt.datetime, defaults: Defaults,
             obj, statefulset=kube.get("apps/v1", "StatefulSet", engine_name(obj.name), ns),
             router=kube.get("apps/v1", "Deployment", router_name(obj.name), ns), now=stamp)
     if isinstance(obj, VectorIndex):
-        job_name = render.vectorindex(obj, defaults)[-1]["metadata"]["name"]
+        job_name = (next((c for c in children or [] if c["kind"] == "Job"), None)
+                    or render.ingest_job(obj, defaults))["metadata"]["name"]
         job = kube.get("batch/v1", "Job", job_name, ns)
         summary = _ingest_summary(kube, ns, job_name) if job else None
         return status.vectorindex(obj, job=job, uri=render.connection(obj).uri, now=stamp, summary=summary)
@@ -159,9 +160,11 @@ def refresh(kube: Kube, kind: str, name: str, namespace: str, *, defaults: Defau
         obj = parse(body)
     except SpecError:
         return  # its own reconcile reports this
-    if render.missing_references(obj, _related(kube, obj)):
-        return
-    _write_status(kube, body, observe(kube, obj, now=now, defaults=defaults))
+    try:
+        children = render.render(obj, related=_related(kube, obj), defaults=defaults)
+    except DependencyMissing:
+        return  # its own reconcile reports and retries this
+    _write_status(kube, body, observe(kube, obj, now=now, defaults=defaults, children=children))
 
 
 def dependents(kube: Kube, kind: str, name: str, namespace: str) -> list[dict[str, Any]]:

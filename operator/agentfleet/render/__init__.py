@@ -12,11 +12,11 @@ from .agentapp import agentapp, runtime_config
 from .defaults import Defaults
 from .meta import child_meta, labels, owner_reference, selector_labels, stable_hash
 from .modelfleet import modelfleet
-from .vectorindex import connection, ingest_hash, vectorindex
+from .vectorindex import connection, ingest_job, vectorindex
 
 __all__ = [
     "Defaults", "Related", "render", "references", "missing_references", "modelfleet", "vectorindex", "agentapp",
-    "runtime_config", "connection", "ingest_hash", "child_meta", "labels", "owner_reference", "selector_labels",
+    "runtime_config", "connection", "ingest_job", "child_meta", "labels", "owner_reference", "selector_labels",
     "stable_hash", "CHILD_KINDS",
 ]
 
@@ -25,7 +25,8 @@ CHILD_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
     "ModelFleet": (("v1", "Service"), ("apps/v1", "StatefulSet"), ("policy/v1", "PodDisruptionBudget"),
                    ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
                    ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment")),
-    "VectorIndex": (("v1", "PersistentVolumeClaim"), ("milvus.io/v1beta1", "Milvus"), ("batch/v1", "Job")),
+    "VectorIndex": (("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet"),
+                    ("milvus.io/v1beta1", "Milvus"), ("batch/v1", "Job")),
     "AgentApp": (("v1", "ServiceAccount"), ("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service")),
     "Budget": (),
 }

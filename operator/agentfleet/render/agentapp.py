@@ -4,15 +4,16 @@ References are resolved by the caller and passed in; a missing one is the caller
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import yaml
 
 from ..api import AgentApp, Budget, BudgetConfig, ModelEndpoint, ModelFleet, RuntimeConfig, VectorIndex
-from ..names import CONFIG_HASH_ANNOTATION, RUNTIME_PORT, app_config_name, fleet_url, index_data_claim_name
+from ..names import CONFIG_HASH_ANNOTATION, RUNTIME_PORT, app_config_name, fleet_url
 from .defaults import Defaults
-from .meta import child_meta, selector_labels, stable_hash
-from .vectorindex import INDEX_MOUNT, MILVUS_TOKEN_ENV, connection
+from .meta import child_meta, pod_labels, selector_labels, stable_hash
+from .vectorindex import MILVUS_TOKEN_ENV, connection
 
 __all__ = ["agentapp", "runtime_config", "RUNTIME_APP", "CONFIG_DIR", "KEYS_DIR"]
 
@@ -37,17 +38,19 @@ def runtime_config(app: AgentApp, *, fleets: dict[str, ModelFleet], index: Vecto
                    budget: Budget | None, fleet_urls: dict[str, str] | None = None,
                    keys_file: str = f"{KEYS_DIR}/keys.yaml") -> RuntimeConfig:
     """`fleet_urls` overrides the in-cluster router URLs (`agentfleet up` points them at local servers)."""
-    urls = {name: (fleet_urls or {}).get(name) or fleet_url(name, app.namespace) for name in fleets}
+    def url(name: str) -> str:
+        return (fleet_urls or {}).get(name) or fleet_url(name, app.namespace)
+
     roles = app.spec.fleets
     small = roles.small or roles.large
     models = {
-        "large": _endpoint("large", fleets[roles.large], budget, urls[roles.large]),
-        "small": _endpoint("small", fleets[small], budget, urls[small]),
+        "large": _endpoint("large", fleets[roles.large], budget, url(roles.large)),
+        "small": _endpoint("small", fleets[small], budget, url(small)),
     }
     conn = None
     if index is not None and app.spec.index is not None:
         emb_fleet = roles.embedder or (index.spec.embedding.fleet_ref.name if index.spec.embedding.fleet_ref else None)
-        conn = connection(index, top_k=app.spec.index.top_k, embedding_url=urls.get(emb_fleet) if emb_fleet else None)
+        conn = connection(index, top_k=app.spec.index.top_k, embedding_url=url(emb_fleet) if emb_fleet else None)
     return RuntimeConfig(
         app=app.name, namespace=app.namespace, models=models, index=conn,
         budget=BudgetConfig(name=budget.name, spec=budget.spec) if budget else None,
@@ -66,7 +69,9 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
     cfg = runtime_config(app, fleets=fleets, index=index, budget=budget)
     cfg_text = yaml.safe_dump(cfg.wire(), sort_keys=True)
     cfg_hash = stable_hash(cfg_text)
-    meta = child_meta(app, app.name, app=RUNTIME_APP, component="runtime")
+    def meta() -> dict[str, Any]:
+        return child_meta(app, app.name, app=RUNTIME_APP, component="runtime")
+
     sel = selector_labels(app, app=RUNTIME_APP, component="runtime")
     auth = app.spec.auth.api_keys_secret_ref
     volumes: list[dict[str, Any]] = [
@@ -82,17 +87,12 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     env: list[dict[str, Any]] = [{"name": "AGENTFLEET_STATE_DIR", "value": "/var/lib/agentfleet"}]
-    if index is not None and cfg.index is not None:
-        if index.spec.milvus.mode == "lite":
-            volumes.append({"name": "index", "persistentVolumeClaim": {
-                "claimName": index_data_claim_name(index.name), "readOnly": True}})
-            mounts.append({"name": "index", "mountPath": INDEX_MOUNT, "readOnly": True})
-        if index.spec.milvus.token_secret_ref:
-            ref = index.spec.milvus.token_secret_ref
-            env.append({"name": MILVUS_TOKEN_ENV,
-                        "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+    if index is not None and cfg.index is not None and index.spec.milvus.token_secret_ref:
+        ref = index.spec.milvus.token_secret_ref
+        env.append({"name": MILVUS_TOKEN_ENV,
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return copy.deepcopy([
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -102,13 +102,13 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": meta,
+            "metadata": meta(),
             "spec": {
                 "replicas": app.spec.replicas,
-                "selector": {"matchLabels": sel},
+                "selector": {"matchLabels": dict(sel)},
                 "template": {
                     "metadata": {
-                        "labels": meta["labels"],
+                        "labels": pod_labels(app, app=RUNTIME_APP, component="runtime"),
                         # A new configuration rolls the pods: ConfigMap changes alone would not.
                         "annotations": {CONFIG_HASH_ANNOTATION: cfg_hash, "prometheus.io/scrape": "true",
                                         "prometheus.io/port": str(RUNTIME_PORT)},
@@ -141,8 +141,8 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": meta,
-            "spec": {"selector": sel,
+            "metadata": meta(),
+            "spec": {"selector": dict(sel),
                      "ports": [{"name": "http", "port": RUNTIME_PORT, "targetPort": "http", "protocol": "TCP"}]},
         },
-    ]
+    ])

@@ -10,7 +10,7 @@ from typing import Any
 from ..api import Resource
 from ..names import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, LABEL_PART_OF, MANAGED_BY
 
-__all__ = ["selector_labels", "labels", "owner_reference", "child_meta", "stable_hash"]
+__all__ = ["selector_labels", "pod_labels", "labels", "owner_reference", "child_meta", "stable_hash"]
 
 
 def selector_labels(owner: Resource, *, app: str, component: str) -> dict[str, str]:
@@ -18,13 +18,15 @@ def selector_labels(owner: Resource, *, app: str, component: str) -> dict[str, s
     return {LABEL_NAME: app, LABEL_INSTANCE: owner.name, LABEL_COMPONENT: component}
 
 
+def pod_labels(owner: Resource, *, app: str, component: str) -> dict[str, str]:
+    """Labels of a pod template: ours only. The owner's own labels stay off pods, since changing a template
+    restarts every pod (for a vLLM fleet: minutes of model loading per replica)."""
+    return {**selector_labels(owner, app=app, component=component), LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_PART_OF: owner.kind.lower()}
+
+
 def labels(owner: Resource, *, app: str, component: str) -> dict[str, str]:
-    return {
-        **owner.metadata.labels,
-        **selector_labels(owner, app=app, component=component),
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_PART_OF: owner.kind.lower(),
-    }
+    return {**owner.metadata.labels, **pod_labels(owner, app=app, component=component)}
 
 
 def owner_reference(owner: Resource) -> dict[str, Any]:

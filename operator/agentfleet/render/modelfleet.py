@@ -4,18 +4,20 @@ to read the engine's EndpointSlices)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from ..api import ModelFleet
 from ..names import ENGINE_PORT, ROUTER_PORT, engine_name, router_name
 from .defaults import Defaults
-from .meta import child_meta, selector_labels
+from .meta import child_meta, pod_labels, selector_labels
 
 __all__ = ["modelfleet", "engine_args", "model_argument", "ENGINE_APP", "ROUTER_APP"]
 
 ENGINE_APP = "vllm"
 ROUTER_APP = "agentfleet-router"
 MODEL_MOUNT = "/mnt/models"
+STARTUP_PERIOD_S = 10
 
 
 def model_argument(fleet: ModelFleet) -> str:
@@ -64,10 +66,14 @@ def _engine_statefulset(fleet: ModelFleet, d: Defaults) -> dict[str, Any]:
     sel = selector_labels(fleet, app=ENGINE_APP, component="engine")
     gpu = {eng.gpu.resource_name: str(fleet.gpus_per_replica)}
     env = [{"name": "HF_HOME", "value": "/cache/huggingface"}]
-    if fleet.spec.model.token_secret_ref:
-        ref = fleet.spec.model.token_secret_ref
-        var = "HF_TOKEN" if fleet.spec.model.uri.startswith("hf://") else "MODEL_STORE_TOKEN"
-        env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    env_from: list[dict[str, Any]] = []
+    ref = fleet.spec.model.token_secret_ref
+    if ref and fleet.spec.model.uri.startswith("hf://"):
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    elif ref:
+        # Object stores read their own variables (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...): the
+        # whole Secret becomes the environment.
+        env_from.append({"secretRef": {"name": ref.name}})
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": "/cache"}]
     volumes: list[dict[str, Any]] = [
         # NCCL moves tensor-parallel activations through /dev/shm; the container default of 64Mi is too small.
@@ -85,13 +91,15 @@ def _engine_statefulset(fleet: ModelFleet, d: Defaults) -> dict[str, Any]:
         "command": ["vllm", "serve"],
         "args": engine_args(fleet),
         "env": env,
+        **({"envFrom": env_from} if env_from else {}),
         "ports": [{"name": "http", "containerPort": ENGINE_PORT, "protocol": "TCP"}],
         "resources": {
             "requests": {"cpu": eng.resources.cpu, "memory": eng.resources.memory, **gpu},
             "limits": {"memory": eng.resources.memory, **gpu},
         },
         # Loading a large model takes minutes: the startup probe holds the others off for the whole budget.
-        "startupProbe": _http_probe("/health", period_s=10, failures=max(1, eng.startup_timeout_seconds // 10)),
+        "startupProbe": _http_probe("/health", period_s=STARTUP_PERIOD_S,
+                                    failures=-(-eng.startup_timeout_seconds // STARTUP_PERIOD_S)),
         "readinessProbe": _http_probe("/health", period_s=5, failures=3),
         "livenessProbe": _http_probe("/health", period_s=15, failures=4, timeout_s=10),
         "volumeMounts": mounts,
@@ -108,7 +116,7 @@ def _engine_statefulset(fleet: ModelFleet, d: Defaults) -> dict[str, Any]:
             "selector": {"matchLabels": sel},
             "template": {
                 "metadata": {
-                    "labels": child_meta(fleet, name, app=ENGINE_APP, component="engine")["labels"],
+                    "labels": pod_labels(fleet, app=ENGINE_APP, component="engine"),
                     "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(ENGINE_PORT),
                                     "prometheus.io/path": "/metrics"},
                 },
@@ -151,7 +159,10 @@ def _engine_pdb(fleet: ModelFleet) -> dict[str, Any]:
 
 def _router(fleet: ModelFleet, d: Defaults) -> list[dict[str, Any]]:
     name = router_name(fleet.name)
-    meta = child_meta(fleet, name, app=ROUTER_APP, component="router")
+
+    def meta() -> dict[str, Any]:
+        return child_meta(fleet, name, app=ROUTER_APP, component="router")
+
     sel = selector_labels(fleet, app=ROUTER_APP, component="router")
     r = fleet.spec.router
     args = [
@@ -164,30 +175,30 @@ def _router(fleet: ModelFleet, d: Defaults) -> list[dict[str, Any]]:
         "--prefix-tokens", str(r.prefix_tokens),
     ]
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": meta,
+            "metadata": meta(),
             "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
                        "verbs": ["get", "list", "watch"]}],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": meta,
+            "metadata": meta(),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": fleet.namespace}],
         },
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": meta,
+            "metadata": meta(),
             "spec": {
                 "replicas": r.replicas,
-                "selector": {"matchLabels": sel},
+                "selector": {"matchLabels": dict(sel)},
                 "template": {
-                    "metadata": {"labels": meta["labels"],
+                    "metadata": {"labels": pod_labels(fleet, app=ROUTER_APP, component="router"),
                                  "annotations": {"prometheus.io/scrape": "true",
                                                  "prometheus.io/port": str(ROUTER_PORT)}},
                     "spec": {
@@ -205,7 +216,9 @@ def _router(fleet: ModelFleet, d: Defaults) -> list[dict[str, Any]]:
                             "livenessProbe": _http_probe("/healthz", period_s=10, failures=3),
                             "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                                                 "readOnlyRootFilesystem": True},
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                         }],
+                        "volumes": [{"name": "tmp", "emptyDir": {}}],
                     },
                 },
             },
@@ -213,17 +226,18 @@ def _router(fleet: ModelFleet, d: Defaults) -> list[dict[str, Any]]:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": meta,
-            "spec": {"selector": sel,
+            "metadata": meta(),
+            "spec": {"selector": dict(sel),
                      "ports": [{"name": "http", "port": ROUTER_PORT, "targetPort": "http", "protocol": "TCP"}]},
         },
     ]
 
 
 def modelfleet(fleet: ModelFleet, defaults: Defaults) -> list[dict[str, Any]]:
-    return [
+    # Each child gets its own dicts: shared ones would alias in YAML output and change together.
+    return copy.deepcopy([
         _engine_service(fleet),
         _engine_statefulset(fleet, defaults),
         _engine_pdb(fleet),
         *_router(fleet, defaults),
-    ]
+    ])

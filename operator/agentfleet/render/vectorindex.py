@@ -1,54 +1,50 @@
 """VectorIndex -> its children: an indexed ingestion Job (worker i of P takes its slice; the name carries a hash
-of what it ingests, since a Job cannot change in place), the claim holding a milvus-lite file, or a `Milvus`
-resource for the Milvus operator. `connection()` is how readers (the AgentApp runtime) reach the index."""
+of the Job's whole spec, since a Job cannot change in place) and the vector store: for `embedded`, one Milvus
+standalone pod (embedded etcd, local storage) with its Service; for `managed`, a `Milvus` resource for the Milvus
+operator. `connection()` is how readers (the AgentApp runtime) reach the index."""
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
 from ..api import IndexConnection, VectorIndex
-from ..names import GROUP, index_data_claim_name, ingest_job_name, milvus_name, milvus_uri
+from ..names import GROUP, ingest_job_name, milvus_name, milvus_uri
 from .defaults import Defaults
-from .meta import child_meta, stable_hash
+from .meta import child_meta, pod_labels, selector_labels, stable_hash
 
-__all__ = ["vectorindex", "connection", "ingest_hash", "INGEST_APP", "SOURCE_MOUNT", "INDEX_MOUNT", "MILVUS_TOKEN_ENV",
-           "REINGEST_ANNOTATION"]
+__all__ = ["vectorindex", "connection", "ingest_job", "INGEST_APP", "MILVUS_APP", "SOURCE_MOUNT",
+           "MILVUS_TOKEN_ENV", "REINGEST_ANNOTATION"]
 
 INGEST_APP = "agentfleet-ingest"
+MILVUS_APP = "milvus"
 SOURCE_MOUNT = "/data/source"
-INDEX_MOUNT = "/data/index"
 MILVUS_TOKEN_ENV = "MILVUS_TOKEN"
+MILVUS_PORT = 19530
+MILVUS_METRICS_PORT = 9091
 # Changing this annotation's value re-runs ingestion without changing the spec.
 REINGEST_ANNOTATION = f"{GROUP}/reingest"
+# Milvus standalone with embedded etcd and local storage: the settings of Milvus's own standalone_embed.sh.
+EMBED_ETCD = """\
+listen-client-urls: http://0.0.0.0:2379
+advertise-client-urls: http://0.0.0.0:2379
+quota-backend-bytes: 4294967296
+auto-compaction-mode: revision
+auto-compaction-retention: '1000'
+"""
 
 
 def connection(index: VectorIndex, *, top_k: int = 5, embedding_url: str | None = None) -> IndexConnection:
-    spec = index.spec
-    m = spec.milvus
-    if m.mode == "lite":
-        uri = f"{INDEX_MOUNT}/{index.collection}.db"
-    elif m.mode == "external":
-        uri = m.uri or ""
-    else:
-        uri = milvus_uri(index.name, index.namespace)
+    """Where the index lives inside the cluster (`agentfleet up` substitutes a local milvus-lite file)."""
+    m = index.spec.milvus
+    uri = m.uri or "" if m.mode == "external" else milvus_uri(index.name, index.namespace)
     return IndexConnection(
         name=index.name, uri=uri, collection=index.collection,
         token_env=MILVUS_TOKEN_ENV if m.token_secret_ref else None, top_k=top_k,
-        embedding=spec.embedding, embedding_url=embedding_url, chunking=spec.chunking, access=spec.access,
+        embedding=index.spec.embedding, embedding_url=embedding_url, chunking=index.spec.chunking,
+        access=index.spec.access,
     )
-
-
-def ingest_hash(index: VectorIndex) -> str:
-    """Everything that changes what ends up in the collection; not replicas, images or resources alone."""
-    s = index.spec
-    return stable_hash({
-        "source": s.source.wire(), "chunking": s.chunking.wire(), "embedding": s.embedding.wire(),
-        "milvus": {"mode": s.milvus.mode, "uri": s.milvus.uri, "collection": index.collection,
-                   "shards": s.milvus.shards},
-        "access": s.access.wire(), "workers": s.ingestion.workers,
-        "reingest": index.metadata.annotations.get(REINGEST_ANNOTATION, ""),
-    })
 
 
 def _source(index: VectorIndex) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -66,10 +62,9 @@ def _source(index: VectorIndex) -> tuple[str, list[dict[str, Any]], list[dict[st
     return src.url or "", [], []
 
 
-def _job(index: VectorIndex, conn: IndexConnection, d: Defaults, embedder_url: str | None) -> dict[str, Any]:
+def ingest_job(index: VectorIndex, d: Defaults, *, embedder_url: str | None = None) -> dict[str, Any]:
     spec = index.spec
-    h = ingest_hash(index)
-    name = ingest_job_name(index.name, h)
+    conn = connection(index, embedding_url=embedder_url)
     source, volumes, mounts = _source(index)
     args = [
         "--source", source,
@@ -87,56 +82,118 @@ def _job(index: VectorIndex, conn: IndexConnection, d: Defaults, embedder_url: s
     if spec.milvus.token_secret_ref:
         ref = spec.milvus.token_secret_ref
         env.append({"name": MILVUS_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    if spec.milvus.mode == "lite":
-        volumes.append({"name": "index", "persistentVolumeClaim": {"claimName": index_data_claim_name(index.name)}})
-        mounts.append({"name": "index", "mountPath": INDEX_MOUNT})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
-    meta = child_meta(index, name, app=INGEST_APP, component="ingest")
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": meta,
-        "spec": {
-            # Worker i of P reads JOB_COMPLETION_INDEX and takes its slice of the documents.
-            "completionMode": "Indexed",
-            "completions": spec.ingestion.workers,
-            "parallelism": spec.ingestion.workers,
-            "backoffLimit": spec.ingestion.backoff_limit,
-            "template": {
-                "metadata": {"labels": meta["labels"]},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{
-                        "name": "ingest",
-                        "image": spec.ingestion.image or d.agentfleet_image,
-                        "imagePullPolicy": d.image_pull_policy,
-                        "command": ["agentfleet", "ingest"],
-                        "args": args,
-                        "env": env,
-                        "resources": {"requests": dict(spec.ingestion.resources),
-                                      "limits": {k: v for k, v in spec.ingestion.resources.items()
-                                                 if k == "memory"}},
-                        "volumeMounts": mounts,
-                        # The worker's summary (documents, chunks, skipped) is read back from here into status.
-                        "terminationMessagePolicy": "FallbackToLogsOnError",
-                        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
-                    }],
-                    "volumes": volumes,
-                },
+    job_spec = {
+        # Worker i of P reads JOB_COMPLETION_INDEX and takes its slice of the documents.
+        "completionMode": "Indexed",
+        "completions": spec.ingestion.workers,
+        "parallelism": spec.ingestion.workers,
+        "backoffLimit": spec.ingestion.backoff_limit,
+        "template": {
+            "metadata": {"labels": pod_labels(index, app=INGEST_APP, component="ingest")},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "ingest",
+                    "image": spec.ingestion.image or d.agentfleet_image,
+                    "imagePullPolicy": d.image_pull_policy,
+                    "command": ["agentfleet", "ingest"],
+                    "args": args,
+                    "env": env,
+                    "resources": {"requests": dict(spec.ingestion.resources),
+                                  "limits": {k: v for k, v in spec.ingestion.resources.items() if k == "memory"}},
+                    "volumeMounts": mounts,
+                    # The worker's summary (documents, chunks, skipped) is read back from here into status.
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+                }],
+                "volumes": volumes,
             },
         },
     }
-
-
-def _lite_claim(index: VectorIndex) -> dict[str, Any]:
+    # The name hashes the whole spec (a Job's template is immutable) plus the re-ingest annotation. Ingestion is
+    # an idempotent upsert of content-hashed chunks, so a re-run after, say, an image upgrade is safe.
+    h = stable_hash({"spec": job_spec, "reingest": index.metadata.annotations.get(REINGEST_ANNOTATION, "")})
     return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": child_meta(index, index_data_claim_name(index.name), app=INGEST_APP, component="index-data"),
-        "spec": {"accessModes": ["ReadWriteOnce"],
-                 "resources": {"requests": {"storage": index.spec.milvus.storage_size}}},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_meta(index, ingest_job_name(index.name, h), app=INGEST_APP, component="ingest"),
+        "spec": job_spec,
     }
+
+
+def _embedded_milvus(index: VectorIndex, d: Defaults) -> list[dict[str, Any]]:
+    name = milvus_name(index.name)
+    full = f"{name}-milvus"
+
+    def meta(n: str) -> dict[str, Any]:
+        return child_meta(index, n, app=MILVUS_APP, component="vector-store")
+
+    sel = selector_labels(index, app=MILVUS_APP, component="vector-store")
+    health = {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(full), "data": {"embedEtcd.yaml": EMBED_ETCD}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(full),
+            "spec": {"selector": dict(sel), "ports": [
+                {"name": "grpc", "port": MILVUS_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "metrics", "port": MILVUS_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": meta(full),
+            "spec": {
+                "serviceName": full,
+                "replicas": 1,
+                # The data volume follows the VectorIndex's deletion policy (StatefulSets keep claims by default).
+                "persistentVolumeClaimRetentionPolicy": {
+                    "whenDeleted": "Delete" if index.spec.milvus.deletion_policy == "Delete" else "Retain",
+                    "whenScaled": "Retain"},
+                "selector": {"matchLabels": dict(sel)},
+                "template": {
+                    "metadata": {"labels": pod_labels(index, app=MILVUS_APP, component="vector-store")},
+                    "spec": {
+                        "containers": [{
+                            "name": "milvus",
+                            "image": d.milvus_image,
+                            "imagePullPolicy": d.image_pull_policy,
+                            "command": ["milvus", "run", "standalone"],
+                            "env": [
+                                {"name": "ETCD_USE_EMBED", "value": "true"},
+                                {"name": "ETCD_DATA_DIR", "value": "/var/lib/milvus/etcd"},
+                                {"name": "ETCD_CONFIG_PATH", "value": "/milvus/configs/embedEtcd.yaml"},
+                                {"name": "COMMON_STORAGETYPE", "value": "local"},
+                                {"name": "DEPLOY_MODE", "value": "STANDALONE"},
+                            ],
+                            "ports": [{"name": "grpc", "containerPort": MILVUS_PORT, "protocol": "TCP"},
+                                      {"name": "metrics", "containerPort": MILVUS_METRICS_PORT, "protocol": "TCP"}],
+                            "resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
+                            "startupProbe": {**health, "failureThreshold": 30},
+                            "readinessProbe": {**health, "failureThreshold": 3},
+                            "livenessProbe": {**health, "failureThreshold": 6},
+                            "volumeMounts": [
+                                {"name": "data", "mountPath": "/var/lib/milvus"},
+                                {"name": "config", "mountPath": "/milvus/configs/embedEtcd.yaml",
+                                 "subPath": "embedEtcd.yaml", "readOnly": True},
+                            ],
+                        }],
+                        "volumes": [{"name": "config", "configMap": {"name": full}}],
+                    },
+                },
+                "volumeClaimTemplates": [{
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": "data"},
+                    "spec": {"accessModes": ["ReadWriteOnce"],
+                             "resources": {"requests": {"storage": index.spec.milvus.storage_size}}},
+                }],
+            },
+        },
+    ]
 
 
 def _managed_milvus(index: VectorIndex) -> dict[str, Any]:
@@ -153,18 +210,18 @@ def _managed_milvus(index: VectorIndex) -> dict[str, Any]:
     return {
         "apiVersion": "milvus.io/v1beta1",
         "kind": "Milvus",
-        "metadata": child_meta(index, milvus_name(index.name), app="milvus", component="vector-store"),
+        "metadata": child_meta(index, milvus_name(index.name), app=MILVUS_APP, component="vector-store"),
         "spec": spec,
     }
 
 
 def vectorindex(index: VectorIndex, defaults: Defaults, *, embedder_url: str | None = None) -> list[dict[str, Any]]:
-    """`embedder_url` is the base URL of the ModelFleet named by spec.embedding.fleetRef, resolved by the caller."""
-    conn = connection(index, embedding_url=embedder_url)
+    """`embedder_url` is the base URL of the ModelFleet named by spec.embedding.fleetRef, resolved by the caller.
+    The Job comes last (`control` reads its name from there)."""
     children: list[dict[str, Any]] = []
-    if index.spec.milvus.mode == "lite":
-        children.append(_lite_claim(index))
+    if index.spec.milvus.mode == "embedded":
+        children += _embedded_milvus(index, defaults)
     elif index.spec.milvus.mode == "managed":
         children.append(_managed_milvus(index))
-    children.append(_job(index, conn, defaults, embedder_url))
-    return children
+    children.append(ingest_job(index, defaults, embedder_url=embedder_url))
+    return copy.deepcopy(children)

@@ -1,0 +1,199 @@
+"""File bytes -> documents: front matter, title and heading-marked text for Markdown, plain text, HTML, PDF and
+JSONL (one document per record). Markup is reduced to Markdown-style headings so one chunker serves every
+format. HTML drops boilerplate elements (script, style, nav, header, footer, aside, form)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import Any
+
+import yaml
+
+__all__ = ["ParsedDocument", "ParseError", "parse_file", "split_front_matter", "FORMATS"]
+
+FORMATS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".html": "html",
+           ".htm": "html", ".pdf": "pdf", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+_FRONT = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S)
+
+
+class ParseError(ValueError):
+    """A file that cannot be read as its format: reported and skipped."""
+
+
+@dataclass
+class ParsedDocument:
+    source: str                       # path relative to the source directory; JSONL records add `#<id>`
+    format: str
+    title: str
+    text: str                         # headings as `#` lines (Markdown style), not yet cleaned
+    meta: dict[str, Any] = field(default_factory=dict)   # front matter or the JSONL record's other keys
+
+
+def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    m = _FRONT.match(text)
+    if not m:
+        return {}, text
+    try:
+        meta = yaml.safe_load(m.group(1))
+    except yaml.YAMLError as err:
+        raise ParseError(f"front matter is not YAML: {err}") from None
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise ParseError("front matter must be a mapping")
+    return meta, text[m.end():]
+
+
+def _first_heading(text: str) -> str | None:
+    m = re.search(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", text, re.M)
+    return m.group(1).strip() if m else None
+
+
+def _stem(relpath: str) -> str:
+    name = relpath.rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+class _HTMLText(HTMLParser):
+    SKIP = {"script", "style", "nav", "header", "footer", "aside", "form", "noscript", "template", "svg"}
+    BLOCK = {"p", "div", "section", "article", "main", "li", "tr", "br", "pre", "blockquote", "table", "ul", "ol",
+             "dd", "dt", "figcaption"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.title: list[str] = []
+        self.meta: dict[str, str] = {}
+        self._skip = 0
+        self._in_title = False
+        self._heading: int | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP:
+            self._skip += 1
+        elif tag == "title":
+            self._in_title = True
+        elif tag == "meta":
+            a = dict(attrs)
+            if a.get("name") and a.get("content") is not None:
+                self.meta[a["name"].lower()] = a["content"] or ""
+        elif re.fullmatch(r"h[1-6]", tag) and not self._skip:
+            self._heading = int(tag[1])
+            self.out.append("\n\n" + "#" * self._heading + " ")
+        elif tag in self.BLOCK and not self._skip:
+            self.out.append("\n")
+        elif tag in ("td", "th") and not self._skip:
+            self.out.append(" | ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self._skip = max(0, self._skip - 1)
+        elif tag == "title":
+            self._in_title = False
+        elif re.fullmatch(r"h[1-6]", tag) and self._heading is not None:
+            self._heading = None
+            self.out.append("\n\n")
+        elif tag in self.BLOCK and not self._skip:
+            self.out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title.append(data)
+        elif not self._skip:
+            self.out.append(" ".join(data.split()) if self._heading else data)
+
+
+def _html(relpath: str, text: str) -> ParsedDocument:
+    meta, body = split_front_matter(text)
+    p = _HTMLText()
+    try:
+        p.feed(body)
+        p.close()
+    except Exception as err:  # html.parser raises assorted errors on broken input
+        raise ParseError(f"HTML: {err}") from None
+    for key in ("tenant", "groups"):  # <meta name="tenant" content="..."> as an alternative to front matter
+        if key not in meta and key in p.meta:
+            meta[key] = p.meta[key] if key == "tenant" else [g.strip() for g in p.meta[key].split(",") if g.strip()]
+    out = "".join(p.out)
+    title = str(meta.get("title") or " ".join("".join(p.title).split()) or _first_heading(out) or _stem(relpath))
+    return ParsedDocument(relpath, "html", title, out, meta)
+
+
+def _pdf(relpath: str, data: bytes) -> ParsedDocument:
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PyPdfError
+
+        reader = PdfReader(io.BytesIO(data))
+        pages = [(page.extract_text() or "") for page in reader.pages]
+        info_title = (reader.metadata.title if reader.metadata else None) or ""
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as err:
+        raise ParseError(f"PDF: {err}") from None
+    # Running headers and footers: a line on at least half of 3+ pages is boilerplate.
+    if len(pages) >= 3:
+        counts: dict[str, int] = {}
+        for page in pages:
+            for line in {ln.strip() for ln in page.splitlines() if ln.strip()}:
+                counts[line] = counts.get(line, 0) + 1
+        boiler = {ln for ln, n in counts.items() if n * 2 >= len(pages)}
+        pages = ["\n".join(ln for ln in page.splitlines() if ln.strip() not in boiler) for page in pages]
+    text = "\n\n".join(pages)
+    return ParsedDocument(relpath, "pdf", str(info_title).strip() or _stem(relpath), text, {})
+
+
+_TEXT_KEYS = ("text", "content", "body", "page_content")
+
+
+def _jsonl(relpath: str, text: str) -> list[ParsedDocument]:
+    docs = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as err:
+            raise ParseError(f"line {lineno}: not JSON: {err}") from None
+        if not isinstance(rec, dict):
+            raise ParseError(f"line {lineno}: a record must be a JSON object")
+        key = next((k for k in _TEXT_KEYS if isinstance(rec.get(k), str)), None)
+        if key is None:
+            raise ParseError(f"line {lineno}: no text field (one of {', '.join(_TEXT_KEYS)})")
+        rid = str(rec.get("id", f"L{lineno}"))
+        if rid in seen:
+            raise ParseError(f"line {lineno}: duplicate id {rid!r}")
+        seen.add(rid)
+        meta = {k: v for k, v in rec.items() if k != key}
+        body = rec[key]
+        title = str(rec.get("title") or _first_heading(body) or f"{_stem(relpath)} {rid}")
+        docs.append(ParsedDocument(f"{relpath}#{rid}", "jsonl", title, body, meta))
+    return docs
+
+
+def parse_file(relpath: str, data: bytes) -> list[ParsedDocument]:
+    """One file's documents (JSONL: one per record). Raises ParseError for unreadable content."""
+    ext = "." + relpath.rsplit(".", 1)[-1].lower() if "." in relpath else ""
+    fmt = FORMATS.get(ext)
+    if fmt is None:
+        raise ParseError(f"unsupported format {ext or '(no extension)'}")
+    if fmt == "pdf":
+        return [_pdf(relpath, data)]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    if fmt == "jsonl":
+        return _jsonl(relpath, text)
+    if fmt == "html":
+        return [_html(relpath, text)]
+    meta, body = split_front_matter(text)
+    if fmt == "markdown":
+        title = str(meta.get("title") or _first_heading(body) or _stem(relpath))
+    else:
+        title = str(meta.get("title") or _stem(relpath))
+    return [ParsedDocument(relpath, fmt, title, body, meta)]
