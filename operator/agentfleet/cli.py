@@ -99,6 +99,9 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 
 _PLUGGED: list = []
+"""Modules with `add_parsers(sub)`: top-level commands owned by other rooms (ingest, search, router, ...)."""
+_BENCH_PLUGGED: list = []
+"""Modules with `add_bench_parsers(bench_sub)`: `agentfleet bench <name>` benchmarks (see bench/)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands owned by other rooms register themselves here (each module exposes add_parsers(sub)).
     for module in _PLUGGED:
         module.add_parsers(sub)
+    if _BENCH_PLUGGED:
+        b = sub.add_parser("bench", help="benchmarks that print a ratio against a baseline measured in the same run")
+        bench_sub = b.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+        for module in _BENCH_PLUGGED:
+            module.add_bench_parsers(bench_sub)
     return p
 
 
