@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120, help="up: readiness deadline, seconds")
     p.add_argument("--recreate", action="store_true", help="up: delete a running one first")
     p.add_argument("--no-fake-node", action="store_true", help="up: do not create the GPU node")
+    p.add_argument("--fake-node-taint", action="store_true",
+                   help="up: give the GPU node kwok's NoSchedule taint (workloads must tolerate it)")
     a = p.parse_args(argv)
 
     try:
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
             print(launcher.ensure_built())
         elif a.command == "up":
             c = launcher.up(a.name, timeout=a.timeout, reuse=not a.recreate,
-                            fake_node=not a.no_fake_node)
+                            fake_node=not a.no_fake_node, fake_node_taint=a.fake_node_taint)
             print(c.kubeconfig)
             print(f"# eval \"$(python -m e2e.cluster env --name {a.name})\"  # KUBECONFIG and PATH",
                   file=sys.stderr)

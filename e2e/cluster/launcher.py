@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
 DEFAULT_NAME = "agentfleet-e2e"
 FAKE_NODE_NAME = "kwok-node-0"
+FAKE_NODE_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 
 BINARIES = (
     "kube-apiserver",
@@ -332,12 +333,14 @@ def up(
     timeout: float = 120,
     reuse: bool = True,
     fake_node: bool = True,
+    fake_node_taint: bool = False,
 ) -> Cluster:
     """Create (or reuse) a cluster and return it once it is usable.
 
     Builds the binaries first if needed. Gates on ``/readyz`` and on the ``default``
-    ServiceAccount, then creates the fake GPU node (``FAKE_NODE_NAME``) unless ``fake_node`` is
-    False. With ``reuse`` a healthy cluster of that name is returned as is (``created=False``);
+    ServiceAccount, then creates the fake GPU node (``FAKE_NODE_NAME``, untainted unless
+    ``fake_node_taint``) unless ``fake_node`` is False. With ``reuse`` a healthy cluster of that
+    name is returned as is (``created=False``);
     otherwise, or when it is unhealthy, it is deleted and created afresh.
     """
     ensure_built()
@@ -346,7 +349,7 @@ def up(
             _log(f"reusing running cluster {name!r}")
             cluster = _cluster(name, created=False)
             if fake_node:
-                add_fake_node(cluster)
+                add_fake_node(cluster, taint=fake_node_taint)
             return cluster
         _log(f"cluster {name!r} exists but is not healthy (or reuse=False): recreating")
         down(name)
@@ -387,7 +390,7 @@ def up(
         raise fail(f"ServiceAccount default/default missing after {timeout:.0f}s")
     if fake_node:
         try:
-            add_fake_node(cluster, deadline=deadline)
+            add_fake_node(cluster, deadline=deadline, taint=fake_node_taint)
         except ClusterError as e:
             raise fail(str(e)) from e
     _log(f"cluster {name!r} up: readyz after {t_ready:.1f}s, usable after "
@@ -403,7 +406,10 @@ def fake_node_manifest(
     pods: str = "110",
     gpus: str | int = "8",
     labels: Mapping[str, str] | None = None,
+    taint: bool = False,
 ) -> dict:
+    """A kwok fake Node. Untainted by default, so that workloads schedule on it without tolerating kwok;
+    ``taint=True`` adds kwok's usual ``kwok.x-k8s.io/node=fake:NoSchedule``."""
     resources = {"cpu": cpu, "memory": memory, "pods": pods, "nvidia.com/gpu": str(gpus)}
     return {
         "apiVersion": "v1",
@@ -421,9 +427,7 @@ def fake_node_manifest(
                 **(labels or {}),
             },
         },
-        "spec": {
-            "taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]
-        },
+        "spec": {"taints": [FAKE_NODE_TAINT] if taint else []},
         "status": {"allocatable": dict(resources), "capacity": dict(resources)},
     }
 

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .retrieval import cli as retrieval_cli
 
 __all__ = ["main", "load_documents"]
 
@@ -98,9 +99,9 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
-_PLUGGED: list = []
+_PLUGGED: list = [retrieval_cli, __import__("agentfleet.router.command", fromlist=["add_parsers"])]
 """Modules with `add_parsers(sub)`: top-level commands owned by other rooms (ingest, search, router, ...)."""
-_BENCH_PLUGGED: list = []
+_BENCH_PLUGGED: list = [retrieval_cli, *(__import__(f"agentfleet.bench.{m}", fromlist=["_"]) for m in ("routing",))]
 """Modules with `add_bench_parsers(bench_sub)`: `agentfleet bench <name>` benchmarks (see bench/)."""
 
 

@@ -69,8 +69,10 @@ def modelfleet(fleet: ModelFleet, *, statefulset: dict[str, Any] | None, router:
     router_ready = _int(router, "status", "readyReplicas")
     if statefulset is None:
         verdict: Verdict = ("False", "Creating", "creating the vLLM StatefulSet")
-    elif desired == 0:
+    elif desired == 0 and current == 0:
         verdict = ("True", "ScaledToZero", "scaled to zero replicas")
+    elif desired == 0:
+        verdict = ("True", "Scaling", f"{ready} replicas ready, {current} running, 0 desired")
     elif ready == 0:
         verdict = ("False", "ReplicasNotReady", f"0 of {desired} desired replicas ready (loading the model?)")
     elif router_ready == 0:
@@ -174,7 +176,10 @@ def window_bounds(window: str, now: dt.datetime) -> tuple[dt.datetime | None, dt
 
 
 def _iso(t: dt.datetime | None) -> str | None:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+    if t is None:
+        return None
+    t = t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def budget(b: Budget, *, now: dt.datetime) -> dict[str, Any]:

@@ -227,3 +227,13 @@ def test_deleting_an_app_garbage_collects_its_children(kubectl, operator):
         for kind, name in (("deployment", "gone"), ("service", "gone"), ("configmap", "gone-config"),
                            ("serviceaccount", "gone"))), timeout=120, interval=2)
     assert kubectl.get("fleet", "big") is not None
+
+
+def test_embedded_storage_size_cannot_change_after_creation(kubectl):
+    doc = index("store", milvus={"mode": "embedded", "storageSize": "10Gi"})
+    apply(kubectl, doc)
+    out = apply(kubectl, index("store", milvus={"mode": "embedded", "storageSize": "50Gi"}), check=False)
+    assert out.returncode != 0
+    assert "spec.milvus.storageSize" in out.stderr and "cannot change once created" in out.stderr, out.stderr
+    # Other edits of the same object still go through.
+    apply(kubectl, index("store", milvus={"mode": "embedded", "storageSize": "10Gi", "shards": 4}))

@@ -43,7 +43,16 @@ def test_fake_gpu_node(k8s_cluster):
     node = get_json(k8s_cluster, "get", "node", FAKE_NODE)
     assert node["metadata"]["labels"]["type"] == "kwok"
     assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
-    assert {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"} in node["spec"]["taints"]
+    # Untainted by default, so that agentfleet's workloads schedule without tolerating kwok.
+    assert not node["spec"].get("taints")
+
+
+def test_fake_node_taint_is_optional():
+    from e2e.cluster import launcher
+
+    tainted = launcher.fake_node_manifest("n", taint=True)["spec"]["taints"]
+    assert tainted == [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]
+    assert launcher.fake_node_manifest("n")["spec"]["taints"] == []
 
 
 def test_gpu_statefulset_pod_becomes_ready(k8s_cluster):
@@ -60,9 +69,7 @@ def test_gpu_statefulset_pod_becomes_ready(k8s_cluster):
             "template": {
                 "metadata": {"labels": {"app": "gpu"}},
                 "spec": {
-                    "nodeSelector": {"type": "kwok"},
-                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists",
-                                     "effect": "NoSchedule"}],
+                    "nodeSelector": {"kubernetes.io/hostname": FAKE_NODE},
                     "containers": [{
                         "name": "main",
                         "image": "registry.invalid/fake:latest",

@@ -13,7 +13,7 @@ import pytest
 from agentfleet.api import AgentApp, Budget, ModelFleet, Resource, VectorIndex, parse
 from agentfleet.api.base import MAX_NAME_LENGTH
 from agentfleet.names import (
-    API_VERSION, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY,
+    API_VERSION, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, LABEL_PART_OF, MANAGED_BY,
 )
 from agentfleet.render import Defaults
 
@@ -24,7 +24,11 @@ LONGEST_NAME = "n" * 38 + "-z"
 assert len(LONGEST_NAME) == MAX_NAME_LENGTH, "the test tables' longest-name rows use this literal"
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-RECOMMENDED_LABELS = (LABEL_NAME, LABEL_INSTANCE, LABEL_COMPONENT, LABEL_MANAGED_BY)
+RECOMMENDED_LABELS = (LABEL_NAME, LABEL_INSTANCE, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_PART_OF)
+# A StatefulSet's pods carry `controller-revision-hash: <name>-<hash of up to 10>`, a label value of at most 63.
+MAX_STATEFULSET_NAME = 52
+# Labels an owner may put on itself; every child's metadata (never a pod template) must carry them.
+OWNER_LABELS = {"team": "search", "cost-center": "c-42"}
 
 
 def merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
@@ -47,8 +51,9 @@ class Kit:
     dns1123 = DNS1123_LABEL
     dns1035 = DNS1035_LABEL
     merge = staticmethod(merge)
+    owner_labels = OWNER_LABELS
     defaults = Defaults(agentfleet_image="registry.test/agentfleet:unit", vllm_image="registry.test/vllm:unit",
-                        image_pull_policy="IfNotPresent")
+                        milvus_image="registry.test/milvus:unit", image_pull_policy="IfNotPresent")
 
     # --- resources -----------------------------------------------------------------------------------------
     @staticmethod
@@ -125,21 +130,29 @@ class Kit:
 
     @staticmethod
     def child_problems(children: list[dict[str, Any]], owner: Resource) -> list[str]:
-        """What every child of every kind must satisfy, as a list of violations (empty when all hold)."""
+        """What every child of every kind must satisfy, as a list of violations (empty when all hold): its
+        namespace, an RFC 1035 name that fits (a StatefulSet's leaves room for its revision label), the
+        recommended labels plus the owner's own, the controller owner reference when the owner has a uid, and pod
+        templates labelled with ours only (selector labels + managed-by + part-of), covering the selector."""
         problems = []
         for c in children:
             meta = c["metadata"]
             what = f"{c['kind']}/{meta['name']}"
             if meta.get("namespace") != owner.namespace:
                 problems.append(f"{what}: namespace {meta.get('namespace')!r}")
-            if not DNS1123_LABEL.match(meta["name"]) or len(meta["name"]) > 63:
-                problems.append(f"{what}: name is not a DNS-1123 label of at most 63 characters")
+            if not DNS1035_LABEL.match(meta["name"]) or len(meta["name"]) > 63:
+                problems.append(f"{what}: name is not an RFC 1035 label of at most 63 characters")
+            if c["kind"] == "StatefulSet" and len(meta["name"]) > MAX_STATEFULSET_NAME:
+                problems.append(f"{what}: StatefulSet name longer than {MAX_STATEFULSET_NAME}")
             labels = meta.get("labels") or {}
             missing = [k for k in RECOMMENDED_LABELS if not labels.get(k)]
             if missing:
                 problems.append(f"{what}: missing labels {missing}")
-            if labels.get(LABEL_INSTANCE) != owner.name or labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
-                problems.append(f"{what}: instance/managed-by labels {labels}")
+            if (labels.get(LABEL_INSTANCE), labels.get(LABEL_MANAGED_BY), labels.get(LABEL_PART_OF)) != (
+                    owner.name, MANAGED_BY, owner.kind.lower()):
+                problems.append(f"{what}: instance/managed-by/part-of labels {labels}")
+            if not owner.metadata.labels.items() <= labels.items():
+                problems.append(f"{what}: owner labels {owner.metadata.labels} not all in {labels}")
             if any(len(v) > 63 for v in labels.values()):
                 problems.append(f"{what}: a label value is longer than 63")
             refs = meta.get("ownerReferences")
@@ -150,6 +163,17 @@ class Kit:
                     problems.append(f"{what}: ownerReferences {refs}")
             elif refs is not None:
                 problems.append(f"{what}: ownerReferences without an owner uid: {refs}")
+            template = (c.get("spec") or {}).get("template")
+            if template is not None:
+                pod = template["metadata"]["labels"]
+                want_pod = {LABEL_NAME: labels.get(LABEL_NAME), LABEL_INSTANCE: owner.name,
+                            LABEL_COMPONENT: labels.get(LABEL_COMPONENT), LABEL_MANAGED_BY: MANAGED_BY,
+                            LABEL_PART_OF: owner.kind.lower()}
+                if pod != want_pod:
+                    problems.append(f"{what}: pod template labels {pod}, want {want_pod}")
+                selector = (c["spec"].get("selector") or {}).get("matchLabels")
+                if selector is not None and not selector.items() <= pod.items():
+                    problems.append(f"{what}: selector {selector} does not select its own pods {pod}")
         return problems
 
     @staticmethod

@@ -10,11 +10,9 @@ import yaml
 from agentfleet import render
 from agentfleet.api import RuntimeConfig
 from agentfleet.errors import DependencyMissing, SpecError
-from agentfleet.names import (
-    CONFIG_HASH_ANNOTATION, RUNTIME_PORT, app_config_name, fleet_url, index_data_claim_name,
-)
+from agentfleet.names import CONFIG_HASH_ANNOTATION, RUNTIME_PORT, app_config_name, fleet_url, milvus_uri
 from agentfleet.render.agentapp import CONFIG_DIR, KEYS_DIR
-from agentfleet.render.vectorindex import INDEX_MOUNT, MILVUS_TOKEN_ENV
+from agentfleet.render.vectorindex import MILVUS_TOKEN_ENV
 
 NS = "team-a"
 UID = "6f1c2a9e-0d3b-4c1e-9a7f-2b8d5e4c3a10"
@@ -132,11 +130,12 @@ def _hash(kit, children):
         pytest.param({"replicas": 0}, False, id="replicas"),
         pytest.param({"resources": {"cpu": "2", "memory": "1Gi"}}, False, id="resources"),
         pytest.param({"image": "registry.test/agentfleet:custom"}, False, id="image"),
+        pytest.param("owner-labels", False, id="owner-labels"),
     ],
 )
 def test_config_hash_rolls_pods_only_when_the_configuration_changes(kit, change, rolls):
     before, related = _world(kit)
-    after, _ = _world(kit, change)
+    after, _ = _world(kit, labels=kit.owner_labels) if change == "owner-labels" else _world(kit, change)
     children_before, children_after = _render(kit, before, related), _render(kit, after, related)
 
     assert (_hash(kit, children_before) != _hash(kit, children_after)) is rolls
@@ -176,37 +175,43 @@ def test_auth_secret_is_mounted(kit):
 
 
 @pytest.mark.parametrize(
-    "app_spec, index_spec, claim, token",
+    "app_spec, index_spec, uri, token",
     [
-        pytest.param({}, {}, index_data_claim_name("docs"), None, id="lite-claim-read-only"),
+        pytest.param({}, {}, milvus_uri("docs", NS), None, id="embedded"),
+        pytest.param({}, {"milvus": {"tokenSecretRef": {"name": "milvus", "key": "token"}}}, milvus_uri("docs", NS),
+                     {"name": "milvus", "key": "token"}, id="embedded-token"),
         pytest.param({}, {"milvus": {"mode": "external", "uri": "https://milvus.test:19530",
                                      "tokenSecretRef": {"name": "milvus", "key": "token"}}},
-                     None, {"name": "milvus", "key": "token"}, id="external-token"),
-        pytest.param({}, {"milvus": {"mode": "managed"}}, None, None, id="managed"),
+                     "https://milvus.test:19530", {"name": "milvus", "key": "token"}, id="external-token"),
+        pytest.param({}, {"milvus": {"mode": "managed"}}, milvus_uri("docs", NS), None, id="managed"),
         pytest.param({"index": None, "tools": {"builtin": ["calculator"]}}, {}, None, None, id="no-index"),
+        pytest.param({"index": None, "tools": {"builtin": ["calculator"]}},
+                     {"milvus": {"tokenSecretRef": {"name": "milvus", "key": "token"}}}, None, None,
+                     id="no-index-token-of-unused-index"),
     ],
 )
-def test_index_access(kit, app_spec, index_spec, claim, token):
+def test_index_access(kit, app_spec, index_spec, uri, token):
     app, related = _world(kit, app_spec, index_spec=index_spec)
     children = _render(kit, app, related)
     dep = kit.one(children, "Deployment")
     c = kit.container(dep)
     cfg = _config(kit, children)
 
-    if claim:
-        assert kit.volume(dep, "index") == {"name": "index",
-                                            "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        assert kit.mount(c, "index") == {"name": "index", "mountPath": INDEX_MOUNT, "readOnly": True}
-    else:
-        assert kit.volume(dep, "index") is None and kit.mount(c, "index") is None
+    # the runtime reaches the index over the network: no index volume any more
+    assert kit.volume(dep, "index") is None and kit.mount(c, "index") is None
+    assert [v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]] == ["config", "keys", "state", "tmp"]
+    assert (cfg.index.uri if cfg.index else None) == uri
+    assert (cfg.index.token_env if cfg.index else None) == (MILVUS_TOKEN_ENV if token else None)
     assert (kit.env(c, MILVUS_TOKEN_ENV) or {}).get("valueFrom") == ({"secretKeyRef": token} if token else None)
+    assert [e["name"] for e in c["env"]] == ["AGENTFLEET_STATE_DIR", *([MILVUS_TOKEN_ENV] if token else [])]
     assert (cfg.index is None) is (app.spec.index is None)
 
 
 @pytest.mark.parametrize(
     "index_spec",
-    [pytest.param({}, id="lite"), pytest.param({"milvus": {"mode": "managed"}}, id="managed"),
-     pytest.param({"milvus": {"mode": "external", "uri": "grpc://milvus:19530"}}, id="external")],
+    [pytest.param({}, id="embedded"), pytest.param({"milvus": {"mode": "managed"}}, id="managed"),
+     pytest.param({"milvus": {"mode": "external", "uri": "grpc://milvus:19530"}}, id="external"),
+     pytest.param({"milvus": {"collection": "kb", "shards": 4}}, id="named-collection")],
 )
 def test_runtime_reads_the_index_the_job_writes(kit, index_spec):
     app, related = _world(kit, index_spec=index_spec)
@@ -218,22 +223,37 @@ def test_runtime_reads_the_index_the_job_writes(kit, index_spec):
     assert cfg.index.collection == kit.flag(kit.container(job)["args"], "--collection")
 
 
-def test_embedder_role_fleet_url(kit):
-    app, related = _world(kit, {"fleets": {"embedder": "cheap"}})
-    cfg = _config(kit, _render(kit, app, related))
+@pytest.mark.parametrize(
+    "embedder_role, index_embedding, fleet_urls, url",
+    [
+        pytest.param(None, {}, None, None, id="local-embedder-no-url"),
+        pytest.param("cheap", {}, None, fleet_url("cheap", NS), id="app-embedder-role"),
+        # Former bug: the index's fleetRef was looked up among the app's own fleets and came back None.
+        pytest.param(None, {"fleetRef": {"name": "embed"}}, None, fleet_url("embed", NS), id="index-fleet-ref"),
+        pytest.param("cheap", {"fleetRef": {"name": "embed"}}, None, fleet_url("cheap", NS),
+                     id="app-role-over-index-fleet"),
+        pytest.param(None, {"fleetRef": {"name": "embed"}}, {"embed": "http://127.0.0.1:8101/v1"},
+                     "http://127.0.0.1:8101/v1", id="index-fleet-overridden-locally"),
+        pytest.param(None, {"fleetRef": {"name": "embed"}}, {"large": "http://127.0.0.1:8100/v1"},
+                     fleet_url("embed", NS), id="override-of-another-fleet"),
+        pytest.param("cheap", {}, {"cheap": "http://127.0.0.1:8102/v1"}, "http://127.0.0.1:8102/v1",
+                     id="app-embedder-overridden-locally"),
+    ],
+)
+def test_embedding_url(kit, embedder_role, index_embedding, fleet_urls, url):
+    app_spec = {"fleets": {"embedder": embedder_role}} if embedder_role else {}
+    app, related = _world(kit, app_spec, index_spec={"embedding": index_embedding})
+    index = related[("VectorIndex", "docs")]
+    fleets = {n: related[("ModelFleet", n)] for n in app.fleet_names}
+    cfg = render.runtime_config(app, fleets=fleets, index=index, budget=None, fleet_urls=fleet_urls)
 
-    assert cfg.index is not None and cfg.index.embedding_url == fleet_url("cheap", NS)
-
-
-@pytest.mark.xfail(strict=True, reason="BUG: render/agentapp.py runtime_config() looks the index's "
-                                       "embedding.fleetRef up in `urls`, which holds only the app's own fleets, so "
-                                       "the runtime gets embeddingUrl None for a fleet-embedded index")
-def test_index_embedding_fleet_reaches_the_runtime(kit):
-    app, related = _world(kit, index_spec={"embedding": {"fleetRef": {"name": "embed"}}})
-    related.update(kit.related(kit.fleet("embed")))
-    cfg = _config(kit, _render(kit, app, related))
-
-    assert cfg.index is not None and cfg.index.embedding_url == fleet_url("embed", NS)
+    assert cfg.index is not None and cfg.index.embedding_url == url
+    if fleet_urls is None:  # what the cluster gets is the same
+        assert _config(kit, _render(kit, app, related)) == cfg
+    if index_embedding and embedder_role is None and fleet_urls is None:
+        # queries are embedded by the fleet the ingestion Job embedded the documents with
+        job = kit.one(render.render(index, related=kit.related(kit.fleet("embed")), defaults=kit.defaults), "Job")
+        assert kit.flag(kit.container(job)["args"], "--embedder") == url
 
 
 # --- references ------------------------------------------------------------------------------------------------
@@ -276,7 +296,7 @@ def test_missing_references_are_all_named(kit, app_spec, drop, missing):
     ],
 )
 def test_every_child_is_owned_labelled_and_named(kit, name, uid, has_owner):
-    app, related = _world(kit, app_name=name, uid=uid)
+    app, related = _world(kit, app_name=name, uid=uid, labels=kit.owner_labels)
     children = _render(kit, app, related)
 
     assert kit.child_problems(children, app) == []
@@ -285,23 +305,45 @@ def test_every_child_is_owned_labelled_and_named(kit, name, uid, has_owner):
     assert sorted(c["kind"] for c in children) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: render/agentapp.py agentapp() gives one `meta` dict to the "
-                                       "ServiceAccount, Deployment and Service and its labels to the pod template "
-                                       "(YAML anchors in `agentfleet render`; mutating one child changes the others)")
+def test_pod_template_does_not_follow_the_owner_labels(kit):
+    """Relabelling an AgentApp changes its children's metadata but does not roll its pods."""
+    plain, related = _world(kit)
+    labelled, _ = _world(kit, labels=kit.owner_labels)
+    before = kit.one(_render(kit, plain, related), "Deployment")
+    after = kit.one(_render(kit, labelled, related), "Deployment")
+
+    assert after["spec"] == before["spec"]
+    assert after["metadata"]["labels"] == {**kit.owner_labels, **before["metadata"]["labels"]}
+    assert not kit.owner_labels.keys() & after["spec"]["template"]["metadata"]["labels"].keys()
+
+
 def test_children_share_no_mutable_objects(kit):
-    app, related = _world(kit)
+    """Former bug: one `meta` dict in three children and its labels in the pod template (YAML anchors)."""
+    app, related = _world(kit, {"fleets": {"small": "small"}}, with_budget=True, labels=kit.owner_labels,
+                          index_spec={"milvus": {"tokenSecretRef": {"name": "milvus", "key": "token"}}})
 
     assert kit.aliased(_render(kit, app, related)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: api/base.py ObjectMeta.name accepts a leading digit (DNS-1123), but "
-                                       "the app's Service needs an RFC 1035 name: `1app` is rejected by the API "
-                                       "server only at apply time")
-def test_service_name_is_rfc1035_or_the_app_is_rejected(kit):
-    try:
-        app, related = _world(kit, app_name="1app")
-    except SpecError:  # rejected at parse: the desired outcome
+@pytest.mark.parametrize(
+    "name, accepted",
+    [
+        pytest.param("assistant", True, id="letters"),
+        pytest.param("app-2", True, id="dash-digit"),
+        pytest.param("n" * 38 + "-z", True, id="forty-longest"),
+        # Former bug: a leading digit parsed, and the API server rejected the Service `1app` at apply time.
+        pytest.param("1app", False, id="leading-digit"),
+        pytest.param("n" * 41, False, id="forty-one"),
+        pytest.param("-app", False, id="leading-dash"),
+    ],
+)
+def test_app_names_are_rfc1035_labels_that_fit(kit, name, accepted):
+    if not accepted:
+        with pytest.raises(SpecError) as err:
+            _world(kit, app_name=name)
+        assert [p.path for p in err.value.problems] == ["metadata.name"]
         return
+    app, related = _world(kit, app_name=name)
     svc = kit.one(_render(kit, app, related), "Service")
 
-    assert kit.dns1035.match(svc["metadata"]["name"])
+    assert svc["metadata"]["name"] == name and kit.dns1035.match(svc["metadata"]["name"])

@@ -7,7 +7,7 @@ import pytest
 from agentfleet import render
 from agentfleet.errors import SpecError
 from agentfleet.names import ENGINE_PORT, ROUTER_PORT, engine_name, router_name
-from agentfleet.render.modelfleet import engine_args
+from agentfleet.render.modelfleet import STARTUP_PERIOD_S, engine_args
 
 
 def _children(kit, spec=None, **meta):
@@ -121,27 +121,27 @@ def test_dev_shm_is_memory_backed(kit, engine, size):
     assert kit.mount(kit.container(sts), "dshm") == {"name": "dshm", "mountPath": "/dev/shm"}
 
 
-_FLOOR_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG: render/modelfleet.py startupProbe failureThreshold uses startup_timeout_seconds // 10 "
-                        "(floor), so period*threshold falls short of the timeout when it is not a multiple of 10")
-
-
 @pytest.mark.parametrize(
-    "timeout_s",
+    "timeout_s, failure_threshold",
     [
-        pytest.param(60, id="minimum"),
-        pytest.param(1800, id="default"),
-        pytest.param(86400, id="maximum"),
-        pytest.param(65, id="not-multiple-of-period", marks=_FLOOR_BUG),
-        pytest.param(1805, id="default-plus-5", marks=_FLOOR_BUG),
+        pytest.param(60, 6, id="minimum"),
+        pytest.param(1800, 180, id="default"),
+        pytest.param(86400, 8640, id="maximum"),
+        # Former bug (floor division): 65 s got 6 probes, 60 s of budget; the threshold is now rounded up.
+        pytest.param(65, 7, id="not-multiple-of-period"),
+        pytest.param(61, 7, id="one-past-a-period"),
+        pytest.param(1805, 181, id="default-plus-5"),
+        pytest.param(1809, 181, id="default-plus-9"),
     ],
 )
-def test_startup_probe_covers_startup_timeout(kit, timeout_s):
+def test_startup_probe_covers_startup_timeout(kit, timeout_s, failure_threshold):
     _, sts = _engine(kit, {"engine": {"startupTimeoutSeconds": timeout_s}})
     probe = kit.container(sts)["startupProbe"]
     budget_s = probe["failureThreshold"] * probe["periodSeconds"]
 
-    assert probe["httpGet"] == {"path": "/health", "port": "http"}
+    assert probe == {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": STARTUP_PERIOD_S,
+                     "failureThreshold": failure_threshold, "timeoutSeconds": 5}
+    assert STARTUP_PERIOD_S == 10
     assert timeout_s <= budget_s < timeout_s + probe["periodSeconds"]
 
 
@@ -170,25 +170,34 @@ def test_statefulset_replicas_follow_spec(kit, replicas):
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
 
 
+
+
 @pytest.mark.parametrize(
-    "model, var, secret",
+    "model, hf_token, env_from",
     [
-        pytest.param({"uri": "hf://acme/gated", "tokenSecretRef": {"name": "hf", "key": "token"}}, "HF_TOKEN",
-                     {"name": "hf", "key": "token"}, id="hf-with-token"),
-        pytest.param({"uri": "hf://acme/open"}, "HF_TOKEN", None, id="hf-without-token"),
+        pytest.param({"uri": "hf://acme/gated", "tokenSecretRef": {"name": "hf", "key": "token"}},
+                     {"name": "hf", "key": "token"}, None, id="hf-with-token"),
+        pytest.param({"uri": "hf://acme/open"}, None, None, id="hf-without-token"),
         pytest.param({"uri": "s3://bucket/m", "tokenSecretRef": {"name": "s3", "key": "creds"}},
-                     "MODEL_STORE_TOKEN", {"name": "s3", "key": "creds"}, id="s3-with-token"),
+                     None, [{"secretRef": {"name": "s3"}}], id="s3-with-token-whole-secret"),
+        pytest.param({"uri": "gs://bucket/m", "tokenSecretRef": {"name": "gcs", "key": "sa.json"}},
+                     None, [{"secretRef": {"name": "gcs"}}], id="gs-with-token-whole-secret"),
+        pytest.param({"uri": "s3://bucket/m"}, None, None, id="s3-without-token"),
+        pytest.param({"uri": "pvc://weights/m"}, None, None, id="pvc-without-token"),
+        pytest.param({"uri": "pvc://weights/m", "tokenSecretRef": {"name": "unused", "key": "k"}}, None, None,
+                     id="pvc-with-token-ignored"),
     ],
 )
-def test_model_token_env(kit, model, var, secret):
+def test_model_credentials(kit, model, hf_token, env_from):
     _, sts = _engine(kit, {"model": model})
     c = kit.container(sts)
 
-    if secret:
-        assert kit.env(c, var) == {"name": var, "valueFrom": {"secretKeyRef": secret}}
-    else:
-        assert kit.env(c, var) is None
+    assert kit.env(c, "HF_TOKEN") == (
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": hf_token}} if hf_token else None)
+    assert c.get("envFrom") == env_from
+    assert kit.env(c, "MODEL_STORE_TOKEN") is None
     assert kit.env(c, "HF_HOME") == {"name": "HF_HOME", "value": "/cache/huggingface"}
+    assert [e["name"] for e in c["env"]] == ["HF_HOME", *(["HF_TOKEN"] if hf_token else [])]
 
 
 def test_headless_service_selects_the_statefulset_pods(kit):
@@ -247,6 +256,18 @@ def test_router(kit, router, policy, replicas):
     assert svc["spec"]["ports"] == [{"name": "http", "port": ROUTER_PORT, "targetPort": "http", "protocol": "TCP"}]
 
 
+def test_router_has_a_writable_tmp_on_a_read_only_root(kit):
+    fleet, children = _children(kit)
+    dep = kit.one(children, "Deployment", router_name(fleet.name))
+    c = kit.container(dep)
+
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert kit.volume(dep, "tmp") == {"name": "tmp", "emptyDir": {}}
+    assert kit.mount(c, "tmp") == {"name": "tmp", "mountPath": "/tmp"}
+    assert dep["spec"]["template"]["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+
+
 def test_router_rbac_reads_only_endpointslices(kit):
     fleet, children = _children(kit)
     name = router_name(fleet.name)
@@ -283,7 +304,7 @@ def test_engine_and_router_selectors_do_not_overlap(kit):
     ],
 )
 def test_every_child_is_owned_labelled_and_named(kit, name, uid, has_owner):
-    fleet = kit.fleet(name, uid=uid)
+    fleet = kit.fleet(name, uid=uid, labels=kit.owner_labels)
     children = render.modelfleet(fleet, kit.defaults)
 
     assert kit.child_problems(children, fleet) == []
@@ -298,24 +319,72 @@ def test_render_dispatches_modelfleet(kit):
     assert render.render(fleet, related={}, defaults=kit.defaults) == render.modelfleet(fleet, kit.defaults)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: render/modelfleet.py _router() gives one `meta` dict to the "
-                                       "ServiceAccount, Role, RoleBinding, Deployment and Service (and its labels "
-                                       "to the pod template, `sel` to the Service), so `agentfleet render` prints "
-                                       "YAML anchors and mutating one child changes the others")
+def test_pod_templates_do_not_follow_the_owner_labels(kit):
+    """Relabelling a ModelFleet must not restart its vLLM pods (minutes of model loading each)."""
+    plain = render.modelfleet(kit.fleet(), kit.defaults)
+    labelled = render.modelfleet(kit.fleet(labels=kit.owner_labels), kit.defaults)
+    templates = [(c["kind"], c["spec"]["template"]) for c in plain if "template" in c.get("spec", {})]
+
+    assert [k for k, _ in templates] == ["StatefulSet", "Deployment"]
+    assert templates == [(c["kind"], c["spec"]["template"]) for c in labelled if "template" in c.get("spec", {})]
+    assert all(kit.owner_labels.items() <= c["metadata"]["labels"].items() for c in labelled)
+
+
+# Everything in a StatefulSet's spec but these is immutable: a change there makes every apply fail (422).
+_STS_MUTABLE = {"replicas", "ordinals", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy",
+                "minReadySeconds"}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param({"replicas": 5}, id="replicas"),
+        pytest.param({"model": {"uri": "pvc://weights/other"}}, id="model-uri"),
+        pytest.param({"engine": {"tensorParallelSize": 4, "shmSize": "32Gi", "image": "registry.test/vllm:next"}},
+                     id="engine"),
+        pytest.param({"engine": {"nodeSelector": {"gpu": "h100"}, "startupTimeoutSeconds": 65}}, id="scheduling"),
+        pytest.param({"router": {"policy": "session", "replicas": 3}}, id="router"),
+    ],
+)
+def test_spec_changes_leave_immutable_statefulset_fields_alone(kit, spec):
+    before = kit.one(render.modelfleet(kit.fleet(), kit.defaults), "StatefulSet")
+    after = kit.one(render.modelfleet(kit.fleet(spec=spec, labels=kit.owner_labels), kit.defaults), "StatefulSet")
+
+    assert {k: v for k, v in before["spec"].items() if k not in _STS_MUTABLE} == {
+        k: v for k, v in after["spec"].items() if k not in _STS_MUTABLE}
+
+
 def test_children_share_no_mutable_objects(kit):
-    _, children = _children(kit)
+    """Former bug: _router() gave one `meta` dict to five children (YAML anchors in `agentfleet render`)."""
+    _, children = _children(kit, labels=kit.owner_labels)
 
     assert kit.aliased(children) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: api/base.py ObjectMeta.name accepts a leading digit (DNS-1123), but "
-                                       "Services need RFC 1035 names: `1llm-engine` is rejected by the API server "
-                                       "only at apply time")
-def test_service_names_are_rfc1035_or_the_fleet_is_rejected(kit):
-    try:
-        fleet = kit.fleet("1llm")
-    except SpecError:  # rejected at parse: the desired outcome
+@pytest.mark.parametrize(
+    "name, accepted",
+    [
+        pytest.param("llm", True, id="letters"),
+        pytest.param("l", True, id="one-letter"),
+        pytest.param("llm-7b", True, id="dash-digit"),
+        pytest.param("n" * 38 + "-z", True, id="forty-longest"),
+        # Former bug: a leading digit parsed (DNS-1123) and the API server rejected `1llm-engine` at apply time.
+        pytest.param("1llm", False, id="leading-digit"),
+        pytest.param("7", False, id="all-digits"),
+        pytest.param("n" * 41, False, id="forty-one"),
+        pytest.param("llm-", False, id="trailing-dash"),
+        pytest.param("Llm", False, id="upper-case"),
+        pytest.param("llm.v2", False, id="dot"),
+    ],
+)
+def test_fleet_names_are_rfc1035_labels_that_fit(kit, name, accepted):
+    if not accepted:
+        with pytest.raises(SpecError) as err:
+            kit.fleet(name)
+        assert [p.path for p in err.value.problems] == ["metadata.name"]
         return
-    services = [c for c in render.modelfleet(fleet, kit.defaults) if c["kind"] == "Service"]
+    fleet = kit.fleet(name)
+    children = render.modelfleet(fleet, kit.defaults)
 
-    assert [s["metadata"]["name"] for s in services if not kit.dns1035.match(s["metadata"]["name"])] == []
+    assert [c["metadata"]["name"] for c in children if not kit.dns1035.match(c["metadata"]["name"])] == []
+    assert kit.child_problems(children, fleet) == []

@@ -1,5 +1,5 @@
-"""render.vectorindex: the indexed ingestion Job (named by what it ingests), the milvus-lite claim or the managed
-`Milvus`, and `connection()`, the URI readers use."""
+"""render.vectorindex: the indexed ingestion Job (named by a hash of its whole spec), the vector store (an embedded
+Milvus standalone or a managed `Milvus`), and `connection()`, the URI readers use."""
 
 from __future__ import annotations
 
@@ -7,15 +7,22 @@ import json
 import re
 
 import pytest
+import yaml
 
 from agentfleet import render
+from agentfleet.api.vectorindex import MilvusSpec
 from agentfleet.errors import DependencyMissing
-from agentfleet.names import fleet_url, index_data_claim_name, milvus_uri
-from agentfleet.render.vectorindex import INDEX_MOUNT, MILVUS_TOKEN_ENV, REINGEST_ANNOTATION, SOURCE_MOUNT
+from agentfleet.names import fleet_url, milvus_uri
+from agentfleet.render.meta import stable_hash
+from agentfleet.render.vectorindex import (
+    EMBED_ETCD, MILVUS_APP, MILVUS_TOKEN_ENV, REINGEST_ANNOTATION, SOURCE_MOUNT,
+)
 
 
 def _job(kit, children):
-    return kit.one(children, "Job")
+    job = kit.one(children, "Job")
+    assert children[-1] is job, "the Job comes last (control reads its name from there)"
+    return job
 
 
 # --- the Job ---------------------------------------------------------------------------------------------------
@@ -46,62 +53,93 @@ def test_ingest_job_is_indexed(kit, name, spec, workers, collection):
     assert kit.flag(c["args"], "--index") == render.connection(index).uri
     assert kit.flag(c["args"], "--shards") == str(index.spec.milvus.shards)
     assert re.fullmatch(rf"{name}-ingest-[0-9a-f]{{10}}", job["metadata"]["name"])
-    assert job["metadata"]["name"].endswith(render.ingest_hash(index))
+    assert job == render.ingest_job(index, kit.defaults)
+    assert kit.volume(job, "index") is None and kit.mount(c, "index") is None
+    assert kit.volume(job, "tmp") == {"name": "tmp", "emptyDir": {}}
+    assert kit.mount(c, "tmp") == {"name": "tmp", "mountPath": "/tmp"}
 
 
 _BASE = {"chunking": {"sizeTokens": 256, "overlapTokens": 32}, "access": {"defaultGroups": ["all"]},
          "ingestion": {"workers": 2, "resources": {"cpu": "1", "memory": "2Gi"}}}
+_NEXT_IMAGE = {"agentfleet_image": "registry.test/agentfleet:next"}
 
 
-@pytest.mark.parametrize(
-    "spec, annotations, labels, renamed",
-    [
-        pytest.param({}, {}, {}, False, id="unchanged"),
-        pytest.param({"chunking": {"sizeTokens": 512}}, {}, {}, True, id="chunk-size"),
-        pytest.param({"chunking": {"overlapTokens": 0}}, {}, {}, True, id="chunk-overlap"),
-        pytest.param({"chunking": {"headingAware": False}}, {}, {}, True, id="heading-aware"),
-        pytest.param({"source": {"configMap": {"name": "corpus-v2"}}}, {}, {}, True, id="source-configmap"),
-        pytest.param({"source": {"configMap": None, "url": "s3://bucket/docs"}}, {}, {}, True, id="source-url"),
-        pytest.param({"access": {"defaultGroups": ["eng"]}}, {}, {}, True, id="access-groups"),
-        pytest.param({"access": {"defaultTenant": "acme"}}, {}, {}, True, id="access-tenant"),
-        pytest.param({"access": {"allowPublic": True}}, {}, {}, True, id="access-public"),
-        pytest.param({}, {REINGEST_ANNOTATION: "2025-01-01"}, {}, True, id="reingest-annotation"),
-        pytest.param({"ingestion": {"resources": {"cpu": "4", "memory": "8Gi"}}}, {}, {}, False,
-                     id="resources-only"),
-        pytest.param({"ingestion": {"image": "registry.test/ingest:custom"}}, {}, {}, False, id="image-only"),
-        pytest.param({"ingestion": {"backoffLimit": 9}}, {}, {}, False, id="backoff-only"),
-        pytest.param({}, {"note": "hello"}, {"team": "search"}, False, id="unrelated-metadata"),
-    ],
-)
-def test_job_name_changes_with_what_is_ingested(kit, spec, annotations, labels, renamed):
-    before = kit.index("docs", _BASE)
-    after = kit.index("docs", kit.merge(_BASE, spec), annotations=annotations, labels=labels, generation=2)
-    name_before = _job(kit, render.vectorindex(before, kit.defaults))["metadata"]["name"]
-    name_after = _job(kit, render.vectorindex(after, kit.defaults))["metadata"]["name"]
-
-    assert (name_before != name_after) is renamed
-    assert (render.ingest_hash(before) != render.ingest_hash(after)) is renamed
+def _variant_job(kit, spec=None, *, annotations=None, labels=None, defaults=None, embedder=False, **meta):
+    """The Job rendered for _BASE changed by `spec`, the metadata given and `defaults` changes."""
+    index = kit.index("docs", kit.merge(_BASE, spec), annotations=annotations, labels=labels, **meta)
+    d = kit.defaults.model_copy(update=defaults or {})
+    related = kit.related(kit.fleet("embed"), kit.app("other"), kit.fleet("unrelated")) if embedder else {}
+    return _job(kit, render.render(index, related=related, defaults=d))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: render/vectorindex.py ingest_hash leaves out ingestion.resources, "
-                                       "ingestion.image and the default image, which sit in the Job's pod template; "
-                                       "a Job's template is immutable, so control/reconcile.py re-applying the "
-                                       "same-named Job with a new template is rejected (422) on every reconcile")
-@pytest.mark.parametrize(
-    "spec, defaults",
-    [
-        pytest.param({"ingestion": {"resources": {"cpu": "4", "memory": "8Gi"}}}, {}, id="resources"),
-        pytest.param({"ingestion": {"image": "registry.test/ingest:custom"}}, {}, id="image"),
-        pytest.param({}, {"agentfleet_image": "registry.test/agentfleet:next"}, id="operator-upgrade"),
-    ],
-)
-def test_same_job_name_means_same_immutable_template(kit, spec, defaults):
-    before = kit.one(render.vectorindex(kit.index("docs", _BASE), kit.defaults), "Job")
-    after = kit.one(render.vectorindex(kit.index("docs", kit.merge(_BASE, spec)),
-                                       kit.defaults.model_copy(update=defaults)), "Job")
+# (spec change, annotations, labels, defaults change, other metadata, renamed). A Job's spec is immutable, so
+# every change to it must rename the Job; nothing else may.
+_JOB_CHANGES = [
+    pytest.param({}, {}, {}, {}, {}, False, id="unchanged"),
+    pytest.param({"chunking": {"sizeTokens": 512}}, {}, {}, {}, {}, True, id="chunk-size"),
+    pytest.param({"chunking": {"overlapTokens": 0}}, {}, {}, {}, {}, True, id="chunk-overlap"),
+    pytest.param({"source": {"configMap": {"name": "corpus-v2"}}}, {}, {}, {}, {}, True, id="source-configmap"),
+    pytest.param({"source": {"configMap": None, "url": "s3://bucket/docs"}}, {}, {}, {}, {}, True, id="source-url"),
+    pytest.param({"access": {"defaultGroups": ["eng"]}}, {}, {}, {}, {}, True, id="access-groups"),
+    pytest.param({"access": {"defaultTenant": "acme"}}, {}, {}, {}, {}, True, id="access-tenant"),
+    pytest.param({"access": {"allowPublic": True}}, {}, {}, {}, {}, True, id="access-public"),
+    pytest.param({"milvus": {"shards": 4}}, {}, {}, {}, {}, True, id="shards"),
+    pytest.param({"milvus": {"collection": "kb"}}, {}, {}, {}, {}, True, id="collection"),
+    pytest.param({"milvus": {"tokenSecretRef": {"name": "milvus", "key": "token"}}}, {}, {}, {}, {}, True,
+                 id="milvus-token"),
+    pytest.param({"ingestion": {"workers": 3}}, {}, {}, {}, {}, True, id="workers"),
+    pytest.param({"ingestion": {"backoffLimit": 9}}, {}, {}, {}, {}, True, id="backoff"),
+    # Former bug: the name hashed only what is ingested, so these reused a name with a new (immutable) template
+    # and the apply was rejected (422) on every reconcile.
+    pytest.param({"ingestion": {"resources": {"cpu": "4", "memory": "8Gi"}}}, {}, {}, {}, {}, True,
+                 id="resources"),
+    pytest.param({"ingestion": {"image": "registry.test/ingest:custom"}}, {}, {}, {}, {}, True, id="image"),
+    pytest.param({}, {}, {}, _NEXT_IMAGE, {}, True, id="operator-upgrade-image"),
+    pytest.param({}, {}, {}, {"image_pull_policy": "Always"}, {}, True, id="pull-policy"),
+    pytest.param({}, {REINGEST_ANNOTATION: "2025-01-01"}, {}, {}, {}, True, id="reingest-annotation"),
+    # Not part of the Job's spec: the same name.
+    pytest.param({}, {"note": "hello"}, {"team": "search"}, {}, {}, False, id="owner-labels-annotations"),
+    pytest.param({}, {}, {}, {}, {"generation": 7, "uid": "other-uid"}, False, id="generation-uid"),
+    pytest.param({"milvus": {"storageSize": "50Gi"}}, {}, {}, {}, {}, False, id="embedded-storage-size"),
+    pytest.param({"milvus": {"deletionPolicy": "Retain"}}, {}, {}, {}, {}, False, id="deletion-policy"),
+    pytest.param({}, {}, {}, {"milvus_image": "registry.test/milvus:next", "vllm_image": "x"}, {}, False,
+                 id="other-images"),
+]
 
-    assert before["metadata"]["name"] != after["metadata"]["name"] or (
-        before["spec"]["template"] == after["spec"]["template"])
+
+@pytest.mark.parametrize("spec, annotations, labels, defaults, meta, renamed", _JOB_CHANGES)
+def test_job_is_renamed_exactly_when_its_spec_changes(kit, spec, annotations, labels, defaults, meta, renamed):
+    before = _variant_job(kit)
+    after = _variant_job(kit, spec, annotations=annotations, labels=labels, defaults=defaults, **meta)
+
+    assert (before["metadata"]["name"] != after["metadata"]["name"]) is renamed
+    assert (before["spec"] != after["spec"]) is (renamed and not annotations)
+
+
+def test_same_job_name_means_same_spec(kit):
+    """The invariant behind the name: over every variant above (and each with a fleet embedder), one name never
+    stands for two specs."""
+    specs: dict[str, set[str]] = {}
+    for row in _JOB_CHANGES:
+        spec, annotations, labels, defaults, meta, _ = row.values
+        for embedder in (False, True):
+            extra = {"embedding": {"fleetRef": {"name": "embed"}}} if embedder else {}
+            job = _variant_job(kit, kit.merge(spec, extra), annotations=annotations, labels=labels,
+                               defaults=defaults, embedder=embedder, **meta)
+            specs.setdefault(job["metadata"]["name"], set()).add(stable_hash(job["spec"], 64))
+
+    assert {name: len(hashes) for name, hashes in specs.items() if len(hashes) > 1} == {}
+    assert len(specs) == 2 * sum(1 for row in _JOB_CHANGES if row.values[-1]) + 2
+
+
+def test_other_resources_do_not_rename_the_job(kit):
+    index = kit.index("docs", {"embedding": {"fleetRef": {"name": "embed"}}})
+    alone = kit.related(kit.fleet("embed"))
+    crowded = kit.related(kit.fleet("embed"), kit.fleet("large"), kit.app("assistant"), kit.app("other"),
+                          kit.budget("spend"), kit.index("other-docs"))
+
+    assert _job(kit, render.render(index, related=alone, defaults=kit.defaults)) == _job(
+        kit, render.render(index, related=crowded, defaults=kit.defaults))
 
 
 @pytest.mark.parametrize(
@@ -109,13 +147,37 @@ def test_same_job_name_means_same_immutable_template(kit, spec, defaults):
     [
         pytest.param("1", "2", True, id="value-changed"),
         pytest.param("1", "1", False, id="value-same"),
+        pytest.param(None, "1", True, id="added"),
+        pytest.param("1", None, True, id="removed"),
     ],
 )
 def test_reingest_annotation_value_names_the_job(kit, first, second, renamed):
-    a = kit.index("docs", annotations={REINGEST_ANNOTATION: first})
-    b = kit.index("docs", annotations={REINGEST_ANNOTATION: second})
+    a = kit.index("docs", annotations={REINGEST_ANNOTATION: first} if first else None)
+    b = kit.index("docs", annotations={REINGEST_ANNOTATION: second} if second else None)
+    job_a, job_b = render.ingest_job(a, kit.defaults), render.ingest_job(b, kit.defaults)
 
-    assert (render.ingest_hash(a) != render.ingest_hash(b)) is renamed
+    assert (job_a["metadata"]["name"] != job_b["metadata"]["name"]) is renamed
+    assert job_a["spec"] == job_b["spec"]
+
+
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        pytest.param({"mode": "embedded"}, {"mode": "managed"}, id="embedded-to-managed"),
+        pytest.param({"mode": "managed"}, {"mode": "embedded"}, id="managed-to-embedded"),
+        pytest.param({"mode": "embedded"}, {"mode": "external", "uri": "http://milvus.test:19530"},
+                     id="embedded-to-external"),
+        pytest.param({"mode": "external", "uri": "http://a.test:19530"},
+                     {"mode": "external", "uri": "http://b.test:19530"}, id="external-uri"),
+    ],
+)
+def test_a_new_vector_store_is_ingested_again(kit, first, second):
+    before = _job(kit, render.vectorindex(kit.index("docs", {"milvus": first}), kit.defaults))
+    after = _job(kit, render.vectorindex(kit.index("docs", {"milvus": second}), kit.defaults))
+
+    assert before["metadata"]["name"] != after["metadata"]["name"]
 
 
 @pytest.mark.parametrize(
@@ -144,14 +206,18 @@ def test_source_mount(kit, source, arg, volume, mount):
     assert kit.flag(c["args"], "--source") == arg
     assert kit.volume(job, "source") == volume
     assert kit.mount(c, "source") == mount
+    assert [v["name"] for v in job["spec"]["template"]["spec"]["volumes"]] == ["source"] * bool(volume) + ["tmp"]
+    assert [m["name"] for m in c["volumeMounts"]] == ["source"] * bool(mount) + ["tmp"]
 
 
 @pytest.mark.parametrize(
     "milvus, kinds, uri, token",
     [
-        pytest.param({}, ["PersistentVolumeClaim", "Job"], f"{INDEX_MOUNT}/docs.db", None, id="lite"),
-        pytest.param({"mode": "lite", "collection": "kb"}, ["PersistentVolumeClaim", "Job"], f"{INDEX_MOUNT}/kb.db",
-                     None, id="lite-named-collection"),
+        pytest.param({}, ["ConfigMap", "Service", "StatefulSet", "Job"], milvus_uri("docs", "team-a"), None,
+                     id="embedded-default"),
+        pytest.param({"mode": "embedded", "collection": "kb", "tokenSecretRef": {"name": "milvus", "key": "t"}},
+                     ["ConfigMap", "Service", "StatefulSet", "Job"], milvus_uri("docs", "team-a"),
+                     {"name": "milvus", "key": "t"}, id="embedded-named-collection-token"),
         pytest.param({"mode": "external", "uri": "https://milvus.example.test:19530",
                       "tokenSecretRef": {"name": "milvus", "key": "token"}},
                      ["Job"], "https://milvus.example.test:19530", {"name": "milvus", "key": "token"},
@@ -166,22 +232,110 @@ def test_milvus_modes(kit, milvus, kinds, uri, token):
     children = render.vectorindex(index, kit.defaults)
     job = _job(kit, children)
     c = kit.container(job)
-    is_lite = index.spec.milvus.mode == "lite"
 
     assert [ch["kind"] for ch in children] == kinds
     assert render.connection(index).uri == uri
     assert kit.flag(c["args"], "--index") == uri
     assert (kit.env(c, MILVUS_TOKEN_ENV) or {}).get("valueFrom") == ({"secretKeyRef": token} if token else None)
+    assert c["env"] == ([{"name": MILVUS_TOKEN_ENV, "valueFrom": {"secretKeyRef": token}}] if token else [])
     assert render.connection(index).token_env == (MILVUS_TOKEN_ENV if token else None)
-    assert (kit.volume(job, "index") is not None) is is_lite
-    if is_lite:
-        assert uri.endswith(".db")
-        claim = kit.one(children, "PersistentVolumeClaim")
-        assert claim["metadata"]["name"] == index_data_claim_name("docs")
-        assert claim["spec"]["resources"]["requests"]["storage"] == index.spec.milvus.storage_size
-        assert kit.volume(job, "index") == {"name": "index",
-                                            "persistentVolumeClaim": {"claimName": index_data_claim_name("docs")}}
-        assert kit.mount(c, "index") == {"name": "index", "mountPath": INDEX_MOUNT}
+    assert "PersistentVolumeClaim" not in kinds and kit.volume(job, "index") is None
+
+
+def test_embedded_and_managed_share_the_service_name_the_milvus_operator_uses(kit):
+    assert milvus_uri("docs", "team-a") == "http://docs-milvus.team-a.svc:19530"
+    assert render.connection(kit.index("docs", namespace="prod")).uri == "http://docs-milvus.prod.svc:19530"
+
+
+@pytest.mark.parametrize(
+    "name, milvus, storage, when_deleted",
+    [
+        pytest.param("docs", {}, "10Gi", "Delete", id="defaults"),
+        pytest.param("team-docs", {"storageSize": "200Gi", "deletionPolicy": "Retain"}, "200Gi", "Retain",
+                     id="sized-retained"),
+        pytest.param("n" * 38 + "-z", {"storageSize": "1Ti"}, "1Ti", "Delete", id="longest-name"),
+    ],
+)
+def test_embedded_milvus_standalone(kit, name, milvus, storage, when_deleted):
+    index = kit.index(name, {"milvus": milvus})
+    children = render.vectorindex(index, kit.defaults)
+    full = f"{name}-milvus"
+    cm = kit.one(children, "ConfigMap", full)
+    svc = kit.one(children, "Service", full)
+    sts = kit.one(children, "StatefulSet", full)
+    c = kit.container(sts)
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+
+    # readers reach it through its Service
+    assert render.connection(index).uri == f"http://{svc['metadata']['name']}.{kit.ns}.svc:19530"
+    assert svc["spec"]["ports"] == [
+        {"name": "grpc", "port": 19530, "targetPort": "grpc", "protocol": "TCP"},
+        {"name": "metrics", "port": 9091, "targetPort": "metrics", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert svc["metadata"]["labels"]["app.kubernetes.io/name"] == MILVUS_APP
+    # one standalone pod with embedded etcd and local storage
+    assert sts["spec"]["serviceName"] == full
+    assert sts["spec"]["replicas"] == 1
+    assert c["image"] == kit.defaults.milvus_image
+    assert c["command"] == ["milvus", "run", "standalone"]
+    assert {e["name"]: e["value"] for e in c["env"]} == {
+        "ETCD_USE_EMBED": "true", "ETCD_DATA_DIR": "/var/lib/milvus/etcd",
+        "ETCD_CONFIG_PATH": "/milvus/configs/embedEtcd.yaml", "COMMON_STORAGETYPE": "local",
+        "DEPLOY_MODE": "STANDALONE"}
+    assert c["ports"] == [{"name": "grpc", "containerPort": 19530, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 9091, "protocol": "TCP"}]
+    assert {p: c[p]["httpGet"] for p in ("startupProbe", "readinessProbe", "livenessProbe")} == {
+        p: {"path": "/healthz", "port": "metrics"} for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+    # its etcd configuration comes from the ConfigMap, at the path ETCD_CONFIG_PATH names
+    assert cm["data"] == {"embedEtcd.yaml": EMBED_ETCD}
+    assert yaml.safe_load(cm["data"]["embedEtcd.yaml"])["listen-client-urls"] == "http://0.0.0.0:2379"
+    assert kit.volume(sts, "config") == {"name": "config", "configMap": {"name": cm["metadata"]["name"]}}
+    assert kit.mount(c, "config") == {"name": "config", "mountPath": "/milvus/configs/embedEtcd.yaml",
+                                      "subPath": "embedEtcd.yaml", "readOnly": True}
+    # its data lives on a claim per pod, sized by spec.milvus.storageSize, kept or deleted with the index
+    assert kit.mount(c, "data") == {"name": "data", "mountPath": "/var/lib/milvus"}
+    assert sts["spec"]["volumeClaimTemplates"] == [{
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}}}]
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": when_deleted,
+                                                                   "whenScaled": "Retain"}
+    assert len(f"data-{full}-0") <= 63
+
+
+def test_milvus_and_ingest_selectors_do_not_overlap(kit):
+    children = render.vectorindex(kit.index("docs"), kit.defaults)
+    svc = kit.one(children, "Service")
+    job_pods = _job(kit, children)["spec"]["template"]["metadata"]["labels"]
+    milvus_pods = kit.one(children, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+
+    assert svc["spec"]["selector"].items() <= milvus_pods.items()
+    assert not svc["spec"]["selector"].items() <= job_pods.items()
+
+
+# Everything in a StatefulSet's spec but these is immutable.
+_STS_MUTABLE = {"replicas", "ordinals", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy",
+                "minReadySeconds"}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param({"milvus": {"deletionPolicy": "Retain"}}, id="deletion-policy"),
+        pytest.param({"milvus": {"shards": 8, "collection": "kb"}}, id="collection"),
+        pytest.param({"chunking": {"sizeTokens": 512}, "ingestion": {"workers": 9}}, id="ingestion"),
+        pytest.param({"milvus": {"storageSize": "50Gi"}}, id="storage-size"),
+    ],
+)
+def test_spec_changes_leave_immutable_statefulset_fields_alone_or_are_refused(kit, spec):
+    before = kit.one(render.vectorindex(kit.index("docs"), kit.defaults), "StatefulSet")
+    after = kit.one(render.vectorindex(kit.index("docs", spec, labels=kit.owner_labels), kit.defaults),
+                    "StatefulSet")
+    changed = {k for k in before["spec"].keys() | after["spec"].keys()
+               if k not in _STS_MUTABLE and before["spec"].get(k) != after["spec"].get(k)}
+    refused = {r.field for r in MilvusSpec.__rules__ if "oldSelf" in r.cel}
+
+    assert changed == set() or (changed == {"volumeClaimTemplates"} and "storageSize" in refused)
 
 
 @pytest.mark.parametrize(
@@ -252,7 +406,7 @@ def test_missing_embedding_fleet_is_a_dependency(kit):
 
 # --- what every child carries ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["lite", "managed", "external"])
+@pytest.mark.parametrize("mode", ["embedded", "managed", "external"])
 @pytest.mark.parametrize(
     "name, uid, has_owner",
     [
@@ -263,17 +417,24 @@ def test_missing_embedding_fleet_is_a_dependency(kit):
 )
 def test_every_child_is_owned_labelled_and_named(kit, mode, name, uid, has_owner):
     milvus = {"mode": mode, **({"uri": "http://milvus:19530"} if mode == "external" else {})}
-    index = kit.index(name, {"milvus": milvus}, uid=uid)
+    index = kit.index(name, {"milvus": milvus}, uid=uid, labels=kit.owner_labels)
     children = render.vectorindex(index, kit.defaults)
+    job = _job(kit, children)
 
     assert kit.child_problems(children, index) == []
     assert all(("ownerReferences" in c["metadata"]) is has_owner for c in children)
     assert {(c["apiVersion"], c["kind"]) for c in children} <= set(render.CHILD_KINDS["VectorIndex"])
-    assert _job(kit, children)["spec"]["template"]["metadata"]["labels"] == _job(kit, children)["metadata"]["labels"]
+    assert len({(c["kind"], c["metadata"]["name"]) for c in children}) == len(children)
+    assert job["metadata"]["labels"] == {**kit.owner_labels, **job["spec"]["template"]["metadata"]["labels"]}
+    assert not kit.owner_labels.keys() & job["spec"]["template"]["metadata"]["labels"].keys()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: render/vectorindex.py _job() uses meta['labels'] as the pod "
-                                       "template's labels (one dict in two places: YAML anchors in `agentfleet "
-                                       "render`)")
-def test_children_share_no_mutable_objects(kit):
-    assert kit.aliased(render.vectorindex(kit.index(), kit.defaults)) == []
+
+
+@pytest.mark.parametrize("mode", [pytest.param("embedded"), "managed", "external"])
+def test_children_share_no_mutable_objects(kit, mode):
+    """Former bug: _job() used meta['labels'] as the pod template's labels (YAML anchors in `agentfleet render`)."""
+    milvus = {"mode": mode, **({"uri": "http://milvus:19530"} if mode == "external" else {})}
+
+    assert kit.aliased(render.vectorindex(kit.index(spec={"milvus": milvus}, labels=kit.owner_labels),
+                                          kit.defaults)) == []

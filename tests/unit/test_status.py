@@ -9,7 +9,7 @@ import pytest
 from agentfleet import render, status
 from agentfleet.api import Condition
 from agentfleet.errors import DependencyMissing, Problem, SpecError, UpstreamError
-from agentfleet.names import engine_name, fleet_url
+from agentfleet.names import RUNTIME_PORT, engine_name, fleet_url
 
 NOW = "2025-03-14T10:00:00Z"
 LATER = "2025-03-14T10:05:00Z"
@@ -32,35 +32,43 @@ def _workload(replicas=None, ready=None):
 # --- ModelFleet ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
-    "desired, sts, router, ready, reason, message, replicas, ready_replicas",
+    "desired, sts, router, ready, reason, message, progressing, replicas, ready_replicas",
     [
-        pytest.param(2, None, None, "False", "Creating", "creating the vLLM StatefulSet", 0, 0, id="no-statefulset"),
+        pytest.param(2, None, None, "False", "Creating", "creating the vLLM StatefulSet", True, 0, 0,
+                     id="no-statefulset"),
         pytest.param(2, _workload(), _workload(1, 1), "False", "ReplicasNotReady",
-                     "0/2 replicas ready (loading the model?)", 0, 0, id="statefulset-without-status"),
+                     "0 of 2 desired replicas ready (loading the model?)", True, 0, 0, id="statefulset-without-status"),
         pytest.param(2, _workload(2, 0), _workload(1, 1), "False", "ReplicasNotReady",
-                     "0/2 replicas ready (loading the model?)", 2, 0, id="zero-ready"),
+                     "0 of 2 desired replicas ready (loading the model?)", True, 2, 0, id="zero-ready"),
         pytest.param(2, _workload(2, 2), _workload(1, 0), "False", "RouterNotReady",
-                     "2/2 replicas ready, router not ready", 2, 2, id="router-not-ready"),
-        pytest.param(2, _workload(2, 2), None, "False", "RouterNotReady", "2/2 replicas ready, router not ready", 2, 2,
-                     id="router-missing"),
-        pytest.param(3, _workload(3, 1), _workload(1, 1), "True", "Scaling", "1/3 replicas ready", 3, 1,
-                     id="partially-ready"),
-        pytest.param(2, _workload(2, 2), _workload(2, 2), "True", "Ready", "2/2 replicas ready", 2, 2, id="all-ready"),
-        pytest.param(0, _workload(0, 0), _workload(1, 0), "True", "ScaledToZero", "scaled to zero replicas", 0, 0,
-                     id="desired-zero"),
-        pytest.param(1, _workload(2, 2), _workload(1, 1), "True", "Ready", "2/1 replicas ready", 2, 2,
-                     id="scaling-down"),
+                     "2 of 2 desired replicas ready, router not ready", True, 2, 2, id="router-not-ready"),
+        pytest.param(2, _workload(2, 2), None, "False", "RouterNotReady",
+                     "2 of 2 desired replicas ready, router not ready", True, 2, 2, id="router-missing"),
+        pytest.param(3, _workload(3, 1), _workload(1, 1), "True", "Scaling", "1 replicas ready, 3 running, 3 desired",
+                     True, 3, 1, id="partially-ready"),
+        pytest.param(3, _workload(2, 2), _workload(1, 1), "True", "Scaling", "2 replicas ready, 2 running, 3 desired",
+                     True, 2, 2, id="scaling-up-pods-not-created-yet"),
+        pytest.param(2, _workload(2, 2), _workload(2, 2), "True", "Ready", "2 of 2 replicas ready", False, 2, 2,
+                     id="all-ready"),
+        pytest.param(0, _workload(0, 0), _workload(1, 0), "True", "ScaledToZero", "scaled to zero replicas", False,
+                     0, 0, id="desired-zero"),
+        # Former bug: more ready replicas than desired read "Ready 2/1" with Progressing False.
+        pytest.param(1, _workload(2, 2), _workload(1, 1), "True", "Scaling", "2 replicas ready, 2 running, 1 desired",
+                     True, 2, 2, id="scaling-down"),
+        # Former bug: ready == desired while an extra pod still ran read "Ready".
+        pytest.param(1, _workload(2, 1), _workload(1, 1), "True", "Scaling", "1 replicas ready, 2 running, 1 desired",
+                     True, 2, 1, id="scaling-down-extra-pod-not-ready"),
     ],
 )
-def test_modelfleet_verdict(kit, desired, sts, router, ready, reason, message, replicas, ready_replicas):
+def test_modelfleet_verdict(kit, desired, sts, router, ready, reason, message, progressing, replicas,
+                            ready_replicas):
     fleet = kit.fleet("llm", {"replicas": desired, "model": {"servedModelName": "chat"}}, generation=4)
     out = status.modelfleet(fleet, statefulset=sts, router=router, now=NOW)
     conds = _by_type(out["conditions"])
-    progressing = "True" if ready == "False" else "False"
 
     assert (conds["Ready"]["status"], conds["Ready"]["reason"], conds["Ready"]["message"]) == (ready, reason, message)
-    assert (conds["Progressing"]["status"], conds["Progressing"]["reason"]) == (
-        progressing, reason if progressing == "True" else "Stable")
+    assert (conds["Progressing"]["status"], conds["Progressing"]["reason"], conds["Progressing"]["message"]) == (
+        ("True", reason, message) if progressing else ("False", "Stable", ""))
     assert (conds["Degraded"]["status"], conds["Degraded"]["reason"]) == ("False", "AsExpected")
     assert [c["type"] for c in out["conditions"]] == ["Ready", "Progressing", "Degraded"]
     assert all(c["lastTransitionTime"] == NOW and c["observedGeneration"] == 4 for c in out["conditions"])
@@ -68,6 +76,8 @@ def test_modelfleet_verdict(kit, desired, sts, router, ready, reason, message, r
     assert out["observedGeneration"] == 4
     assert out["endpoint"] == fleet_url("llm", kit.ns)
     assert out["servedModelName"] == "chat"
+    assert set(out) == {"observedGeneration", "replicas", "readyReplicas", "selector", "endpoint",
+                        "servedModelName", "conditions"}
 
 
 def test_modelfleet_selector_selects_the_engine_pods(kit):
@@ -90,6 +100,18 @@ def test_modelfleet_conditions_keep_their_transition_time_across_reconciles(kit)
     assert again["conditions"] == first["conditions"]
     assert {c["type"]: c["lastTransitionTime"] for c in flipped["conditions"]} == {
         "Ready": LATER, "Progressing": LATER, "Degraded": NOW}
+
+
+def test_modelfleet_scaling_moves_only_progressing(kit):
+    ready = status.modelfleet(kit.fleet("llm", {"replicas": 1}), statefulset=_workload(1, 1),
+                              router=_workload(1, 1), now=NOW)
+    scaling = status.modelfleet(kit.fleet("llm", {"replicas": 3}, status={"conditions": ready["conditions"]}),
+                                statefulset=_workload(3, 1), router=_workload(1, 1), now=LATER)
+    conds = _by_type(scaling["conditions"])
+
+    assert {t: (c["status"], c["reason"], c["lastTransitionTime"]) for t, c in conds.items()} == {
+        "Ready": ("True", "Scaling", NOW), "Progressing": ("True", "Scaling", LATER),
+        "Degraded": ("False", "AsExpected", NOW)}
 
 
 # --- VectorIndex -----------------------------------------------------------------------------------------------
@@ -178,7 +200,9 @@ def test_agentapp_verdict(kit, desired, deployment, ready, reason, message, read
     assert (conds["Ready"]["status"], conds["Ready"]["reason"], conds["Ready"]["message"]) == (ready, reason, message)
     assert conds["Progressing"]["status"] == ("True" if ready == "False" else "False")
     assert out["readyReplicas"] == ready_replicas
-    assert out["endpoint"] == f"http://assistant.{kit.ns}.svc:8080/v1"
+    assert out["endpoint"] == f"http://assistant.{kit.ns}.svc:{RUNTIME_PORT}/v1"
+    assert RUNTIME_PORT == 8080
+    assert out["replicas"] == (deployment or {}).get("status", {}).get("replicas", 0)
     assert out["fleets"] == ["large", "small"]
     assert (out["index"], out["budget"], out["configHash"], out["observedGeneration"]) == (
         "docs", "spend", "abc123", 2)
@@ -231,67 +255,116 @@ def test_window_bounds(window, now, start, end):
 
 TODAY = "2025-03-14T00:00:00Z"
 YESTERDAY = "2025-03-13T00:00:00Z"
+BUDGET_NOW = _t("2025-03-14T10:00:00+00:00")
+BUDGET_KEYS = {"observedGeneration", "windowStart", "windowEnd", "remainingUsd", "remainingTokens", "conditions"}
 
 
 @pytest.mark.parametrize(
-    "spec, prior, spent_usd, spent_tokens, remaining_usd, remaining_tokens, exhausted_message",
+    "spec, prior, remaining_usd, remaining_tokens, exhausted_message",
     [
         pytest.param({"limits": {"costUsd": 5, "tokens": 1000}},
                      {"windowStart": TODAY, "spentUsd": 1.25, "spentTokens": 400},
-                     1.25, 400, 3.75, 600, None, id="within-budget"),
+                     3.75, 600, None, id="within-budget"),
         pytest.param({"limits": {"costUsd": 5}, "onExhausted": "reject"},
                      {"windowStart": TODAY, "spentUsd": 5.0},
-                     5.0, 0, 0.0, None, "money exhausted for this day; rejecting requests", id="money-reject"),
+                     0.0, None, "money exhausted for this day; rejecting requests", id="money-reject"),
         pytest.param({"limits": {"costUsd": None, "tokens": 1000}, "onExhausted": "degrade"},
                      {"windowStart": TODAY, "spentTokens": 1200},
-                     0.0, 1200, None, 0, "tokens exhausted for this day; degrading to the small model",
+                     None, 0, "tokens exhausted for this day; degrading to the small model",
                      id="tokens-degrade-clamped"),
         pytest.param({"limits": {"costUsd": 5, "tokens": 1000}, "onExhausted": "degrade"},
                      {"windowStart": TODAY, "spentUsd": 7.5, "spentTokens": 10},
-                     7.5, 10, 0.0, 990, "money exhausted for this day; degrading to the small model",
+                     0.0, 990, "money exhausted for this day; degrading to the small model",
                      id="money-overspent-clamped"),
+        pytest.param({"limits": {"costUsd": 5, "tokens": 1000}, "onExhausted": "reject"},
+                     {"windowStart": TODAY, "spentUsd": 1.0, "spentTokens": 1000},
+                     4.0, 0, "tokens exhausted for this day; rejecting requests", id="tokens-exhausted-money-left"),
         pytest.param({"limits": {"costUsd": 0.3}},
                      {"windowStart": TODAY, "spentUsd": 0.1 + 0.2},
-                     0.1 + 0.2, 0, 0.0, None, "money exhausted for this day; rejecting requests",
-                     id="float-dust-exhausts"),
+                     0.0, None, "money exhausted for this day; rejecting requests", id="float-dust-exhausts"),
         pytest.param({"limits": {"costUsd": 5, "tokens": 1000}},
                      {"windowStart": YESTERDAY, "spentUsd": 5.0, "spentTokens": 1000},
-                     0.0, 0, 5.0, 1000, None, id="new-window-resets-spend"),
+                     5.0, 1000, None, id="new-window-resets-spend"),
+        pytest.param({"limits": {"costUsd": 5, "tokens": 1000}},
+                     {"spentUsd": 2.0, "spentTokens": 100},
+                     3.0, 900, None, id="no-window-start-is-current-window"),
+        pytest.param({"limits": {"costUsd": 5}}, None, 5.0, None, None, id="no-status-yet"),
         pytest.param({"limits": {"costUsd": 5}, "window": "total"},
-                     {"spentUsd": 2.0}, 2.0, 0, 3.0, None, None, id="total-never-resets"),
+                     {"spentUsd": 2.0}, 3.0, None, None, id="total-never-resets"),
         pytest.param({"limits": {"costUsd": None, "tokens": 100}, "window": "hour"},
                      {"windowStart": "2025-03-14T09:00:00Z", "spentTokens": 100},
-                     0.0, 0, None, 100, None, id="hour-window-rolled"),
+                     None, 100, None, id="hour-window-rolled"),
+        pytest.param({"limits": {"costUsd": None, "tokens": 100}, "window": "hour"},
+                     {"windowStart": "2025-03-14T10:00:00Z", "spentTokens": 100},
+                     None, 0, "tokens exhausted for this hour; rejecting requests", id="hour-window-current"),
+        pytest.param({"limits": {"costUsd": 0}}, {}, 0.0, None, "money exhausted for this day; rejecting requests",
+                     id="zero-limit-exhausted-at-once"),
     ],
 )
-def test_budget_remaining(kit, spec, prior, spent_usd, spent_tokens, remaining_usd, remaining_tokens,
-                          exhausted_message):
+def test_budget_remaining(kit, spec, prior, remaining_usd, remaining_tokens, exhausted_message):
     b = kit.budget("spend", spec, status=prior, generation=5)
-    out = status.budget(b, now=_t("2025-03-14T10:00:00+00:00"))
+    out = status.budget(b, now=BUDGET_NOW)
     conds = _by_type(out["conditions"])
     exhausted = exhausted_message is not None
 
-    assert (out["spentUsd"], out["spentTokens"]) == (spent_usd, spent_tokens)
+    # One writer per field: spentUsd/spentTokens belong to the runtime's ledger.
+    assert set(out) == BUDGET_KEYS
     assert (out["remainingUsd"], out["remainingTokens"]) == (remaining_usd, remaining_tokens)
     assert (conds["Exhausted"]["status"], conds["Exhausted"]["reason"], conds["Exhausted"]["message"]) == (
         ("True", "Exhausted", exhausted_message) if exhausted else ("False", "WithinBudget", ""))
-    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == (
-        "True", "Exhausted" if exhausted else "Ready")
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"], conds["Ready"]["message"]) == (
+        ("True", "Exhausted", exhausted_message) if exhausted else ("True", "Ready", "within budget"))
+    assert (conds["Progressing"]["status"], conds["Degraded"]["status"]) == ("False", "False")
     assert [c["type"] for c in out["conditions"]] == ["Ready", "Progressing", "Degraded", "Exhausted"]
+    assert all(c["lastTransitionTime"] == NOW and c["observedGeneration"] == 5 for c in out["conditions"])
     assert out["observedGeneration"] == 5
-    start, end = status.window_bounds(b.spec.window, _t("2025-03-14T10:00:00+00:00"))
+    start, end = status.window_bounds(b.spec.window, BUDGET_NOW)
     assert out["windowStart"] == (start.strftime("%Y-%m-%dT%H:%M:%SZ") if start else None)
     assert out["windowEnd"] == (end.strftime("%Y-%m-%dT%H:%M:%SZ") if end else None)
 
 
 def test_budget_window_written_is_the_one_read_back(kit):
-    """The window a status write records must make the next reconcile in that window keep the spend."""
-    now = _t("2025-03-14T10:00:00+00:00")
-    first = status.budget(kit.budget("spend", {"limits": {"costUsd": 5}}), now=now)
+    """The window a status write records makes the next reconcile in that window keep the ledger's spend."""
+    first = status.budget(kit.budget("spend", {"limits": {"costUsd": 5}}), now=BUDGET_NOW)
     b = kit.budget("spend", {"limits": {"costUsd": 5}}, status={**first, "spentUsd": 2.0})
 
-    assert status.budget(b, now=now + dt.timedelta(hours=1))["spentUsd"] == 2.0
-    assert status.budget(b, now=now + dt.timedelta(days=1))["spentUsd"] == 0.0
+    assert status.budget(b, now=BUDGET_NOW + dt.timedelta(hours=1))["remainingUsd"] == 3.0
+    assert status.budget(b, now=BUDGET_NOW + dt.timedelta(days=1))["remainingUsd"] == 5.0
+
+
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        pytest.param(dt.datetime(2025, 3, 14, 10, 0), id="naive-is-utc"),
+        pytest.param(dt.datetime(2025, 3, 14, 10, 0, tzinfo=UTC), id="utc"),
+        pytest.param(dt.datetime(2025, 3, 14, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+                     id="plus-two-hours"),
+        pytest.param(dt.datetime(2025, 3, 14, 5, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+                     id="minus-five-hours"),
+    ],
+)
+def test_budget_reads_any_clock_as_the_same_instant(kit, now):
+    b = kit.budget("spend", {"limits": {"costUsd": 5}, "window": "hour"},
+                   status={"windowStart": "2025-03-14T10:00:00Z", "spentUsd": 1.0})
+    out = status.budget(b, now=now)
+
+    assert out == status.budget(b, now=BUDGET_NOW)
+    assert (out["windowStart"], out["windowEnd"], out["remainingUsd"]) == (
+        "2025-03-14T10:00:00Z", "2025-03-14T11:00:00Z", 4.0)
+    assert {c["lastTransitionTime"] for c in out["conditions"]} == {NOW}
+
+
+def test_budget_exhaustion_flips_only_what_changed(kit):
+    spec = {"limits": {"costUsd": 5}}
+    fine = status.budget(kit.budget("spend", spec, status={"windowStart": TODAY, "spentUsd": 1.0}), now=BUDGET_NOW)
+    later = BUDGET_NOW + dt.timedelta(minutes=5)
+    out = status.budget(kit.budget("spend", spec, status={**fine, "spentUsd": 5.0}), now=later)
+
+    assert {c["type"]: (c["status"], c["reason"], c["lastTransitionTime"]) for c in out["conditions"]} == {
+        "Ready": ("True", "Exhausted", NOW), "Progressing": ("False", "Stable", NOW),
+        "Degraded": ("False", "AsExpected", NOW), "Exhausted": ("True", "Exhausted", LATER)}
 
 
 # --- failures --------------------------------------------------------------------------------------------------

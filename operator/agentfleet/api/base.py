@@ -26,11 +26,12 @@ MAX_NAME_LENGTH = 40
 @dataclass(frozen=True)
 class Rule:
     """One cross-field constraint, stated once: `cel` is enforced by the API server, `check` by `validate` and by
-    the operator's parse. `field` names the camelCase field (relative to the model) that the message is about."""
+    the operator's parse. `field` names the camelCase field (relative to the model) that the message is about.
+    A transition rule (one reading `oldSelf`) has no `check`: only the API server sees the old object."""
 
     cel: str
     message: str
-    check: Callable[[Any], bool]
+    check: Callable[[Any], bool] | None
     field: str | None = None
 
     def to_k8s(self) -> dict[str, str]:
@@ -51,7 +52,7 @@ class Model(BaseModel):
     @model_validator(mode="after")
     def _check_rules(self):
         for rule in type(self).__dict__.get("__rules__", ()):
-            if not rule.check(self):
+            if rule.check is not None and not rule.check(self):
                 raise PydanticCustomError("rule", rule.message, {"field": rule.field or ""})
         return self
 

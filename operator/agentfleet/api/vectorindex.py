@@ -91,6 +91,10 @@ class MilvusSpec(Model):
     __rules__: ClassVar = (
         Rule("self.mode != 'external' || has(self.uri)", "uri is required when mode is external",
              lambda s: s.mode != "external" or s.uri is not None, "uri"),
+        # A StatefulSet's volumeClaimTemplates cannot change: resize the claim itself instead.
+        Rule("self.mode != 'embedded' || oldSelf.mode != 'embedded' || self.storageSize == oldSelf.storageSize",
+             "storageSize of an embedded index cannot change once created; resize its PersistentVolumeClaim",
+             None, "storageSize"),
     )
 
     mode: Literal["embedded", "external", "managed"] = "embedded"

@@ -70,7 +70,7 @@ def _engine_statefulset(fleet: ModelFleet, d: Defaults) -> dict[str, Any]:
     ref = fleet.spec.model.token_secret_ref
     if ref and fleet.spec.model.uri.startswith("hf://"):
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    elif ref:
+    elif ref and fleet.spec.model.uri.startswith(("s3://", "gs://")):
         # Object stores read their own variables (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...): the
         # whole Secret becomes the environment.
         env_from.append({"secretRef": {"name": ref.name}})

@@ -114,7 +114,9 @@ def ingest_job(index: VectorIndex, d: Defaults, *, embedder_url: str | None = No
     }
     # The name hashes the whole spec (a Job's template is immutable) plus the re-ingest annotation. Ingestion is
     # an idempotent upsert of content-hashed chunks, so a re-run after, say, an image upgrade is safe.
-    h = stable_hash({"spec": job_spec, "reingest": index.metadata.annotations.get(REINGEST_ANNOTATION, "")})
+    # The store's mode is in it too: embedded and managed share a URI, but a new store starts empty.
+    h = stable_hash({"spec": job_spec, "store": spec.milvus.mode,
+                     "reingest": index.metadata.annotations.get(REINGEST_ANNOTATION, "")})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -131,7 +133,10 @@ def _embedded_milvus(index: VectorIndex, d: Defaults) -> list[dict[str, Any]]:
         return child_meta(index, n, app=MILVUS_APP, component="vector-store")
 
     sel = selector_labels(index, app=MILVUS_APP, component="vector-store")
-    health = {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    def health(failures: int) -> dict[str, Any]:
+        return {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 5,
+                "failureThreshold": failures}
+
     return [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(full), "data": {"embedEtcd.yaml": EMBED_ETCD}},
         {
@@ -172,9 +177,9 @@ def _embedded_milvus(index: VectorIndex, d: Defaults) -> list[dict[str, Any]]:
                             "ports": [{"name": "grpc", "containerPort": MILVUS_PORT, "protocol": "TCP"},
                                       {"name": "metrics", "containerPort": MILVUS_METRICS_PORT, "protocol": "TCP"}],
                             "resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
-                            "startupProbe": {**health, "failureThreshold": 30},
-                            "readinessProbe": {**health, "failureThreshold": 3},
-                            "livenessProbe": {**health, "failureThreshold": 6},
+                            "startupProbe": health(30),
+                            "readinessProbe": health(3),
+                            "livenessProbe": health(6),
                             "volumeMounts": [
                                 {"name": "data", "mountPath": "/var/lib/milvus"},
                                 {"name": "config", "mountPath": "/milvus/configs/embedEtcd.yaml",

@@ -1,0 +1,133 @@
+"""`agentfleet ingest` as a library call: worker i's slice of the source -> planned chunks (ingest) -> near-dup
+removal -> embed only what the store lacks -> delete what a document no longer has -> upsert -> flush -> a
+summary. milvus-lite allows one process per file, so the store is opened twice, briefly: to read which chunk
+ids exist, and to write; embedding (the slow part) runs with the file unlocked so P workers overlap there."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from ..ingest import dedupe_chunks, load_corpus, plan_document
+from ..ingest.corpus import AccessDefaults, Document, SkippedDocument, slice_of
+from ..ingest.pipeline import PlannedChunk, access_signature, document_key
+from .embedders import Embedder
+from .filters import stored_access
+from .progress import Progress
+from .store import MilvusStore
+
+__all__ = ["IngestOptions", "IngestSummary", "run_ingest", "rows_for"]
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    source: Path
+    worker: int = 0
+    workers: int = 1
+    shards: int = 1
+    size_tokens: int = 384
+    overlap_tokens: int = 48
+    heading_aware: bool = True
+    dedupe_threshold: float = 0.95
+    access: AccessDefaults = AccessDefaults()
+    remove_missing: bool = True
+
+
+@dataclass
+class IngestSummary:
+    documents: int = 0
+    chunks: int = 0
+    skipped_documents: int = 0
+    duplicates_dropped: int = 0
+    embedded: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+    skipped: list[SkippedDocument] = field(default_factory=list)
+
+    def wire(self) -> dict[str, Any]:
+        """The worker's report; the operator sums documents, chunks and skippedDocuments into status."""
+        return {"documents": self.documents, "chunks": self.chunks, "skippedDocuments": self.skipped_documents,
+                "duplicatesDropped": self.duplicates_dropped, "embedded": self.embedded, "deleted": self.deleted,
+                "seconds": round(self.seconds, 2)}
+
+
+def rows_for(chunks: list[PlannedChunk], vectors: Any) -> list[dict[str, Any]]:
+    rows = []
+    for c, v in zip(chunks, vectors):
+        acc = stored_access(c.access.tenant, c.access.groups, public=c.access.public)
+        rows.append({"id": c.id, "vector": [float(x) for x in v], "tenant": acc.tenant, "groups": acc.groups,
+                     "doc": c.doc_key, "source": c.source[:4096], "title": c.title[:1024],
+                     "trail": json.dumps(list(c.trail), ensure_ascii=False)[:4096], "start": c.start, "end": c.end,
+                     "text": c.text})
+    return rows
+
+
+def run_ingest(opts: IngestOptions, *, open_store: Callable[[], MilvusStore], embedder: Embedder,
+               log: TextIO, is_tty: bool | None = None, clock: Callable[[], float] = time.monotonic
+               ) -> IngestSummary:
+    started = clock()
+    summary = IngestSummary()
+    docs: list[Document] = []
+    for item in load_corpus(opts.source, worker=opts.worker, workers=opts.workers, defaults=opts.access):
+        if isinstance(item, SkippedDocument):
+            summary.skipped.append(item)
+            summary.skipped_documents += int(item.is_document)
+            log.write(f"skipped {item.source}: {item.reason}\n")
+        else:
+            docs.append(item)
+    planned: list[PlannedChunk] = []
+    for doc in docs:
+        planned.extend(plan_document(doc, size_tokens=opts.size_tokens, overlap_tokens=opts.overlap_tokens,
+                                     heading_aware=opts.heading_aware))
+    keep = dedupe_chunks([c.text for c in planned], [access_signature(c.access) for c in planned],
+                         threshold=opts.dedupe_threshold)
+    summary.duplicates_dropped = len(planned) - len(keep)
+    planned = [planned[i] for i in keep]
+    summary.documents = len({c.doc_key for c in planned})
+    summary.chunks = len(planned)
+    doc_keys = sorted({document_key(d.source) for d in docs})
+
+    with open_store() as store:
+        store.ensure_collection(dimension=embedder.dimension, shards=opts.shards)
+        existing = store.ids_by_document(doc_keys)
+        gone: set[str] = set()
+        if opts.remove_missing:
+            # Documents of this worker's slice that are stored but no longer indexable: deleted from the source,
+            # or now skipped (access metadata removed must revoke access, not freeze the old one).
+            present = set(doc_keys)
+            for key, source in store.documents().items():
+                path = source.split("#", 1)[0]
+                if key not in present and slice_of(path, opts.workers) == opts.worker:
+                    gone.add(key)
+            if gone:
+                for ids in store.ids_by_document(sorted(gone)).values():
+                    existing.setdefault("", set()).update(ids)
+    have = set().union(*existing.values()) if existing else set()
+    want = {c.id for c in planned}
+    todo = [c for c in planned if c.id not in have]
+    stale = have - want
+
+    vectors = []
+    bar = Progress("embedding", len(todo), stream=log, is_tty=is_tty, clock=clock)
+    batch = getattr(embedder, "batch_size", 64)
+    for b in range(0, len(todo), batch):
+        part = todo[b:b + batch]
+        vectors.extend(embedder.embed([c.embed_text for c in part]))
+        bar.advance(len(part))
+    if todo:
+        bar.close()
+    summary.embedded = len(todo)
+
+    if todo or stale:
+        with open_store() as store:
+            store.ensure_collection(dimension=embedder.dimension, shards=opts.shards)
+            summary.deleted = store.delete_ids(stale)
+            rows = rows_for(todo, vectors)
+            for b in range(0, len(rows), 1000):
+                store.upsert(rows[b:b + 1000])
+            store.flush()
+    summary.seconds = clock() - started
+    return summary

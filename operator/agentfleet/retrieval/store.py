@@ -1,0 +1,224 @@
+"""The vector store edge: the only module that imports pymilvus. One collection per VectorIndex, on milvus-lite
+(a `*.db` file; the engine holds an exclusive file lock, so openers retry until a deadline) or any Milvus by URI.
+Schema: content-hash id, vector, tenant (partition key) and groups in the encoded form of `filters`, the
+document key, source path, title, heading trail and character offsets. Search always goes through a Principal's
+filter; `search_expr` exists for benchmarks and administration only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from .filters import GROUPS_FIELD_MAX, TENANT_FIELD_MAX, Principal, for_principal
+
+__all__ = ["Hit", "MilvusStore", "StoreError", "is_lite_uri", "OUTPUT_FIELDS"]
+
+OUTPUT_FIELDS = ["source", "title", "trail", "start", "end", "text"]
+TEXT_MAX = 65535
+# Unflushed rows search ~20x slower on milvus-lite (shared/facts.md): flush after every ingest.
+LOCK_RETRY_S = 1.0
+
+
+class _DropMvccNotice(logging.Filter):
+    # milvus-lite has no server-side MVCC timestamp; pymilvus warns about it on every query iterator.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "mvccTs" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_DropMvccNotice())
+
+
+class StoreError(RuntimeError):
+    """The vector store cannot be reached or refused an operation."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    text: str
+    source: str
+    title: str
+    trail: tuple[str, ...]
+    start: int
+    end: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"id": self.id, "score": round(self.score, 6), "source": self.source, "title": self.title,
+                "headings": list(self.trail), "start": self.start, "end": self.end, "text": self.text}
+
+
+def is_lite_uri(uri: str) -> bool:
+    return "://" not in uri
+
+
+class MilvusStore:
+    def __init__(self, uri: str, collection: str, *, token: str | None = None, lock_timeout_s: float = 1800.0,
+                 timeout_s: float = 60.0) -> None:
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        self.uri, self.collection, self.timeout_s = uri, collection, timeout_s
+        self.is_lite = is_lite_uri(uri)
+        deadline = time.monotonic() + lock_timeout_s
+        while True:
+            try:
+                self.client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+                break
+            except MilvusException as err:
+                # milvus-lite: another worker holds the file lock; wait for it (ingest writes are short).
+                if not self.is_lite or time.monotonic() >= deadline:
+                    raise StoreError(f"cannot open {uri}: {err}") from err
+                time.sleep(LOCK_RETRY_S)
+        self._loaded = False
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # closing a dead client is not an error worth surfacing
+            pass
+
+    def __enter__(self) -> "MilvusStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def exists(self) -> bool:
+        return bool(self.client.has_collection(self.collection))
+
+    def ensure_collection(self, *, dimension: int, shards: int = 1) -> bool:
+        """Create the collection when missing; True when created. An existing one must have `dimension`."""
+        from pymilvus import DataType, MilvusClient
+
+        if self.exists():
+            desc = self.client.describe_collection(self.collection)
+            for f in desc.get("fields", []):
+                if f.get("name") == "vector":
+                    have = int((f.get("params") or {}).get("dim", dimension))
+                    if have != dimension:
+                        raise StoreError(f"collection {self.collection} has {have}-d vectors; the embedder "
+                                         f"gives {dimension}-d (drop the collection or change the embedder)")
+            return False
+        s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        s.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        s.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+        s.add_field("tenant", DataType.VARCHAR, max_length=TENANT_FIELD_MAX, is_partition_key=True)
+        s.add_field("groups", DataType.VARCHAR, max_length=GROUPS_FIELD_MAX)
+        s.add_field("doc", DataType.VARCHAR, max_length=64)
+        s.add_field("source", DataType.VARCHAR, max_length=4096)
+        s.add_field("title", DataType.VARCHAR, max_length=1024)
+        s.add_field("trail", DataType.VARCHAR, max_length=4096)
+        s.add_field("start", DataType.INT64)
+        s.add_field("end", DataType.INT64)
+        s.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX)
+        ip = self.client.prepare_index_params()
+        if self.is_lite:
+            # Exact search: on milvus-lite HNSW/IVF cost ~64 ms at 100k rows anyway (facts.md), FLAT gives recall 1.
+            ip.add_index("vector", index_type="FLAT", metric_type="COSINE")
+        else:
+            ip.add_index("vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
+            ip.add_index("tenant", index_type="INVERTED")
+            ip.add_index("doc", index_type="INVERTED")
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            self.client.create_collection(self.collection, schema=s, index_params=ip, num_shards=shards,
+                                          consistency_level="Strong")
+        except MilvusException:
+            if self.exists():  # P workers race to create it on a shared Milvus: one wins, all go on
+                return False
+            raise
+        return True
+
+    def drop(self) -> None:
+        if self.exists():
+            self.client.drop_collection(self.collection)
+
+    def load(self) -> None:
+        if not self._loaded:
+            self.client.load_collection(self.collection)
+            self._loaded = True
+
+    def flush(self) -> None:
+        """Seal growing segments and reload, so searches take the fast path."""
+        self.client.flush(self.collection)
+        if self.is_lite:
+            self.client.release_collection(self.collection)
+            self._loaded = False
+        self.load()
+
+    # --- writes ---------------------------------------------------------------------------------------------
+    def ids_by_document(self, doc_keys: Sequence[str]) -> dict[str, set[str]]:
+        """The stored chunk ids of each document key (keys are hex: safe inside a filter literal)."""
+        self.load()
+        out: dict[str, set[str]] = {k: set() for k in doc_keys}
+        for i in range(0, len(doc_keys), 200):
+            batch = list(doc_keys[i:i + 200])
+            assert all(k.isalnum() for k in batch)
+            literal = ", ".join(f'"{k}"' for k in batch)
+            for row in self._query_all(f"doc in [{literal}]", ["doc"]):
+                out[row["doc"]].add(row["id"])
+        return out
+
+    def documents(self) -> dict[str, str]:
+        """doc key -> source path of every document in the collection."""
+        self.load()
+        return {row["doc"]: row["source"] for row in self._query_all('doc != ""', ["doc", "source"])}
+
+    def _query_all(self, expr: str, fields: list[str]) -> Iterable[dict[str, Any]]:
+        it = self.client.query_iterator(self.collection, batch_size=4096, filter=expr, output_fields=fields)
+        try:
+            while True:
+                rows = it.next()
+                if not rows:
+                    return
+                yield from rows
+        finally:
+            it.close()
+
+    def delete_ids(self, ids: Iterable[str]) -> int:
+        ids = sorted(ids)
+        for i in range(0, len(ids), 1000):
+            self.client.delete(self.collection, ids=ids[i:i + 1000])
+        return len(ids)
+
+    def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self.client.upsert(self.collection, list(rows))
+
+    def count(self) -> int:
+        self.load()
+        res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"]) if res else 0
+
+    # --- reads ----------------------------------------------------------------------------------------------
+    def search(self, vectors: Sequence[Sequence[float]], principal: Principal, *, k: int = 10) -> list[list[Hit]]:
+        """Top-k hits per query vector among the chunks `principal` may read; the permission filter runs inside
+        the vector search, so k permitted chunks come back whenever k exist."""
+        return self.search_expr(vectors, for_principal(principal).expr, k=k)
+
+    def search_expr(self, vectors: Sequence[Sequence[float]], expr: str, *, k: int = 10,
+                    fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[Hit]]:
+        """Benchmarks and administration only: no permission filter is added."""
+        self.load()
+        params: dict[str, Any] = {"metric_type": "COSINE"}
+        if not self.is_lite:
+            params["params"] = {"ef": max(64, 4 * k)}
+        res = self.client.search(self.collection, data=[list(map(float, v)) for v in vectors], filter=expr,
+                                 limit=k, output_fields=list(fields), search_params=params)
+        out = []
+        for per_query in res:
+            hits = []
+            for h in per_query:
+                e = h.get("entity") or {}
+                trail = e.get("trail")
+                hits.append(Hit(str(h.get("id")), float(h.get("distance", 0.0)), e.get("text", ""),
+                                e.get("source", ""), e.get("title", ""), tuple(json.loads(trail)) if trail else (),
+                                int(e.get("start", 0)), int(e.get("end", 0))))
+            out.append(hits)
+        return out

@@ -1,0 +1,64 @@
+"""`agentfleet router`: run the ModelFleet router. The flags are the ones render/modelfleet.py puts in the router
+Deployment, plus `--endpoints` for a static replica list outside a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .policy import POLICIES
+
+__all__ = ["add_parsers"]
+
+
+def _cmd_router(args: argparse.Namespace) -> int:
+    import asyncio
+    import threading
+
+    from .discovery import parse_static, watch_endpoint_slices
+    from .proxy import ProxySettings, serve
+    from .state import FleetState
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format='{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}')
+    fleet = FleetState(policy=args.policy, load_bound_factor=args.load_bound_factor)
+    settings = ProxySettings(prefix_tokens=args.prefix_tokens, connect_timeout_s=args.connect_timeout,
+                             read_timeout_s=args.read_timeout, health_interval_s=args.health_interval)
+    stop = threading.Event()
+    on_startup = None
+    if args.endpoints:
+        fleet.set_endpoints(parse_static(args.endpoints))
+    else:
+        if not args.service or not args.namespace:
+            raise SystemExit("agentfleet router: give --endpoints, or --service and --namespace (EndpointSlices)")
+
+        async def on_startup(_app) -> None:
+            watch_endpoint_slices(asyncio.get_running_loop(), fleet.set_endpoints, namespace=args.namespace,
+                                  service=args.service, default_port=args.engine_port, stop=stop)
+    try:
+        serve(fleet, settings, host=args.host, port=args.port, on_startup=on_startup)
+    finally:
+        stop.set()
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("router", help="run a ModelFleet's prefix- and session-aware router (OpenAI-compatible)")
+    p.add_argument("--fleet", help="the ModelFleet's name (for logs)")
+    p.add_argument("--namespace", help="namespace of the engine Service")
+    p.add_argument("--service", help="headless engine Service whose EndpointSlices list the replicas")
+    p.add_argument("--endpoints", help="static replicas instead: name=http://host:port,... or bare URLs")
+    p.add_argument("--engine-port", type=int, default=8000)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--policy", choices=POLICIES, default="prefix-aware")
+    p.add_argument("--load-bound-factor", type=float, default=1.25,
+                   help="a replica takes at most this times the mean in-flight load (bounded-load hashing)")
+    p.add_argument("--prefix-tokens", type=int, default=256,
+                   help="words of the first non-system message hashed for prefix affinity")
+    p.add_argument("--connect-timeout", type=float, default=2.0, help="seconds, per attempt")
+    p.add_argument("--read-timeout", type=float, default=300.0,
+                   help="seconds to the first byte and between chunks, per attempt")
+    p.add_argument("--health-interval", type=float, default=2.0)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_router)

@@ -1,0 +1,80 @@
+"""What a request is routed by: its session (task) id when the client sends one, else a prompt prefix that
+discriminates between conversations. An agent's prompt is a shared system prompt followed by a task's own
+first message and then a history that only grows; hashing the system prompt alone would send every task to one
+replica, hashing the whole prompt would send each step of a task somewhere new. So the key is the system prompt
+plus the first `prefix_tokens` tokens of the first non-system message: stable for the whole task, different
+between tasks. Tokens are approximated by whitespace-separated words (no tokenizer on the hot path)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RequestKey", "request_key", "SESSION_HEADERS"]
+
+# Checked in order, case-insensitively. x-session-id is what llm-d and KubeAI users already send.
+SESSION_HEADERS = ("x-session-id", "x-agentfleet-session", "x-task-id")
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    session: str | None = None
+    prefix: str | None = None
+    is_cacheable: bool = True  # False for embeddings and models: no KV cache to be near
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _first_words(text: str, n: int) -> str:
+    return " ".join(text.split(maxsplit=n)[:n])
+
+
+def request_key(path: str, headers: Mapping[str, str], body: Mapping[str, Any] | None, *,
+                prefix_tokens: int) -> RequestKey:
+    lower = {k.lower(): v for k, v in headers.items()}
+    session = next((lower[h] for h in SESSION_HEADERS if lower.get(h)), None)
+    if session is None and body is not None and isinstance(body.get("session_id"), str):
+        session = body["session_id"]
+    if path.endswith("/embeddings") or path.endswith("/models") or body is None:
+        return RequestKey(session=session, is_cacheable=False)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        system: list[str] = []
+        first = ""
+        for m in messages:
+            if not isinstance(m, dict):
+                continue
+            if not first and m.get("role") in _SYSTEM_ROLES:
+                system.append(_text(m.get("content")))
+            else:
+                first = _text(m.get("content"))
+                break
+        prefix = _digest("chat", *system, _first_words(first, prefix_tokens))
+        return RequestKey(session=session, prefix=prefix)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = prompt[0] if prompt else ""
+    if isinstance(prompt, list):  # token ids
+        return RequestKey(session=session, prefix=_digest("ids", *map(str, prompt[:prefix_tokens])))
+    if isinstance(prompt, str):
+        # A raw prompt has no message boundaries: hash its first prefix_tokens words (set prefix_tokens past the
+        # shared system prompt's length for completions traffic).
+        return RequestKey(session=session, prefix=_digest("prompt", _first_words(prompt, prefix_tokens)))
+    return RequestKey(session=session)
