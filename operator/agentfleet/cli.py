@@ -101,7 +101,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 _PLUGGED: list = [retrieval_cli, __import__("agentfleet.router.command", fromlist=["add_parsers"])]
 """Modules with `add_parsers(sub)`: top-level commands owned by other rooms (ingest, search, router, ...)."""
-_BENCH_PLUGGED: list = [retrieval_cli, *(__import__(f"agentfleet.bench.{m}", fromlist=["_"]) for m in ("routing",))]
+_BENCH_PLUGGED: list = [retrieval_cli, *(__import__(f"agentfleet.bench.{m}", fromlist=["_"]) for m in ("routing", "httpclient", "autoscale"))]
 """Modules with `add_bench_parsers(bench_sub)`: `agentfleet bench <name>` benchmarks (see bench/)."""
 
 

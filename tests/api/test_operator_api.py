@@ -237,3 +237,21 @@ def test_embedded_storage_size_cannot_change_after_creation(kubectl):
     assert "spec.milvus.storageSize" in out.stderr and "cannot change once created" in out.stderr, out.stderr
     # Other edits of the same object still go through.
     apply(kubectl, index("store", milvus={"mode": "embedded", "storageSize": "10Gi", "shards": 4}))
+
+
+def test_deleting_an_external_index_drops_its_collection_through_a_job(kubectl, operator):
+    apply(kubectl, index("ext"), index("kept", milvus={"mode": "external", "uri": "http://milvus.example:19530",
+                                                       "deletionPolicy": "Retain"}))
+    for name in ("ext", "kept"):
+        finalizers = kubectl.wait_for("the finalizer", lambda: kubectl.get("vidx", name)["metadata"].get("finalizers"))
+        assert finalizers == ["agentfleet.io/finalizer"]
+    # Retain: the finalizer goes at once, no Job.
+    kubectl("delete", "vidx", "kept", "--wait=true", timeout=60)
+    assert kubectl.get("job", "kept-drop") is None
+    kubectl("delete", "vidx", "ext", "--wait=false")
+    job = kubectl.wait_for("the drop Job", lambda: kubectl.get("job", "ext-drop"))
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["agentfleet", "drop-collection"]
+    assert args == ["--index", "http://milvus.example:19530", "--collection", "ext"]
+    # kwok completes the Job's pod; then the finalizer goes and the object with it.
+    kubectl.wait_for("the index deleted", lambda: kubectl.get("vidx", "ext") is None, timeout=90)

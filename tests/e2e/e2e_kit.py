@@ -359,6 +359,7 @@ class WatchRecorder:
 
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+        cfg.connection_pool_maxsize = 32  # one long-lived watch per kind
         self.dyn = DynamicClient(client.ApiClient(configuration=cfg))
         self.ns = namespace
         self.kinds = list(kinds)
@@ -481,5 +482,6 @@ def dump(k: Kubectl, namespaces: Iterable[str], operator: OperatorProcess | None
         grab(f"{ns}.events.txt", "get", "events", "--sort-by=.lastTimestamp", ns=ns)
     if operator is not None:
         (out_dir / "operator.log").write_text(operator.log_text())
-        parts.append(f"----- operator log (last 80 lines; full: {operator.log_path})\n{operator.log_tail(80)}")
+        tail = "\n".join(line[:400] for line in operator.log_tail(60).splitlines())
+        parts.append(f"----- operator log (last 60 lines; full: {operator.log_path})\n{tail}")
     return f"dumped to {out_dir}\n" + "\n".join(parts)

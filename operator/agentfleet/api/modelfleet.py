@@ -93,6 +93,8 @@ class AutoscalingSpec(Model):
     interval_seconds: int = Field(default=15, ge=5, le=600)
     scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
     scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=86400)
+    scale_down_step_seconds: int = Field(default=60, ge=0, le=3600,
+                                         description="Once calm for the window: at most one replica fewer this often.")
     max_scale_up_factor: float = Field(default=2.0, ge=1, le=10, description="At most x this many replicas per step.")
     prometheus_url: str | None = Field(default=None, description="Defaults to the operator's --prometheus-url.")
 
@@ -133,10 +135,16 @@ class ScalingDecision(StatusModel):
 
 
 class AutoscalerMemory(StatusModel):
-    """What the autoscaler must remember across operator restarts."""
+    """What the autoscaler must remember across operator restarts (so a restart never scales down at once)."""
 
-    window: list[dict[str, float]] = Field(default_factory=list)
-    below_target_since: str | None = None
+    window: list[dict[str, float]] = Field(default_factory=list,
+                                           description="The last few metric windows, newest last.")
+    below_target_since: str | None = Field(default=None, description="Start of the current calm run (scale-down).")
+    above_target_since: str | None = Field(default=None, description="Start of the current pressure run.")
+    last_scale_time: str | None = None
+    last_evaluated: str | None = None
+    last_reason: str | None = Field(default=None, description="Why the last evaluation did (or did not) scale.")
+    last_message: str | None = None
 
 
 class ModelFleetStatus(StatusModel):
@@ -149,6 +157,8 @@ class ModelFleetStatus(StatusModel):
     queue_depth: float | None = None
     goodput: float | None = Field(default=None, description="Requests per second completed within the SLO.")
     ttft_p95_seconds: float | None = None
+    running_requests: float | None = None
+    goodput_fraction: float | None = Field(default=None, description="Share of requests within the SLO.")
     last_scale: ScalingDecision | None = None
     autoscaler: AutoscalerMemory | None = None
     conditions: list[Condition] = Field(default_factory=list)

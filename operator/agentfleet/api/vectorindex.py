@@ -50,8 +50,9 @@ class ChunkingSpec(Model):
              lambda s: s.overlap_tokens < s.size_tokens, "overlapTokens"),
     )
 
-    size_tokens: int = Field(default=384, ge=32, le=8192)
-    overlap_tokens: int = Field(default=48, ge=0, le=4096)
+    # The built-in embedder reads 256 WordPiece tokens; our tokens are ~1.1-1.3x coarser, so 200 fits whole.
+    size_tokens: int = Field(default=200, ge=32, le=8192)
+    overlap_tokens: int = Field(default=32, ge=0, le=4096)
     heading_aware: bool = True
     dedupe_threshold: float = Field(default=0.95, gt=0, le=1,
                                     description="Near-duplicate similarity above which a chunk is dropped.")

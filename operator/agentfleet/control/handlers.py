@@ -15,6 +15,7 @@ from ..errors import DependencyMissing, SpecError, UpstreamError
 from ..names import ANNOTATION_PREFIX, FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY, VERSION
 from ..render import Defaults
 from . import reconcile as rec
+from . import autoscaler  # noqa: F401  (registers the autoscaler timer)
 from .kube import Kube
 
 __all__ = ["PLURALS", "configure"]
@@ -89,6 +90,23 @@ for _kind, _plural in PLURALS.items():
     kopf.on.update(GROUP, VERSION, _plural, id=f"reconcile-{_plural}")(_converge)
     kopf.timer(GROUP, VERSION, _plural, id=f"drift-{_plural}", interval=DRIFT_INTERVAL_S,
                initial_delay=DRIFT_INTERVAL_S)(_drift)
+
+
+@kopf.on.delete(GROUP, VERSION, "vectorindexes", id="drop-external-collection")
+def _drop_collection(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Every VectorIndex carries the finalizer (design.md: external state); only an external collection under
+    deletionPolicy Delete needs work, the rest returns at once and deletion proceeds."""
+    if not rec.needs_cleanup(_plain(body)):
+        return
+    try:
+        state = rec.finalize_vectorindex(memo.kube, _plain(body), defaults=memo.defaults)
+    except (UpstreamError, ApiException, DynamicApiError) as err:
+        raise kopf.TemporaryError(str(err), delay=UPSTREAM_RETRY_S) from None
+    if state == "running":
+        raise kopf.TemporaryError("dropping the collection in the external Milvus", delay=5)
+    if state != "done":
+        # Keeping the object forever would block its namespace; the message says what to clean up by hand.
+        logger.error("collection not dropped (%s); drop it by hand or set deletionPolicy Retain", state)
 
 
 def _child_changed(body: Any, memo: kopf.Memo, **_: Any) -> None:

@@ -19,7 +19,7 @@ from ..names import (
 from ..render import Defaults
 from .kube import Kube
 
-__all__ = ["reconcile", "refresh", "dependents", "observe"]
+__all__ = ["reconcile", "refresh", "dependents", "observe", "needs_cleanup", "finalize_vectorindex"]
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,8 @@ def _ingest_summary(kube: Kube, namespace: str, job_name: str) -> dict[str, int]
     return total or None
 
 
-def observe(kube: Kube, obj: Resource, *, now: dt.datetime, defaults: Defaults,
-            children: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The status `obj` should have, from what its children report now."""
+def observe(kube: Kube, obj: Resource, *, now: dt.datetime, children: list[dict[str, Any]]) -> dict[str, Any]:
+    """The status `obj` should have, from what its (rendered) children report now."""
     stamp = _stamp(now)
     ns = obj.namespace
     if isinstance(obj, ModelFleet):
@@ -113,14 +112,13 @@ def observe(kube: Kube, obj: Resource, *, now: dt.datetime, defaults: Defaults,
             obj, statefulset=kube.get("apps/v1", "StatefulSet", engine_name(obj.name), ns),
             router=kube.get("apps/v1", "Deployment", router_name(obj.name), ns), now=stamp)
     if isinstance(obj, VectorIndex):
-        job_name = (next((c for c in children or [] if c["kind"] == "Job"), None)
-                    or render.ingest_job(obj, defaults))["metadata"]["name"]
+        job_name = next(c for c in children if c["kind"] == "Job")["metadata"]["name"]
         job = kube.get("batch/v1", "Job", job_name, ns)
         summary = _ingest_summary(kube, ns, job_name) if job else None
         return status.vectorindex(obj, job=job, uri=render.connection(obj).uri, now=stamp, summary=summary)
     if isinstance(obj, AgentApp):
         dep = kube.get("apps/v1", "Deployment", obj.name, ns)
-        rendered = next((c for c in children or [] if c["kind"] == "Deployment"), dep)
+        rendered = next((c for c in children if c["kind"] == "Deployment"), dep)
         cfg_hash = (((rendered or {}).get("spec") or {}).get("template", {}).get("metadata", {})
                     .get("annotations", {}).get(CONFIG_HASH_ANNOTATION))
         return status.agentapp(obj, deployment=dep, config_hash=cfg_hash, now=stamp)
@@ -145,7 +143,7 @@ def reconcile(kube: Kube, body: dict[str, Any], *, defaults: Defaults, now: dt.d
     pruned = _prune(kube, obj, children) if obj.metadata.uid else []
     if pruned:
         log.info("%s: pruned %s", obj.ref(), ", ".join(pruned))
-    _write_status(kube, body, observe(kube, obj, now=now, defaults=defaults, children=children))
+    _write_status(kube, body, observe(kube, obj, now=now, children=children))
     return obj
 
 
@@ -164,7 +162,34 @@ def refresh(kube: Kube, kind: str, name: str, namespace: str, *, defaults: Defau
         children = render.render(obj, related=_related(kube, obj), defaults=defaults)
     except DependencyMissing:
         return  # its own reconcile reports and retries this
-    _write_status(kube, body, observe(kube, obj, now=now, defaults=defaults, children=children))
+    _write_status(kube, body, observe(kube, obj, now=now, children=children))
+
+
+def needs_cleanup(body: dict[str, Any]) -> bool:
+    """A VectorIndex whose collection lives outside Kubernetes (external Milvus) and is to be deleted with it.
+    Embedded and managed stores are children: garbage collection (and the claim retention policy) handle them."""
+    milvus = ((body.get("spec") or {}).get("milvus") or {})
+    return milvus.get("mode") == "external" and milvus.get("deletionPolicy", "Delete") == "Delete"
+
+
+def finalize_vectorindex(kube: Kube, body: dict[str, Any], *, defaults: Defaults) -> str:
+    """Drop the external collection through a Job. Returns "done", "running" or "failed: <why>"."""
+    try:
+        index = parse(body)
+    except SpecError as err:
+        return f"failed: cannot parse the index to find its collection: {err.message}"
+    job = render.drop_job(index, defaults)  # type: ignore[arg-type]
+    current = kube.get("batch/v1", "Job", job["metadata"]["name"], index.namespace)
+    if current is None:
+        kube.apply(job)
+        return "running"
+    conds = {c.get("type"): c for c in (current.get("status") or {}).get("conditions") or []
+             if c.get("status") == "True"}
+    if "Complete" in conds:
+        return "done"
+    if "Failed" in conds:
+        return f"failed: Job {job['metadata']['name']}: {conds['Failed'].get('message', '')}"
+    return "running"
 
 
 def dependents(kube: Kube, kind: str, name: str, namespace: str) -> list[dict[str, Any]]:

@@ -12,11 +12,11 @@ from .agentapp import agentapp, runtime_config
 from .defaults import Defaults
 from .meta import child_meta, labels, owner_reference, selector_labels, stable_hash
 from .modelfleet import modelfleet
-from .vectorindex import connection, ingest_job, vectorindex
+from .vectorindex import connection, drop_job, ingest_job, vectorindex
 
 __all__ = [
     "Defaults", "Related", "render", "references", "missing_references", "modelfleet", "vectorindex", "agentapp",
-    "runtime_config", "connection", "ingest_job", "child_meta", "labels", "owner_reference", "selector_labels",
+    "runtime_config", "connection", "ingest_job", "drop_job", "child_meta", "labels", "owner_reference", "selector_labels",
     "stable_hash", "CHILD_KINDS",
 ]
 
@@ -63,7 +63,11 @@ def render(obj: Resource, *, related: Related, defaults: Defaults) -> list[dict[
         return modelfleet(obj, defaults)
     if isinstance(obj, VectorIndex):
         ref = obj.spec.embedding.fleet_ref
-        return vectorindex(obj, defaults, embedder_url=fleet_url(ref.name, obj.namespace) if ref else None)
+        if ref is None:
+            return vectorindex(obj, defaults)
+        emb = related[("ModelFleet", ref.name)]
+        return vectorindex(obj, defaults, embedder_url=fleet_url(ref.name, obj.namespace),
+                           embedder_model=emb.served_model_name)  # type: ignore[attr-defined]
     if isinstance(obj, AgentApp):
         fleets = {n: related[("ModelFleet", n)] for n in obj.fleet_names}
         index = related[("VectorIndex", obj.spec.index.name)] if obj.spec.index else None

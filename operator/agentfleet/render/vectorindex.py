@@ -14,7 +14,7 @@ from ..names import GROUP, ingest_job_name, milvus_name, milvus_uri
 from .defaults import Defaults
 from .meta import child_meta, pod_labels, selector_labels, stable_hash
 
-__all__ = ["vectorindex", "connection", "ingest_job", "INGEST_APP", "MILVUS_APP", "SOURCE_MOUNT",
+__all__ = ["vectorindex", "connection", "ingest_job", "drop_job", "INGEST_APP", "MILVUS_APP", "SOURCE_MOUNT",
            "MILVUS_TOKEN_ENV", "REINGEST_ANNOTATION"]
 
 INGEST_APP = "agentfleet-ingest"
@@ -62,7 +62,42 @@ def _source(index: VectorIndex) -> tuple[str, list[dict[str, Any]], list[dict[st
     return src.url or "", [], []
 
 
-def ingest_job(index: VectorIndex, d: Defaults, *, embedder_url: str | None = None) -> dict[str, Any]:
+def drop_job(index: VectorIndex, d: Defaults) -> dict[str, Any]:
+    """Deleting an index whose collection lives in an external Milvus: a Job drops the collection (it holds the
+    token Secret; the operator never reads Secrets)."""
+    conn = connection(index)
+    env = []
+    if index.spec.milvus.token_secret_ref:
+        ref = index.spec.milvus.token_secret_ref
+        env.append({"name": MILVUS_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    meta = child_meta(index, f"{index.name}-drop", app=INGEST_APP, component="drop")
+    return copy.deepcopy({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 3,
+            "template": {
+                "metadata": {"labels": pod_labels(index, app=INGEST_APP, component="drop")},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "drop",
+                        "image": index.spec.ingestion.image or d.agentfleet_image,
+                        "imagePullPolicy": d.image_pull_policy,
+                        "command": ["agentfleet", "drop-collection"],
+                        "args": ["--index", conn.uri, "--collection", conn.collection],
+                        "env": env,
+                        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+                    }],
+                },
+            },
+        },
+    })
+
+
+def ingest_job(index: VectorIndex, d: Defaults, *, embedder_url: str | None = None,
+               embedder_model: str | None = None) -> dict[str, Any]:
     spec = index.spec
     conn = connection(index, embedding_url=embedder_url)
     source, volumes, mounts = _source(index)
@@ -74,10 +109,16 @@ def ingest_job(index: VectorIndex, d: Defaults, *, embedder_url: str | None = No
         "--shards", str(spec.milvus.shards),
         "--chunk-tokens", str(spec.chunking.size_tokens),
         "--chunk-overlap", str(spec.chunking.overlap_tokens),
+        "--dedupe-threshold", str(spec.chunking.dedupe_threshold),
+        "--batch-size", str(spec.embedding.batch_size),
         "--embedder", embedder_url or (spec.embedding.local.model if spec.embedding.local else "all-minilm-l6-v2"),
         # Group and tenant names are arbitrary strings: JSON carries them without any quoting games.
         "--access", json.dumps(spec.access.wire(), sort_keys=True),
     ]
+    if not spec.chunking.heading_aware:
+        args.append("--no-heading-aware")
+    if embedder_url and embedder_model:
+        args += ["--embedding-model", embedder_model]
     env: list[dict[str, Any]] = []
     if spec.milvus.token_secret_ref:
         ref = spec.milvus.token_secret_ref
@@ -220,13 +261,14 @@ def _managed_milvus(index: VectorIndex) -> dict[str, Any]:
     }
 
 
-def vectorindex(index: VectorIndex, defaults: Defaults, *, embedder_url: str | None = None) -> list[dict[str, Any]]:
-    """`embedder_url` is the base URL of the ModelFleet named by spec.embedding.fleetRef, resolved by the caller.
-    The Job comes last (`control` reads its name from there)."""
+def vectorindex(index: VectorIndex, defaults: Defaults, *, embedder_url: str | None = None,
+                embedder_model: str | None = None) -> list[dict[str, Any]]:
+    """`embedder_url`/`embedder_model`: the base URL and served model name of the ModelFleet named by
+    spec.embedding.fleetRef, resolved by the caller. The Job comes last (`control` reads its name from there)."""
     children: list[dict[str, Any]] = []
     if index.spec.milvus.mode == "embedded":
         children += _embedded_milvus(index, defaults)
     elif index.spec.milvus.mode == "managed":
         children.append(_managed_milvus(index))
-    children.append(ingest_job(index, defaults, embedder_url=embedder_url))
+    children.append(ingest_job(index, defaults, embedder_url=embedder_url, embedder_model=embedder_model))
     return copy.deepcopy(children)

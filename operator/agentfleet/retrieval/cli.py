@@ -59,6 +59,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print a JSON list of hits")
     s.set_defaults(func=_cmd_search)
 
+    d = sub.add_parser("drop-collection", help="drop a collection (what deleting a VectorIndex does to an "
+                                               "external Milvus when its deletionPolicy is Delete)")
+    d.add_argument("--index", required=True, help="milvus-lite file (*.db) or Milvus URI")
+    d.add_argument("--collection", required=True)
+    d.set_defaults(func=_cmd_drop)
+
 
 
 def add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
@@ -174,6 +180,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"{n:2d}. {h.score:.3f} {h.source} [{where}] {snippet}")
     if not hits:
         print("no results this principal may read")
+    return 0
+
+
+def _cmd_drop(args: argparse.Namespace) -> int:
+    from .store import MilvusStore, StoreError
+
+    try:
+        with MilvusStore(args.index, args.collection, token=os.environ.get(TOKEN_ENV), lock_timeout_s=60) as store:
+            existed = store.exists()
+            if existed:
+                store.drop()
+    except StoreError as err:
+        print(f"error: drop {args.index}#{args.collection}: {err}", file=sys.stderr)
+        return 1
+    print(f"{'dropped' if existed else 'no'} collection {args.collection} in {args.index}")
     return 0
 
 

@@ -140,9 +140,22 @@ class MilvusStore:
             self.client.drop_collection(self.collection)
 
     def load(self) -> None:
-        if not self._loaded:
-            self.client.load_collection(self.collection)
-            self._loaded = True
+        if self._loaded:
+            return
+        from pymilvus.exceptions import MilvusException
+
+        # milvus-lite 3.2.2 writes a flushed segment's index file in the background; a load right after flush
+        # can read it half-written ("file seems not fully written"). Retry briefly.
+        for attempt in range(20):
+            try:
+                self.client.load_collection(self.collection)
+                break
+            except MilvusException as err:
+                if not self.is_lite or attempt == 19 or "not fully written" not in str(err) and \
+                        "No data left" not in str(err):
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        self._loaded = True
 
     def flush(self) -> None:
         """Seal growing segments and reload, so searches take the fast path."""

@@ -1,0 +1,86 @@
+"""choose(): affinity by session then prefix with bounded load, least-loaded fallback, round-robin, health and
+drain."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentfleet.router.hashing import Ring
+from agentfleet.router.keys import RequestKey
+from agentfleet.router.policy import ReplicaView, choose, load_score
+
+NAMES = ("a", "b", "c")
+RING = Ring(NAMES)
+
+
+def views(**over):
+    """Replicas a, b, c, idle and healthy; keyword `b={"in_flight": 3}` overrides one."""
+    return [ReplicaView(n, **over.get(n, {})) for n in NAMES]
+
+
+def home(key: str) -> str:
+    return RING.lookup(key, loads={}, eligible=set(NAMES), factor=1.25)
+
+
+S = RequestKey(session="task-1", prefix="p1")
+P = RequestKey(prefix="p1")
+NONE = RequestKey()
+EMB = RequestKey(prefix=None, is_cacheable=False)
+
+
+@pytest.mark.parametrize(("key", "policy", "replicas", "expected", "reason"), [
+    pytest.param(S, "prefix-aware", views(), home("s:task-1"), "session", id="session-goes-home"),
+    pytest.param(P, "prefix-aware", views(), home("p:p1"), "prefix", id="prefix-goes-home"),
+    pytest.param(P, "session", views(), "a", "least-loaded", id="session-policy-ignores-prefix"),
+    pytest.param(NONE, "prefix-aware", views(a={"in_flight": 2}, c={"in_flight": 1}), "b", "least-loaded",
+                 id="no-key-least-loaded"),
+    pytest.param(EMB, "prefix-aware", views(a={"waiting": 3.0}), "b", "least-loaded",
+                 id="embeddings-least-loaded"),
+    pytest.param(P, "least-load", views(a={"running": 5.0}, b={"kv_cache_usage": 0.9}), "c", "least-loaded",
+                 id="least-load-uses-metrics"),
+    pytest.param(P, "round-robin", views(), "a", "round-robin", id="round-robin-first"),
+])
+def test_choose(key, policy, replicas, expected, reason):
+    choice = choose(key, replicas, policy=policy, ring=RING, load_bound_factor=1.25, rr_index=0)
+    assert (choice.replica, choice.reason) == (expected, reason)
+
+
+def test_round_robin_cycles():
+    picks = [choose(NONE, views(), policy="round-robin", ring=RING, load_bound_factor=1.25, rr_index=i).replica
+             for i in range(6)]
+    assert picks == ["a", "b", "c", "a", "b", "c"]
+
+
+@pytest.mark.parametrize("flag", [pytest.param({"is_healthy": False}, id="unhealthy"),
+                                  pytest.param({"is_draining": True}, id="draining")])
+def test_out_of_service_home_moves_session(flag):
+    h = home("s:task-1")
+    choice = choose(S, views(**{h: flag}), policy="prefix-aware", ring=RING, load_bound_factor=1.25)
+    assert choice.replica != h and choice.reason == "session"
+
+
+def test_overloaded_home_passes_on():
+    h = home("s:task-1")
+    choice = choose(S, views(**{h: {"in_flight": 10}}), policy="prefix-aware", ring=RING, load_bound_factor=1.25)
+    assert choice.replica != h
+
+
+def test_retry_excludes_tried():
+    h = home("s:task-1")
+    choice = choose(S, views(), policy="prefix-aware", ring=RING, load_bound_factor=1.25, exclude={h})
+    assert choice.replica != h
+
+
+def test_nothing_live_is_none():
+    assert choose(S, views(a={"is_healthy": False}, b={"is_draining": True}), policy="prefix-aware", ring=RING,
+                  load_bound_factor=1.25, exclude={"c"}) is None
+
+
+@pytest.mark.parametrize(("replica", "score"), [
+    pytest.param(ReplicaView("x"), 0.0, id="idle"),
+    pytest.param(ReplicaView("x", in_flight=3), 3.0, id="own-in-flight"),
+    pytest.param(ReplicaView("x", in_flight=1, running=4.0, waiting=2.0, kv_cache_usage=0.5), 8.5,
+                 id="metrics-dominate-and-queue-weighs-double"),
+])
+def test_load_score(replica, score):
+    assert load_score(replica) == score
