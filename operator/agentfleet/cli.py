@@ -10,7 +10,11 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .bench import autoscale as bench_autoscale
+from .bench import httpclient as bench_httpclient
+from .bench import routing as bench_routing
 from .retrieval import cli as retrieval_cli
+from .router import command as router_command
 
 __all__ = ["main", "load_documents"]
 
@@ -99,9 +103,9 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
-_PLUGGED: list = [retrieval_cli, __import__("agentfleet.router.command", fromlist=["add_parsers"])]
+_PLUGGED: list = [retrieval_cli, router_command]
 """Modules with `add_parsers(sub)`: top-level commands owned by other rooms (ingest, search, router, ...)."""
-_BENCH_PLUGGED: list = [retrieval_cli, *(__import__(f"agentfleet.bench.{m}", fromlist=["_"]) for m in ("routing", "httpclient", "autoscale"))]
+_BENCH_PLUGGED: list = [retrieval_cli, bench_routing, bench_httpclient, bench_autoscale]
 """Modules with `add_bench_parsers(bench_sub)`: `agentfleet bench <name>` benchmarks (see bench/)."""
 
 
