@@ -1,11 +1,16 @@
 """The error tree. Every failure a user can cause or meet is one of these, named by resource and field path;
-`control` maps them to kopf (permanent vs. temporary) and the servers map them to OpenAI-style HTTP errors."""
+`control` maps them to kopf (permanent vs. temporary) and the servers map them to OpenAI-style HTTP errors with
+`http_error` (status, body, headers), which never puts a traceback or an unexpected exception's text on the wire."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Problem", "AgentfleetError", "SpecError", "DependencyMissing", "UpstreamError"]
+__all__ = ["Problem", "AgentfleetError", "SpecError", "DependencyMissing", "UpstreamError", "UpstreamTimeout",
+           "BudgetExhausted", "AuthenticationFailed", "InvalidRequest", "LedgerError", "ReservationNotFound",
+           "ReservationClosed", "HttpError", "http_error"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +62,93 @@ class UpstreamError(AgentfleetError):
     """Something outside agentfleet failed (API server, Prometheus, Milvus): retry later."""
 
     reason = "UpstreamError"
+
+
+class UpstreamTimeout(UpstreamError):
+    """Something outside agentfleet did not answer in time (a model server, Milvus)."""
+
+    reason = "UpstreamTimeout"
+
+
+class BudgetExhausted(AgentfleetError):
+    """A reservation does not fit: the Budget's window limit, a per-task cap, or the parent reservation a sub-agent
+    draws on. `what` says which (window_tokens, window_cost, task_tokens, task_cost, parent); `retry_after_s` is
+    the time to the window's end when waiting helps, else None."""
+
+    reason = "BudgetExhausted"
+
+    def __init__(self, budget: str, what: str, message: str, *, retry_after_s: float | None = None):
+        self.budget = budget
+        self.what = what
+        self.retry_after_s = retry_after_s
+        super().__init__(f"Budget {budget}: {message}" if budget else message)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class AuthenticationFailed(AgentfleetError):
+    """No API key, or one the key store does not hold. The message never echoes the key."""
+
+    reason = "AuthenticationFailed"
+
+
+class InvalidRequest(AgentfleetError):
+    """The request body is wrong; `param` names the offending field (OpenAI's `param`)."""
+
+    reason = "InvalidRequest"
+
+    def __init__(self, message: str, *, param: str | None = None):
+        self.param = param
+        super().__init__(message)
+
+
+class LedgerError(AgentfleetError):
+    """The ledger was used wrongly (a programming error in the runtime, not the user's): maps to a 500."""
+
+    reason = "LedgerError"
+
+
+class ReservationNotFound(LedgerError):
+    reason = "ReservationNotFound"
+
+
+class ReservationClosed(LedgerError):
+    """Settling or drawing on a reservation that was already settled or released."""
+
+    reason = "ReservationClosed"
+
+
+@dataclass(frozen=True)
+class HttpError:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _body(message: str, type_: str, code: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def http_error(exc: BaseException) -> HttpError:
+    """The OpenAI-style error for anything a request handler raised. Only agentfleet's own errors show their
+    message; anything else is a 500 with a fixed text (its details belong in the log, not on the wire)."""
+    if isinstance(exc, BudgetExhausted):
+        headers = {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return HttpError(429, _body(exc.message, "insufficient_quota", "budget_exhausted"), headers)
+    if isinstance(exc, AuthenticationFailed):
+        return HttpError(401, _body(str(exc), "invalid_request_error", "invalid_api_key"),
+                         {"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, InvalidRequest):
+        return HttpError(400, _body(str(exc), "invalid_request_error", "invalid_request", exc.param))
+    if isinstance(exc, UpstreamTimeout):
+        return HttpError(504, _body(str(exc), "server_error", "upstream_timeout"))
+    if isinstance(exc, UpstreamError):
+        return HttpError(502, _body(str(exc), "server_error", "upstream_error"))
+    if isinstance(exc, DependencyMissing):
+        return HttpError(503, _body(str(exc), "server_error", "dependency_missing"), {"Retry-After": "5"})
+    return HttpError(500, _body("internal error; the server log has the details", "server_error",
+                                "internal_error"))

@@ -149,6 +149,9 @@ def simulate(model: Model, scaler: Scaler, *, seed: int = 1, trace=TRACE) -> dic
                 "ttft_p95_s": sorted(done)[int(0.95 * (len(done) - 1))] if done else None,
                 "good_fraction": (sum(x <= model.ttft_slo_s for x in done) / len(done)) if done else None,
                 "request_rate": len(done) / span,
+                # A scrape's instant view (KubeAI samples the proxy's in-flight count at each tick).
+                "in_flight_now": len(queue) + sum(r.busy for r in live()),
+                "arrival_rate": win.arrivals / span,
             }
             current = len([r for r in live() if not r.draining])
             ready = len(serving(t))
@@ -194,34 +197,68 @@ def agentfleet_scaler(model: Model, *, scale_down_stabilization_s: float, target
     return scale
 
 
-def request_count_scaler(model: Model, *, target_requests: float, scale_down_delay_s: float) -> Scaler:
-    """KubeAI's rule: desired = ceil(in-flight requests / targetRequests); scale down only after the lower
-    desired count has held for scaleDownDelaySeconds."""
-    lower_since: list[float | None] = [None]
+def request_count_scaler(model: Model, *, target_requests: float, scale_down_delay_s: float,
+                         window_s: float = 600.0) -> Scaler:
+    """KubeAI's ModelAutoscaler, as its source has it: every interval it samples the in-flight requests (its
+    proxy's active count: running + queued) into a simple moving average over `timeWindow` (default 10 min,
+    i.e. window_s / interval samples, here already full of the first sample: it has been running); desired = ceil(average / targetRequests),
+    clamped to [min, max]; a scale-up is applied at once and unbounded; a scale-down only after
+    ceil(scaleDownDelaySeconds / interval) consecutive lower decisions (applied on the next one)."""
+    size = max(1, math.ceil(window_s / model.interval_s))
+    samples: list[float] = []
+    required = math.ceil(scale_down_delay_s / model.interval_s)
+    consecutive = [0]
 
     def scale(m: dict, current: int, ready: int, now: float) -> int:
-        desired = math.ceil((m["waiting"] + m["running"]) / target_requests)
-        if desired >= current:
-            lower_since[0] = None
+        if not samples:  # it has been watching the quiet start for a while, not booting into it
+            samples.extend([m["in_flight_now"]] * size)
+        samples.pop(0)
+        samples.append(m["in_flight_now"])
+        desired = max(model.min_replicas, min(model.max_replicas,
+                                              math.ceil(sum(samples) / len(samples) / target_requests)))
+        if desired < current:
+            if consecutive[0] < required:
+                consecutive[0] += 1
+                return current
             return desired
-        if lower_since[0] is None:
-            lower_since[0] = now
-        return desired if now - lower_since[0] >= scale_down_delay_s else current
+        consecutive[0] = 0
+        return desired
     return scale
 
 
-def cpu_proxy_scaler(model: Model, *, target_utilization: float, stabilization_s: float) -> Scaler:
-    """HPA on CPU: utilisation tracks running/max_num_seqs and saturates at 100 % (a queued request costs no
-    CPU); desired = ceil(current * util / target); scale-up at most x2 per period; scale-down to the highest
-    recommendation of the last `stabilization_s` (HPA's default behaviour)."""
+def cpu_proxy_scaler(model: Model, *, target_utilization: float, stabilization_s: float,
+                     tolerance: float = 0.1) -> Scaler:
+    """An HPA (autoscaling/v2, default behaviour) on a CPU-like utilisation: each ready pod's utilisation is
+    running/max_num_seqs, so it saturates at 100 % and a queued request costs nothing (it cannot see the queue).
+    As the replica calculator does it: the ratio is the ready pods' mean utilisation over the target; within
+    the tolerance (0.1) nothing changes; with no pod starting, desired = ceil(ratio * ready); with pods still
+    starting and ratio > 1 they count as 0 % (desired = ceil(total utilisation / target), so a saturated pod is
+    not counted twice while its help boots). Then the default behaviours: scale-up at most max(x2, +4) per 15 s
+    period, no up-stabilisation; scale-down to the highest raw recommendation of the last `stabilization_s`
+    (300 s by default), 100 % per period."""
     history: list[tuple[float, int]] = []
 
     def scale(m: dict, current: int, ready: int, now: float) -> int:
-        util = min(1.0, m["running"] / max(1, ready * model.max_num_seqs))
-        desired = min(math.ceil(current * util / target_utilization), 2 * current)
-        history.append((now, desired))
-        history[:] = [(t, d) for t, d in history if now - t <= stabilization_s]
-        return desired if desired >= current else max(d for _, d in history)
+        ready = max(ready, 1)
+        util_total = min(float(ready), m["running"] / model.max_num_seqs)  # pod-seconds of "CPU" in use
+        ratio = util_total / ready / target_utilization
+        starting = max(0, current - ready)
+        if starting and ratio > 1.0:
+            new_ratio = util_total / (ready + starting) / target_utilization
+            if abs(1.0 - new_ratio) <= tolerance or new_ratio < 1.0:
+                raw = current
+            else:
+                raw = math.ceil(util_total / target_utilization)
+        elif abs(1.0 - ratio) <= tolerance:
+            raw = current
+        else:
+            raw = math.ceil(ratio * ready)
+        history.append((now, raw))
+        history[:] = [(t, d) for t, d in history if now - t < stabilization_s]
+        # stabilizeRecommendationWithBehaviors: up window 0 s (the raw value), down = max over the window.
+        desired = raw if raw > current else min(current, max(d for _, d in history))
+        desired = min(desired, max(2 * current, current + 4))  # the two default scale-up policies
+        return max(model.min_replicas, min(model.max_replicas, desired))
     return scale
 
 
@@ -275,7 +312,8 @@ def run(args: argparse.Namespace) -> dict:
                                         target_queue_per_replica=args.target_queue_per_replica,
                                         goodput_target=0.95),
         "request_count": request_count_scaler(model, target_requests=args.target_requests,
-                                              scale_down_delay_s=args.scale_down_delay_s),
+                                              scale_down_delay_s=args.scale_down_delay_s,
+                                              window_s=args.request_count_window_s),
         "cpu_proxy": cpu_proxy_scaler(model, target_utilization=0.7, stabilization_s=300),
         }
     trace = TRACE if args.trace_scale == 1 else tuple((d * args.trace_scale, r) for d, r in TRACE)
@@ -327,4 +365,6 @@ def add_bench_parsers(bench_sub) -> None:
     p.add_argument("--target-requests", type=float, default=3.0, help="request_count: in-flight per replica "
                    "(KubeAI's default targetRequests 100 is 39%% of vLLM's max_num_seqs 256; 3 of 8 here)")
     p.add_argument("--scale-down-delay-s", type=float, default=30.0, help="request_count: KubeAI's default")
+    p.add_argument("--request-count-window-s", type=float, default=600.0,
+                   help="request_count: KubeAI's modelAutoscaling.timeWindow (default 10m)")
     p.set_defaults(func=_cmd)

@@ -53,10 +53,12 @@ def _unique(names: Iterable[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is asking: one tenant and the groups they belong to. Built only from an authenticated identity."""
+    """Who is asking: one tenant and the groups they belong to. Built only from an authenticated identity (the
+    runtime's key store); `user` names the caller for logs and usage and never takes part in a filter."""
 
     tenant: str
     groups: tuple[str, ...] = ()
+    user: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.groups, str):
