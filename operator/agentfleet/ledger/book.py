@@ -71,6 +71,9 @@ class Reservation:
 
 @dataclass(frozen=True)
 class Settlement:
+    """`charged`: this settle's own spend; `refunded`: the hold's unspent rest (after its subtree's spend), now
+    free again; `overrun`: how far the subtree spent past the hold (an estimate that was too low)."""
+
     charged: Amount
     refunded: Amount
     overrun: Amount
@@ -263,8 +266,8 @@ def _close(s: _Session, h: _Hold, actual: Amount, state: str) -> Settlement:
     s.touch(h)
     if not live:
         return Settlement(charged=actual, refunded=Amount(), overrun=Amount(), is_late=True)
-    return Settlement(charged=actual, refunded=(h.amount - actual).floor0(),
-                      overrun=(actual - h.amount).floor0())
+    # Measured on the whole subtree: what its settled children spent counts against this hold too.
+    return Settlement(charged=actual, refunded=h.remainder(), overrun=(h.used - h.amount).floor0())
 
 
 def _reap(s: _Session, account: str) -> None:
