@@ -15,6 +15,7 @@ from .bench import httpclient as bench_httpclient
 from .bench import routing as bench_routing
 from .retrieval import cli as retrieval_cli
 from .router import command as router_command
+from .runtime import cli as runtime_cli
 
 __all__ = ["main", "load_documents"]
 
@@ -103,7 +104,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
-_PLUGGED: list = [retrieval_cli, router_command]
+_PLUGGED: list = [retrieval_cli, router_command, runtime_cli]
 """Modules with `add_parsers(sub)`: top-level commands owned by other rooms (ingest, search, router, ...)."""
 _BENCH_PLUGGED: list = [retrieval_cli, bench_routing, bench_httpclient, bench_autoscale]
 """Modules with `add_bench_parsers(bench_sub)`: `agentfleet bench <name>` benchmarks (see bench/)."""

@@ -67,6 +67,14 @@ def modelfleet(fleet: ModelFleet, *, statefulset: dict[str, Any] | None, router:
     current = _int(statefulset, "status", "replicas")
     desired = fleet.spec.replicas
     router_ready = _int(router, "status", "readyReplicas")
+    if fleet.spec.base_url:
+        return {
+            "observedGeneration": gen, "replicas": 0, "readyReplicas": 0, "selector": selector_string(fleet),
+            "endpoint": fleet.spec.base_url, "servedModelName": fleet.served_model_name,
+            "conditions": conditions_for(fleet.status.conditions,
+                                         ("True", "External", f"served by {fleet.spec.base_url}"),
+                                         generation=gen, now=now),
+        }
     if statefulset is None:
         verdict: Verdict = ("False", "Creating", "creating the vLLM StatefulSet")
     elif desired == 0 and current == 0:

@@ -1,5 +1,5 @@
-"""The real local model answers through the OpenAI chat route with our Gemma chat template, and its tokenizer
-adds <bos> (without it the 270M model answers nonsense: facts.md)."""
+"""The real local model answers through the OpenAI chat route with the engine's default (transcript) chat
+template, and its tokenizer adds <bos> (without it the 270M base model answers nonsense: facts.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def test_tokenizer_adds_bos_to_raw_prompts(local_engine: eng.EngineProcess) -> N
 
 def test_chat_answers_the_capital_of_france(local_engine: eng.EngineProcess) -> None:
     body = {"model": local_engine.served_model_name, "temperature": 0, "max_tokens": 16,
+            "stop": list(eng.TRANSCRIPT_STOP),
             "messages": [{"role": "user", "content": "What is the capital of France?"}]}
     t0 = time.monotonic()
     out = eng.post_json(local_engine.base_url, "/v1/chat/completions", body)

@@ -31,7 +31,8 @@ TOOL_CALL_SCHEMA: dict[str, Any] = {
 SYSTEM = ('You call tools by answering with JSON only: {"tool": NAME, "arguments": {...}}. Tools: "weather" '
           '(arguments: {"city": string}) gives the weather in a city; "calculator" evaluates arithmetic.')
 QUESTION = "What is the weather in Paris today?"
-GEMMA_PROMPT = f"<start_of_turn>user\n{SYSTEM}\n\n{QUESTION}<end_of_turn>\n<start_of_turn>model\n"  # tokenizer adds <bos>
+# What the transcript chat template renders for the chat case; the tokenizer adds <bos> to a raw prompt.
+TRANSCRIPT_PROMPT = f"{SYSTEM}\n\nQuestion: {QUESTION}\nAnswer:"
 
 
 def _assert_valid_tool_call(text: str) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def test_structured_output_makes_a_valid_tool_call(local_engine: eng.EngineProce
         text = out["choices"][0]["message"]["content"]
     else:
         out = eng.post_json(local_engine.base_url, "/v1/completions", {
-            "model": model, "temperature": 0, "max_tokens": 64, "prompt": GEMMA_PROMPT,
+            "model": model, "temperature": 0, "max_tokens": 64, "prompt": TRANSCRIPT_PROMPT,
             "structured_outputs": {"json": TOOL_CALL_SCHEMA},
         })
         text = out["choices"][0]["text"]

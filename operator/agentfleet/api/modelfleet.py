@@ -93,9 +93,15 @@ class AutoscalingSpec(Model):
     interval_seconds: int = Field(default=15, ge=5, le=600)
     scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
     scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=86400)
-    scale_down_step_seconds: int = Field(default=60, ge=0, le=3600,
-                                         description="Once calm for the window: at most one replica fewer this often.")
+    scale_down_step_seconds: int = Field(default=15, ge=0, le=3600,
+                                         description="Once the window allows: at most one replica fewer this often.")
     max_scale_up_factor: float = Field(default=2.0, ge=1, le=10, description="At most x this many replicas per step.")
+    target_utilization: float = Field(default=0.75, gt=0, le=1,
+                                      description="Size the fleet so demand (arrival rate x time a request holds a "
+                                                  "slot) fills this share of its maxNumSeqs slots.")
+    replica_startup_seconds: int = Field(default=60, ge=0, le=3600,
+                                         description="Scale-up to ready (image pull, weights, warm-up): the horizon "
+                                                     "of the predictive headroom for rising demand; 0 disables it.")
     prometheus_url: str | None = Field(default=None, description="Defaults to the operator's --prometheus-url.")
 
 
@@ -125,6 +131,11 @@ class ModelFleetSpec(Model):
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
     pricing: PricingSpec = Field(default_factory=PricingSpec)
+    base_url: str | None = Field(
+        default=None, pattern=r"^https?://\S+$",
+        description="An OpenAI-compatible server (ending in /v1) that already serves this model, e.g. a GPU box "
+                    "or a hosted API: agentfleet then runs no engine or router for this fleet, in a cluster or "
+                    "under `agentfleet up`, and calls this URL.")
 
 
 class ScalingDecision(StatusModel):
@@ -139,7 +150,13 @@ class AutoscalerMemory(StatusModel):
 
     window: list[dict[str, float]] = Field(default_factory=list,
                                            description="The last few metric windows, newest last.")
-    below_target_since: str | None = Field(default=None, description="Start of the current calm run (scale-down).")
+    below_target_since: str | None = Field(default=None, description="Start of the current run of recommendations "
+                                                                     "below the current count (scale-down).")
+    peaks: list[dict[str, float]] = Field(default_factory=list,
+                                          description="The scale-down window's recommendations as a sliding maximum "
+                                                      "({t, replicas}, oldest first).")
+    last_sample: dict[str, float] | None = Field(default=None, description="{t, waiting, demand, demandBefore} "
+                                                                           "of the last complete window (trends).")
     above_target_since: str | None = Field(default=None, description="Start of the current pressure run.")
     last_scale_time: str | None = None
     last_evaluated: str | None = None

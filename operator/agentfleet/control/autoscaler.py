@@ -95,9 +95,15 @@ def read_window(prom: Any, fleet: ModelFleet, *, range_s: int) -> scaling.Window
 
 def _memory(body: dict[str, Any]) -> scaling.Memory:
     m = ((body.get("status") or {}).get("autoscaler") or {})
+    peaks = tuple((float(p["t"]), int(p["replicas"])) for p in (m.get("peaks") or [])
+                  if isinstance(p, dict) and "t" in p and "replicas" in p)
+    last = m.get("lastSample") or {}
+    sample = ((float(last["t"]), float(last["waiting"]), float(last["demand"]),
+               float(last.get("demandBefore", last["demand"])))
+              if all(k in last for k in ("t", "waiting", "demand")) else None)
     return scaling.Memory(pressure_since=_epoch(m.get("aboveTargetSince")),
                           calm_since=_epoch(m.get("belowTargetSince")),
-                          last_scale_at=_epoch(m.get("lastScaleTime")))
+                          last_scale_at=_epoch(m.get("lastScaleTime")), peaks=peaks, last_sample=sample)
 
 
 def _ready(kube: Kube, fleet: ModelFleet) -> int:
@@ -110,8 +116,8 @@ def evaluate(kube: Kube, prom: Any, body: dict[str, Any], *, now: dt.datetime) -
     fleet = parse(body)
     assert isinstance(fleet, ModelFleet)
     a = fleet.spec.autoscaling
-    if not a.enabled:
-        return None
+    if not a.enabled or fleet.spec.base_url:
+        return None  # off, or served elsewhere (spec.baseUrl): nothing of ours to scale
     old = (body.get("status") or {}).get("autoscaler") or {}
     uid = fleet.metadata.uid or fleet.ref()
     last = _LAST_EVALUATED.get(uid)
@@ -145,6 +151,9 @@ def evaluate(kube: Kube, prom: Any, body: dict[str, Any], *, now: dt.datetime) -
     memo_status = {
         "window": samples, "belowTargetSince": stamp(memory.calm_since),
         "aboveTargetSince": stamp(memory.pressure_since), "lastScaleTime": stamp(memory.last_scale_at),
+        "peaks": [{"t": round(t, 3), "replicas": r} for t, r in memory.peaks],
+        "lastSample": None if memory.last_sample is None else dict(zip(
+            ("t", "waiting", "demand", "demandBefore"), (round(v, 4) for v in memory.last_sample))),
         "lastReason": decision.reason, "lastMessage": decision.message[:500],
     }
     # Only a changed view is written: an idle fleet (or an unreachable Prometheus) causes no status churn.

