@@ -15,7 +15,7 @@ from agentfleet.local.install import is_engine_installed
 from agentfleet.local.layout import Layout
 
 SERVED_MODEL_NAME = "gemma-3-270m"
-ENGINE_START_TIMEOUT_S = 900  # measured 160-200 s on an idle 2-vCPU machine; other suites may share the CPU
+ENGINE_START_TIMEOUT_S = 900  # measured 55 s (eager) on a 2-vCPU machine; other suites may share the CPU
 
 
 @pytest.fixture(scope="session")

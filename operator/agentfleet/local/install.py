@@ -101,7 +101,11 @@ def install_engine(layout: lay.Layout | None = None, *, log: Callable[[str], Non
                    force: bool = False) -> Path:
     """Create or update the engine venv; returns its python. Network: PyPI only."""
     layout = layout or lay.Layout.default()
-    layout.root.mkdir(parents=True, exist_ok=True)
+    with lay.locked(layout.root / ".install.lock"):
+        return _install_engine(layout, log=log, force=force)
+
+
+def _install_engine(layout: lay.Layout, *, log: Callable[[str], None], force: bool) -> Path:
     t0 = time.monotonic()
 
     def step(msg: str) -> None:

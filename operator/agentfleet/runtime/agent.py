@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequenc
 
 from ..api.agentapp import LoopLimits, ModelRole, SubAgent
 from ..api.budget import RoutingSpec
-from ..errors import BudgetExhausted, UpstreamError
+from ..errors import BudgetExhausted, UpstreamError, UpstreamTimeout
 from ..retrieval.filters import Principal
 from .actions import FINAL, Action, Malformed, ToolSchema, action_schema, parse_action, response_format
 from .pricing import prompt_token_bound
@@ -101,6 +101,7 @@ class TaskContext:
     cost_micro_usd: int = 0
     models_used: dict[str, dict[str, int]] = field(default_factory=dict)
     sub_agent_slots: asyncio.Semaphore | None = None
+    answer_max_tokens: int | None = None  # the caller's max_tokens: caps the written answer
 
     def remaining_s(self) -> float:
         return self.deadline_s - self.clock()
@@ -252,7 +253,8 @@ class _Agent:
                           on_delta=self.on_delta if stream else None), timeout_s)
         except BaseException as e:
             await asyncio.shield(self.budget.release(hold))
-            if isinstance(e, (asyncio.TimeoutError, TimeoutError)) and ctx.remaining_s() <= 0:
+            # The call's timeout is the task's remaining time, so a timed-out call is the deadline.
+            if isinstance(e, (asyncio.TimeoutError, TimeoutError, UpstreamTimeout)):
                 raise _Stop("deadline", f"reached the deadline ({limits.deadline_seconds}s)") from None
             raise
         cost = await self.budget.settle(hold, step.role, prompt_tokens=c.prompt_tokens,  # type: ignore[arg-type]
@@ -409,7 +411,8 @@ class _Agent:
         final = Step(len(self.steps) + 1, self.spec.name, "answer", answer_role, route_reason=why, action=FINAL)
         self.steps.append(final)
         try:
-            c = await self._call(final, fmt=None, max_tokens=ANSWER_MAX_TOKENS, stream=True)
+            c = await self._call(final, fmt=None, max_tokens=min(ANSWER_MAX_TOKENS, self.ctx.answer_max_tokens
+                                                                 or ANSWER_MAX_TOKENS), stream=True)
         except UpstreamError as e:
             final.error = f"{type(e).__name__}: {e}"
             await self._emit(final)

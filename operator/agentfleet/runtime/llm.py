@@ -77,6 +77,8 @@ class ModelClient:
                     assert on_delta is not None
                     return await self._read_stream(r, ep, role, on_delta)
                 data = await r.json(content_type=None)
+        except aiohttp.ConnectionTimeoutError:  # before the timeout below: it is a TimeoutError too
+            raise UpstreamError(f"{role} model {ep.model} unreachable: connect timeout") from None
         except (asyncio.TimeoutError, TimeoutError):
             raise UpstreamTimeout(f"{role} model {ep.model} did not answer within {timeout_s:.1f}s") from None
         except aiohttp.ClientError as e:

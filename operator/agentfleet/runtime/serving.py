@@ -230,7 +230,8 @@ class Runtime:
     # --- one task -----------------------------------------------------------------------------------------------
     async def run_task(self, principal: Principal, history: Sequence[Mapping[str, Any]], *, task_id: str,
                        budget: TaskBudget, emit: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
-                       on_delta: Callable[[str], Awaitable[None]] | None = None) -> TaskOutcome:
+                       on_delta: Callable[[str], Awaitable[None]] | None = None,
+                       answer_max_tokens: int | None = None) -> TaskOutcome:
         """Run the agent for an admitted task. Always closes the root reservation: settled when the task ends,
         released when it is cancelled or fails."""
         cfg = self.config
@@ -241,7 +242,8 @@ class Runtime:
                           retrieve=self.retrieval if self.retrieval is not None and
                           "retrieve" in cfg.tools.builtin else None,
                           sub_agents=self.sub_agents, clock=self.clock, emit=emit,
-                          sub_agent_slots=asyncio.Semaphore(cfg.limits.max_parallel_sub_agents))
+                          sub_agent_slots=asyncio.Semaphore(cfg.limits.max_parallel_sub_agents),
+                          answer_max_tokens=answer_max_tokens)
         tools = list(cfg.tools.builtin) + (["delegate"] if self.sub_agents and "delegate" not in
                                             cfg.tools.builtin else [])
         spec = AgentSpec(cfg.app, cfg.system_prompt, tuple(tools))

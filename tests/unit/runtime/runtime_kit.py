@@ -123,7 +123,7 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve(config: RuntimeConfig, tmp: Path, *, retriever: Any = None, ledger: Any = None,
-                with_ledger: bool = True) -> AsyncIterator[Served]:
+                with_ledger: bool = True, key_reload_s: float = 5.0) -> AsyncIterator[Served]:
     metrics = RuntimeMetrics()
     client = ModelClient(config.models)
     if ledger is None and with_ledger:
@@ -132,8 +132,8 @@ async def serve(config: RuntimeConfig, tmp: Path, *, retriever: Any = None, ledg
                           metrics=metrics) if retriever is not None else None
     rt = Runtime(config, model=client, identity=Identity(config.api_keys_file), ledger=ledger,
                  retrieval=retrieval, metrics=metrics)
-    app = build_app(rt, client)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    app = build_app(rt, client, key_reload_s=key_reload_s)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -168,7 +168,7 @@ async def scripted(reply: Reply) -> AsyncIterator[Scripted]:
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        headers = dict(request.headers)
+        headers = {k.lower(): v for k, v in request.headers.items()}
         s.requests.append((body, headers))
         out = s.reply(body, headers)
         if asyncio.iscoroutine(out):
@@ -200,7 +200,7 @@ async def scripted(reply: Reply) -> AsyncIterator[Scripted]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
