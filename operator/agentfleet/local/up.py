@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -86,6 +87,15 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
             continue
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def write_run_dir(plan: UpPlan) -> None:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     (plan.run_dir / "logs").mkdir(exist_ok=True)
@@ -102,6 +112,12 @@ def run_up(plan: UpPlan, *, say: Callable[[str], None] = print, stop: threading.
     from . import engine as eng
 
     stop = stop or threading.Event()
+    busy = [f"{what} port {port}" for what, port in (("engine", plan.engine.port if plan.engine else None),
+                                                        ("runtime", plan.runtime_port))
+            if port is not None and not _port_is_free(port)]
+    if busy:
+        say(f"error: {' and '.join(busy)} already in use on 127.0.0.1 (choose others with --engine-port/--port)")
+        return 1
     write_run_dir(plan)
     logs = plan.run_dir / "logs"
     engine: Any = None
@@ -131,7 +147,8 @@ def run_up(plan: UpPlan, *, say: Callable[[str], None] = print, stop: threading.
         log_path = logs / "runtime.log"
         env = {**os.environ, "AGENTFLEET_STATE_DIR": str(plan.run_dir / "state")}
         runtime = _spawn([sys.executable, "-m", "agentfleet.cli", "serve", "--config", str(plan.config_file),
-                          "--port", str(plan.runtime_port)], log_path, env=env)
+                          "--host", "127.0.0.1", "--port", str(plan.runtime_port),
+                          "--state-dir", str(plan.run_dir / "state")], log_path, env=env)
         procs.append(("runtime", runtime, log_path))
         _wait_http(f"http://127.0.0.1:{plan.runtime_port}/readyz", timeout_s=runtime_timeout_s, proc=runtime,
                    log_path=log_path, what="the runtime")
@@ -152,7 +169,7 @@ def run_up(plan: UpPlan, *, say: Callable[[str], None] = print, stop: threading.
                 raise UpFailed(f"the engine exited; last lines of {engine.log_path}:\n{_tail(engine.log_path)}")
         say("==> stopping")
         return 0
-    except UpFailed as err:
+    except (UpFailed, eng.EngineFailed, eng.EngineNotInstalled) as err:
         say(f"error: {err}")
         return 1
     finally:

@@ -59,9 +59,13 @@ def action_schema(tools: Sequence[ToolSchema]) -> dict[str, Any]:
     return {"anyOf": choices} if len(choices) > 1 else choices[0]
 
 
+MAX_ANSWER_CHARS = 1200  # ~300 tokens: the grammar closes the JSON before the step's max_tokens cuts it off
+
+
 def answer_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {"action": {"type": "string", "enum": [FINAL]},
-                                             "answer": {"type": "string"}},
+                                             "answer": {"type": "string", "minLength": 1,
+                                                        "maxLength": MAX_ANSWER_CHARS}},
             "required": ["action", "answer"], "additionalProperties": False}
 
 
@@ -85,6 +89,8 @@ def validate_arguments(value: Any, schema: Mapping[str, Any], path: str = "argum
         return f"{path} must be one of {list(schema['enum'])}"
     if isinstance(value, str) and len(value) < int(schema.get("minLength", 0)):
         return f"{path} must not be empty"
+    if isinstance(value, str) and "maxLength" in schema and len(value) > int(schema["maxLength"]):
+        return f"{path} is longer than {schema['maxLength']} characters"
     if isinstance(value, dict):
         props = schema.get("properties", {})
         for key in schema.get("required", []):

@@ -34,7 +34,8 @@ from .pricing import prompt_token_bound
 from .routing import StepKind, choose_role
 from .tools import CALCULATOR, RETRIEVE, CalculatorError, CitationBook, calculate, format_hits
 
-__all__ = ["StopReason", "Completion", "ModelCall", "CallBudget", "TaskContext", "AgentSpec", "Step",
+__all__ = ["StopReason", "Completion", "ModelCall", "CallBudget", "ExternalTools", "ToolFailed", "TaskContext",
+           "AgentSpec", "Step",
            "AgentResult", "run_agent", "build_tools", "DELEGATE_NAME", "ACTION_MAX_TOKENS", "ANSWER_MAX_TOKENS"]
 
 StopReason = Literal["answered", "max_steps", "max_tokens", "deadline", "malformed_action", "budget_exhausted",
@@ -45,9 +46,9 @@ ANSWER_MAX_TOKENS = 768
 OBSERVATION_MAX_CHARS = 6000
 
 PROTOCOL = (
-    "Reply with exactly one JSON object and nothing else. To call a tool: "
-    '{"action": "<tool name>", "arguments": {...}}. When you can answer: '
-    '{"action": "final_answer", "answer": "<your answer, citing passages as [n]>"}.')
+    "Reply with exactly one JSON object and nothing else. To call a tool, set action to the tool's name and "
+    "arguments to its parameters. When you can answer, set action to final_answer and answer to your answer, "
+    "citing the passages you used as [n].")
 ANSWER_NOW = "Write the final answer for the user now, in plain text, citing the passages you used as [n]."
 
 
@@ -78,6 +79,13 @@ class CallBudget(Protocol):
     async def close(self) -> None: ...
 
 
+class ExternalTools(Protocol):
+    """Tools served elsewhere (MCP servers): schemas by the names an agent lists, and calls that raise ToolFailed."""
+
+    def schemas_for(self, names: Sequence[str]) -> list[ToolSchema]: ...
+    async def call(self, name: str, arguments: Mapping[str, Any]) -> str: ...
+
+
 Retrieve = Callable[[str, Principal], Awaitable[list[Any]]]
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -100,8 +108,8 @@ class TaskContext:
     tokens_used: int = 0
     cost_micro_usd: int = 0
     models_used: dict[str, dict[str, int]] = field(default_factory=dict)
-    sub_agent_slots: asyncio.Semaphore | None = None
     answer_max_tokens: int | None = None  # the caller's max_tokens: caps the written answer
+    external: ExternalTools | None = None
 
     def remaining_s(self) -> float:
         return self.deadline_s - self.clock()
@@ -195,6 +203,9 @@ def build_tools(names: Sequence[str], ctx: TaskContext, depth: int) -> list[Tool
             out.append(CALCULATOR)
         elif name == DELEGATE_NAME and ctx.sub_agents and depth < ctx.limits.max_delegation_depth:
             out.append(delegate_schema(ctx.sub_agents, ctx.limits.max_parallel_sub_agents))
+    if ctx.external is not None:
+        builtin = {t.name for t in out}
+        out.extend(t for t in ctx.external.schemas_for(list(names)) if t.name not in builtin)
     return out
 
 
@@ -204,8 +215,31 @@ def system_message(spec: AgentSpec, tools: Sequence[ToolSchema]) -> dict[str, An
                                          f"{PROTOCOL}"}
 
 
-def _bytes(messages: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [json.dumps(m, ensure_ascii=False, separators=(",", ":")) for m in messages]
+def _message_bytes(m: Mapping[str, Any]) -> int:
+    """UTF-8 bytes of what a chat template can render of a message: its content and its tool calls."""
+    n = len((m.get("content") or "").encode("utf-8", errors="surrogatepass")) + len(m.get("name") or "")
+    for call in m.get("tool_calls") or ():
+        fn = call["function"]
+        n += len(fn["name"]) + len(fn["arguments"].encode("utf-8", errors="surrogatepass")) + len(call["id"]) + 32
+    return n
+
+
+_PREFIX_CACHE: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], int]] = {}
+_PREFIX_CACHE_MAX = 256
+
+
+def _prefix(spec: AgentSpec, tools: Sequence[ToolSchema]) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The system message, the action response_format and the system message's size, built once per (prompt,
+    tools): every task of an app starts with the same prefix, so it is computed once, not per request."""
+    key = (spec.system_prompt, tuple((t.name, t.description, id(t.parameters)) for t in tools))
+    hit = _PREFIX_CACHE.get(key)
+    if hit is None:
+        system = system_message(spec, tools)
+        hit = (system, response_format(action_schema(tools)), _message_bytes(system))
+        if len(_PREFIX_CACHE) >= _PREFIX_CACHE_MAX:
+            _PREFIX_CACHE.clear()
+        _PREFIX_CACHE[key] = hit
+    return hit
 
 
 class _Stop(Exception):
@@ -219,26 +253,36 @@ class _Agent:
                  session_id: str, on_delta: Callable[[str], Awaitable[None]] | None):
         self.ctx, self.spec, self.budget, self.session_id, self.on_delta = ctx, spec, budget, session_id, on_delta
         self.tools = build_tools(spec.tools, ctx, spec.depth)
-        self.schema = response_format(action_schema(self.tools))
-        self.messages: list[dict[str, Any]] = [system_message(spec, self.tools), *map(dict, history)]
+        system, self.schema, system_bytes = _prefix(spec, self.tools)
+        self.messages: list[dict[str, Any]] = [system, *map(dict, history)]
+        self.message_bytes = system_bytes + sum(_message_bytes(m) for m in self.messages[1:])
+        self.counted = len(self.messages)
         self.steps: list[Step] = []
         self.partial = ""
         self.observed = False
         self.calls = 0
 
     # --- one model call under the caps and the budget ----------------------------------------------------
-    async def _call(self, step: Step, *, fmt: Mapping[str, Any] | None, max_tokens: int,
-                    stream: bool = False) -> Completion:
+    def _check_caps(self) -> None:
+        """Before a step is taken: a cap ends the agent here, with nothing half-recorded."""
         ctx, limits = self.ctx, self.ctx.limits
         if self.calls >= limits.max_steps:
             raise _Stop("max_steps", f"reached maxSteps ({limits.max_steps})")
-        left_tokens = limits.max_tokens - ctx.tokens_used
-        if left_tokens <= 0:
+        if limits.max_tokens - ctx.tokens_used <= 0:
             raise _Stop("max_tokens", f"reached maxTokens ({limits.max_tokens})")
-        timeout_s = ctx.remaining_s()
-        if timeout_s <= 0:
+        if ctx.remaining_s() <= 0:
             raise _Stop("deadline", f"reached the deadline ({limits.deadline_seconds}s)")
-        prompt_bound = prompt_token_bound(_bytes(self.messages))
+
+    async def _call(self, step: Step, *, fmt: Mapping[str, Any] | None, max_tokens: int,
+                    stream: bool = False) -> Completion:
+        ctx, limits = self.ctx, self.ctx.limits
+        self._check_caps()
+        left_tokens = limits.max_tokens - ctx.tokens_used
+        timeout_s = ctx.remaining_s()
+        for m in self.messages[self.counted:]:  # append-only: only what was appended since is new
+            self.message_bytes += _message_bytes(m)
+        self.counted = len(self.messages)
+        prompt_bound = self.message_bytes + prompt_token_bound((), messages=len(self.messages))
         max_tokens = max(1, min(max_tokens, left_tokens))
         self.calls += 1
         started = ctx.clock()
@@ -247,16 +291,18 @@ class _Agent:
         except BudgetExhausted as e:
             raise _Stop("budget_exhausted", str(e)) from None
         try:
-            c = await asyncio.wait_for(
-                ctx.model(step.role, list(self.messages), response_format=fmt, max_tokens=max_tokens,  # type: ignore[arg-type]
-                          session_id=self.session_id, timeout_s=timeout_s,
-                          on_delta=self.on_delta if stream else None), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                c = await ctx.model(step.role, list(self.messages), response_format=fmt,  # type: ignore[arg-type]
+                                    max_tokens=max_tokens, session_id=self.session_id, timeout_s=timeout_s,
+                                    on_delta=self.on_delta if stream else None)
         except BaseException as e:
             await asyncio.shield(self.budget.release(hold))
             # The call's timeout is the task's remaining time, so a timed-out call is the deadline.
             if isinstance(e, (asyncio.TimeoutError, TimeoutError, UpstreamTimeout)):
                 raise _Stop("deadline", f"reached the deadline ({limits.deadline_seconds}s)") from None
             raise
+        if c.prompt_tokens <= 0:  # a server that reports no usage is charged the bound, never nothing
+            c = Completion(c.text, prompt_bound, c.completion_tokens or max_tokens, c.model, c.tool_calls)
         cost = await self.budget.settle(hold, step.role, prompt_tokens=c.prompt_tokens,  # type: ignore[arg-type]
                                         completion_tokens=c.completion_tokens)
         ctx.record(c, cost)
@@ -286,6 +332,7 @@ class _Agent:
         failed_role: ModelRole | None = None
         repairs = 0
         while True:
+            self._check_caps()
             kind: StepKind = "plan" if not self.steps else "tool_format"
             role, why = self._route(kind, failed_role)
             step = Step(len(self.steps) + 1, self.spec.name, "repair" if repairs else kind, role, route_reason=why)
@@ -367,11 +414,15 @@ class _Agent:
                 raise ToolFailed(f"retrieve: {e}") from None
             text, _ = format_hits(hits, self.ctx.citations)
             return text
+        if self.ctx.external is not None:
+            return await self.ctx.external.call(action.tool, action.arguments)
         raise ToolFailed(f"unknown tool {action.tool}")
 
     async def _delegate(self, step: Step, action: Action) -> str:
         calls = list(action.arguments["calls"])
-        slots = self.ctx.sub_agent_slots or asyncio.Semaphore(self.ctx.limits.max_parallel_sub_agents)
+        # Bounded per delegating agent, not by one semaphore over the tree: a sub-agent holding a slot while it
+        # waits for its own sub-agents would otherwise deadlock (until the deadline) at maxParallelSubAgents 1.
+        slots = asyncio.Semaphore(self.ctx.limits.max_parallel_sub_agents)
 
         async def one(i: int, call: Mapping[str, Any]) -> AgentResult:
             sub = self.ctx.sub_agents[call["agent"]]
@@ -406,6 +457,7 @@ class _Agent:
         # Cheap-first: the small model decided it can answer; the large one writes the answer (streamed).
         self.partial = action.answer
         await self._emit(step)
+        self._check_caps()
         self.messages.append({"role": "assistant", "content": c.text})
         self.messages.append({"role": "user", "content": ANSWER_NOW})
         final = Step(len(self.steps) + 1, self.spec.name, "answer", answer_role, route_reason=why, action=FINAL)

@@ -33,6 +33,7 @@ CLIENT_KEY: web.AppKey[ModelClient] = web.AppKey("client", ModelClient)
 RUNS_KEY: web.AppKey[RunRegistry] = web.AppKey("runs", RunRegistry)
 WEB_DIR = Path(__file__).with_name("web")
 KEY_RELOAD_S = 5.0
+BUDGET_REFRESH_S = 5.0
 ANSWER_CHUNK_CHARS = 24
 
 
@@ -140,7 +141,11 @@ async def _chat_stream(request: web.Request, rt: Runtime, req: ChatRequest, prin
                        model_name: str) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
+    try:
+        await resp.prepare(request)
+    except BaseException:  # the client left before the task started: give its reservation back now
+        await asyncio.shield(budget.abandon())
+        raise
     created = int(time.time())
     streamed: list[str] = []
 
@@ -157,8 +162,12 @@ async def _chat_stream(request: web.Request, rt: Runtime, req: ChatRequest, prin
             await send(chunk(completion_id=completion_id, model=model_name, created=created,
                              delta={"content": piece}))
 
-    await send(chunk(completion_id=completion_id, model=model_name, created=created,
-                     delta={"role": "assistant", "content": ""}))
+    try:
+        await send(chunk(completion_id=completion_id, model=model_name, created=created,
+                         delta={"role": "assistant", "content": ""}))
+    except BaseException:
+        await asyncio.shield(budget.abandon())
+        raise
     try:
         outcome = await rt.run_task(principal, history, task_id=task_id, budget=budget, emit=emit,
                                     on_delta=on_delta, answer_max_tokens=req.max_completion_tokens or req.max_tokens)
@@ -278,7 +287,7 @@ async def _index(_: web.Request) -> web.Response:
 # --- assembly -------------------------------------------------------------------------------------------------
 
 def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000,
-              key_reload_s: float = KEY_RELOAD_S) -> web.Application:
+              key_reload_s: float = KEY_RELOAD_S, budget_refresh_s: float = BUDGET_REFRESH_S) -> web.Application:
     """The aiohttp application. The client starts and closes with it; so do the key reload timer and the runs."""
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=1 << 20)
     app[RUNTIME_KEY] = runtime
@@ -295,14 +304,20 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000,
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await client.start()
+        refresh = getattr(runtime.external, "refresh", None)
+        if refresh is not None:  # a server that is down now is listed again by the next /readyz
+            await refresh()
         reload = asyncio.get_running_loop().create_task(_reload_keys(runtime.identity, key_reload_s))
+        budget = asyncio.get_running_loop().create_task(_refresh_budget(runtime, budget_refresh_s))
         yield
         reload.cancel()
+        budget.cancel()
         for run in app[RUNS_KEY].running():
             if run.task is not None:
                 run.task.cancel()
         await asyncio.gather(*(r.task for r in app[RUNS_KEY].running() if r.task), return_exceptions=True)
         await client.close()
+        runtime.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
@@ -320,6 +335,15 @@ async def _reload_keys(identity: Identity | None, every_s: float) -> None:
                 log.warning("key store reload failed, keeping the last good one: %s", identity.last_error)
         except Exception:  # noqa: BLE001 - a reload problem must not end the timer
             log.exception("key store reload")
+
+
+async def _refresh_budget(runtime: Runtime, every_s: float) -> None:
+    while True:
+        try:
+            await runtime.refresh_budget()
+        except Exception:  # noqa: BLE001 - a ledger hiccup must not end the timer
+            log.exception("budget refresh")
+        await asyncio.sleep(every_s)
 
 
 def open_retrieval(config: RuntimeConfig, metrics: RuntimeMetrics) -> Retrieval | None:
@@ -347,8 +371,13 @@ def build_runtime(config: RuntimeConfig, *, state_dir: str | None = None,
     identity = Identity(config.api_keys_file)
     retrieval = open_retrieval(config, metrics) if with_retrieval else None
     ledger = Runtime.open_ledger(config, state_dir=state_dir)
+    external = None
+    if config.tools.mcp_servers:
+        from .mcp_tools import McpTools
+
+        external = McpTools(config.tools.mcp_servers)
     return Runtime(config, model=client, identity=identity, ledger=ledger, retrieval=retrieval,
-                   metrics=metrics), client
+                   metrics=metrics, external=external), client
 
 
 def serve(config: RuntimeConfig, *, host: str, port: int, state_dir: str | None = None) -> None:

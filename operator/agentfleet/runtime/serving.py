@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import functools
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ from ..api.runtime_config import RuntimeConfig
 from ..errors import BudgetExhausted, ReservationClosed, UpstreamError
 from ..ledger import Account, Amount, Ledger, Reservation, budget_applies, open_ledger
 from ..retrieval.filters import Principal
-from .agent import AgentResult, AgentSpec, CallBudget, ModelCall, TaskContext, run_agent
+from .agent import AgentResult, AgentSpec, CallBudget, ExternalTools, ModelCall, TaskContext, run_agent
 from .identity import Identity
 from .metrics import RuntimeMetrics
 from .pricing import ModelPrice, call_cost, call_estimate, price_for
@@ -50,9 +51,13 @@ class TaskBudget:
     still computed and reported)."""
 
     def __init__(self, *, ledger: Ledger | None, account: Account | None, prices: Mapping[str, ModelPrice],
-                 task_id: str, hold: Reservation | None, is_degraded: bool = False):
+                 task_id: str, hold: Reservation | None, is_degraded: bool = False,
+                 pool: concurrent.futures.Executor | None = None):
         self.ledger, self.account, self.prices, self.task_id = ledger, account, prices, task_id
-        self.hold, self.is_degraded = hold, is_degraded
+        self.hold, self.is_degraded, self.pool = hold, is_degraded, pool
+
+    async def _ledger(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
 
     def _price(self, role: ModelRole) -> ModelPrice:
         return self.prices.get(role) or self.prices["large"]
@@ -61,7 +66,7 @@ class TaskBudget:
         if self.ledger is None or self.hold is None:
             return None
         est = call_estimate(self._price(role), prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-        return await asyncio.to_thread(self.ledger.reserve, self.account, est, task_id=self.task_id, now=_now(),
+        return await self._ledger(self.ledger.reserve, self.account, est, task_id=self.task_id, now=_now(),
                                        parent=self.hold)
 
     async def settle(self, hold: Reservation | None, role: ModelRole, *, prompt_tokens: int,
@@ -69,35 +74,35 @@ class TaskBudget:
         cost = call_cost(self._price(role), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         if self.ledger is not None and hold is not None:
             try:
-                await asyncio.to_thread(self.ledger.settle, hold, cost, now=_now())
+                await self._ledger(self.ledger.settle, hold, cost, now=_now())
             except ReservationClosed:  # the task was released meanwhile: nothing left to settle into
                 pass
         return cost.micro_usd
 
     async def release(self, hold: Reservation | None) -> None:
         if self.ledger is not None and hold is not None:
-            await asyncio.to_thread(self.ledger.release, hold, now=_now())
+            await self._ledger(self.ledger.release, hold, now=_now())
 
     async def child(self, share: float) -> CallBudget:
         if self.ledger is None or self.hold is None:
             return TaskBudget(ledger=None, account=None, prices=self.prices, task_id=self.task_id, hold=None,
                               is_degraded=self.is_degraded)
-        hold = await asyncio.to_thread(self.ledger.reserve, self.account, None, task_id=self.task_id, now=_now(),
-                                       parent=self.hold, share=share)
+        hold = await self._ledger(self.ledger.reserve, self.account, None, task_id=self.task_id, now=_now(),
+                                  parent=self.hold, share=share)
         return TaskBudget(ledger=self.ledger, account=self.account, prices=self.prices, task_id=self.task_id,
-                          hold=hold, is_degraded=self.is_degraded)
+                          hold=hold, is_degraded=self.is_degraded, pool=self.pool)
 
     async def close(self) -> None:
         """Settle this slice with no spend of its own (its calls settled already): the rest returns upward."""
         if self.ledger is not None and self.hold is not None:
             try:
-                await asyncio.to_thread(self.ledger.settle, self.hold, Amount(), now=_now())
+                await self._ledger(self.ledger.settle, self.hold, Amount(), now=_now())
             except ReservationClosed:
                 pass
 
     async def abandon(self) -> None:
         if self.ledger is not None and self.hold is not None:
-            await asyncio.to_thread(self.ledger.release, self.hold, now=_now())
+            await self._ledger(self.ledger.release, self.hold, now=_now())
 
 
 class Retrieval:
@@ -169,8 +174,10 @@ class Runtime:
 
     def __init__(self, config: RuntimeConfig, *, model: ModelCall, identity: Identity | None,
                  ledger: Ledger | None = None, retrieval: Retrieval | None = None,
-                 metrics: RuntimeMetrics | None = None, clock: Callable[[], float] = time.monotonic):
+                 metrics: RuntimeMetrics | None = None, clock: Callable[[], float] = time.monotonic,
+                 external: ExternalTools | None = None):
         self.config, self.model, self.identity, self.ledger = config, model, identity, ledger
+        self.external = external
         self.retrieval = retrieval
         self.metrics = metrics or RuntimeMetrics()
         self.clock = clock
@@ -178,6 +185,11 @@ class Runtime:
         table = budget_spec.prices if budget_spec else []
         self.prices = {role: price_for(endpoint_for(role, config.models), table) for role in ("large", "small")}
         self.sub_agents = {s.name: s for s in config.sub_agents}
+        self.budget_seen: dict[str, Any] = {}
+        # SQLite admits one writer at a time and a waiting writer sleeps in growing steps (its busy handler), so
+        # threads of this process queue here instead: one thread for SQLite, a few for Redis's round trips.
+        self.ledger_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8 if config.ledger.backend == "redis" else 1, thread_name_prefix="ledger")
 
     @staticmethod
     def open_ledger(config: RuntimeConfig, *, state_dir: str | os.PathLike[str] | None = None) -> Ledger | None:
@@ -187,6 +199,13 @@ class Runtime:
         return open_ledger(config.ledger, sqlite_path=base / "ledger.db",
                            redis_prefix=f"agentfleet:ledger:{config.namespace}/{config.app}:",
                            hold_ttl_s=config.limits.deadline_seconds + 300)
+
+    async def _ledger(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.ledger_pool,
+                                                                functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self.ledger_pool.shutdown(wait=True)
 
     # --- admission --------------------------------------------------------------------------------------------
     def account_for(self, principal: Principal) -> Account | None:
@@ -215,17 +234,17 @@ class Runtime:
         est = self.task_estimate(account)
         ttl = self.config.limits.deadline_seconds + 60.0
         try:
-            hold = await asyncio.to_thread(self.ledger.reserve, account, est, task_id=task_id, now=_now(), ttl_s=ttl)
+            hold = await self._ledger(self.ledger.reserve, account, est, task_id=task_id, now=_now(), ttl_s=ttl)
             degraded = False
         except BudgetExhausted as e:
             if self.config.budget.spec.on_exhausted != "degrade" or not e.what.startswith("window"):
                 self.metrics.errors.labels("budget_exhausted").inc()
                 raise
-            hold = await asyncio.to_thread(self.ledger.reserve, account, est, task_id=task_id, now=_now(), ttl_s=ttl,
-                                           degraded=True)
+            hold = await self._ledger(self.ledger.reserve, account, est, task_id=task_id, now=_now(), ttl_s=ttl,
+                                      degraded=True)
             degraded = True
         return TaskBudget(ledger=self.ledger, account=account, prices=self.prices, task_id=task_id, hold=hold,
-                          is_degraded=degraded)
+                          is_degraded=degraded, pool=self.ledger_pool)
 
     # --- one task -----------------------------------------------------------------------------------------------
     async def run_task(self, principal: Principal, history: Sequence[Mapping[str, Any]], *, task_id: str,
@@ -242,10 +261,9 @@ class Runtime:
                           retrieve=self.retrieval if self.retrieval is not None and
                           "retrieve" in cfg.tools.builtin else None,
                           sub_agents=self.sub_agents, clock=self.clock, emit=emit,
-                          sub_agent_slots=asyncio.Semaphore(cfg.limits.max_parallel_sub_agents),
-                          answer_max_tokens=answer_max_tokens)
+                          answer_max_tokens=answer_max_tokens, external=self.external)
         tools = list(cfg.tools.builtin) + (["delegate"] if self.sub_agents and "delegate" not in
-                                            cfg.tools.builtin else [])
+                                            cfg.tools.builtin else []) + [m.name for m in cfg.tools.mcp_servers]
         spec = AgentSpec(cfg.app, cfg.system_prompt, tuple(tools))
         self.metrics.tasks_running.inc()
         ok = False
@@ -270,8 +288,10 @@ class Runtime:
             citations=ctx.citations.wire(), seconds=elapsed, is_degraded=budget.is_degraded,
             steps=[s.wire() for s in result.steps])
         self._observe(principal, outcome)
-        if budget.account is not None:
-            outcome.budget = await self._budget_status(budget.account)
+        if budget.account is not None and self.config.budget is not None:
+            # The window's remaining is read by a timer (refresh_budget), not per task: one more ledger
+            # transaction per request cost ~20 % of the ledger's throughput (`agentfleet bench runtime --budget`).
+            outcome.budget = {"name": self.config.budget.name, **self.budget_seen}
         return outcome
 
     def _observe(self, principal: Principal, o: TaskOutcome) -> None:
@@ -285,17 +305,21 @@ class Runtime:
             m.tokens.labels(model, principal.tenant, "completion").inc(use["completion_tokens"])
             m.cost_usd.labels(model, principal.tenant).inc(use["cost_micro_usd"] / 1e6)
 
-    async def _budget_status(self, account: Account) -> dict[str, Any]:
-        assert self.ledger is not None and self.config.budget is not None
-        usage = await asyncio.to_thread(self.ledger.usage, account, now=_now())
+    async def refresh_budget(self) -> None:
+        """Read the Budget's window from the ledger into the gauges and `budget_seen` (answers report it)."""
+        b = self.config.budget
+        if self.ledger is None or b is None:
+            return
+        account = Account.for_budget(self.config.namespace, b.name, b.spec)
+        usage = await self._ledger(self.ledger.usage, account, now=_now())
         rem = usage.remaining
-        name = self.config.budget.name
-        self.metrics.budget_remaining_usd.labels(name).set(-1 if rem.micro_usd < 0 else rem.micro_usd / 1e6)
-        self.metrics.budget_remaining_tokens.labels(name).set(rem.tokens)
-        return {"name": name, "window_start": usage.window_start, "spent_usd": usage.spent.micro_usd / 1e6,
-                "spent_tokens": usage.spent.tokens,
-                "remaining_usd": None if rem.micro_usd < 0 else rem.micro_usd / 1e6,
-                "remaining_tokens": None if rem.tokens < 0 else rem.tokens}
+        self.metrics.budget_remaining_usd.labels(b.name).set(-1 if rem.micro_usd < 0 else rem.micro_usd / 1e6)
+        self.metrics.budget_remaining_tokens.labels(b.name).set(rem.tokens)
+        self.budget_seen = {"window_start": usage.window_start, "spent_usd": usage.spent.micro_usd / 1e6,
+                            "spent_tokens": usage.spent.tokens,
+                            "remaining_usd": None if rem.micro_usd < 0 else rem.micro_usd / 1e6,
+                            "remaining_tokens": None if rem.tokens < 0 else rem.tokens,
+                            "as_of": _now().strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     async def readiness(self, probe: Callable[[ModelRole], Awaitable[str | None]]) -> dict[str, str | None]:
         checks: dict[str, str | None] = {}
@@ -311,6 +335,12 @@ class Runtime:
             checks["index"] = await asyncio.to_thread(self.retrieval.is_ready)
         elif self.config.index is not None and "retrieve" in self.config.tools.builtin:
             checks["index"] = "index not opened"
+        refresh = getattr(self.external, "refresh", None)
+        if refresh is not None:
+            await refresh()
+            problems = getattr(self.external, "problems", {})
+            for server in self.config.tools.mcp_servers:
+                checks[f"mcp_{server.name}"] = problems.get(server.name)
         if self.identity is not None and len(self.identity.store) == 0:
             checks["keys"] = "the key store holds no keys"
         return checks

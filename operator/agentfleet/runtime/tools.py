@@ -18,12 +18,12 @@ __all__ = ["calculate", "CalculatorError", "CALCULATOR", "RETRIEVE", "Citation",
 
 CALCULATOR = ToolSchema(
     "calculator", "Evaluate an arithmetic expression, e.g. (25 - 5) * 2 / 3 or sqrt(2) ** 2.",
-    {"type": "object", "properties": {"expression": {"type": "string", "minLength": 1}},
+    {"type": "object", "properties": {"expression": {"type": "string", "minLength": 1, "maxLength": 200}},
      "required": ["expression"], "additionalProperties": False})
 
 RETRIEVE = ToolSchema(
     "retrieve", "Search the documents you may read. Returns numbered passages; cite them as [n].",
-    {"type": "object", "properties": {"query": {"type": "string", "minLength": 1}},
+    {"type": "object", "properties": {"query": {"type": "string", "minLength": 1, "maxLength": 300}},
      "required": ["query"], "additionalProperties": False})
 
 MAX_EXPRESSION_CHARS = 500

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import aiohttp
+import pytest
 import yaml
 from aiohttp import web
 
 from agentfleet.api import parse
 from agentfleet.api.runtime_config import RuntimeConfig
+from agentfleet.bench import simulator
 from agentfleet.bench.simulator import free_port
 from agentfleet.render.agentapp import runtime_config
 from agentfleet.runtime.llm import ModelClient
@@ -26,6 +28,23 @@ from agentfleet.runtime.server import build_app
 from agentfleet.runtime.serving import Retrieval, Runtime
 from agentfleet.runtime.identity import Identity
 from agentfleet.runtime.metrics import RuntimeMetrics
+
+def _sim_missing() -> str | None:
+    """Why the llm-d simulator cannot run here (None when it can: cached, or buildable with Go)."""
+    import os
+    import shutil
+
+    if simulator.binary(build=False).exists():
+        return None
+    if os.environ.get("AGENTFLEET_SIM_BIN"):
+        return f"$AGENTFLEET_SIM_BIN names no file: {os.environ['AGENTFLEET_SIM_BIN']}"
+    if shutil.which("go") and simulator.BUILD_SCRIPT.exists():
+        return None  # running_fleet builds it once (e2e/sim/build.sh)
+    return f"llm-d-inference-sim {simulator.SIM_VERSION} is not built and Go is not installed (e2e/sim/build.sh)"
+
+
+SIM_MISSING = _sim_missing()
+needs_sim = pytest.mark.skipif(SIM_MISSING is not None, reason=SIM_MISSING or "")
 
 NS = "team-a"
 KEYS = {
@@ -123,7 +142,8 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve(config: RuntimeConfig, tmp: Path, *, retriever: Any = None, ledger: Any = None,
-                with_ledger: bool = True, key_reload_s: float = 5.0) -> AsyncIterator[Served]:
+                with_ledger: bool = True, key_reload_s: float = 5.0,
+                external: Any = None) -> AsyncIterator[Served]:
     metrics = RuntimeMetrics()
     client = ModelClient(config.models)
     if ledger is None and with_ledger:
@@ -131,7 +151,7 @@ async def serve(config: RuntimeConfig, tmp: Path, *, retriever: Any = None, ledg
     retrieval = Retrieval(retriever, top_k=config.index.top_k if config.index else 3,
                           metrics=metrics) if retriever is not None else None
     rt = Runtime(config, model=client, identity=Identity(config.api_keys_file), ledger=ledger,
-                 retrieval=retrieval, metrics=metrics)
+                 retrieval=retrieval, metrics=metrics, external=external)
     app = build_app(rt, client, key_reload_s=key_reload_s)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     await runner.setup()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from agentfleet.bench.simulator import SimSettings, running_fleet
-from runtime_kit import action, final, make_config, scripted, serve
+from runtime_kit import action, final, make_config, needs_sim, scripted, serve
 
 
 def _two_models(large_reply, small_reply):
@@ -146,6 +146,7 @@ def test_tool_errors_become_observations_not_failures(tmp_path):
     assert run["steps"][0]["observation"] == "error: calculator: unsupported syntax: Call"
 
 
+@needs_sim
 def test_deadline_ends_a_slow_task_without_hanging(tmp_path):
     # ~250 prompt tokens at 12 ms each: the first token would come after ~3 s, past the 1 s deadline.
     with running_fleet(1, SimSettings(prefill_ms_per_token=12, extra=("--mode", "echo"))) as fleet:
@@ -164,6 +165,7 @@ def test_deadline_ends_a_slow_task_without_hanging(tmp_path):
     assert body["agentfleet"]["detail"] == "reached the deadline (1s)"
 
 
+@needs_sim
 def test_injected_model_failures_are_upstream_errors(tmp_path):
     with running_fleet(1, SimSettings(extra=("--failure-injection-rate", "100", "--failure-types",
                                              "server_error"))) as fleet:
@@ -257,3 +259,65 @@ def test_delegation_depth_zero_offers_no_delegate_tool(tmp_path):
     assert '"name":"delegate"' not in reqs[0][0]["messages"][0]["content"]
     assert body["agentfleet"]["stop_reason"] == "malformed_action"
     assert "must be one of: calculator, final_answer" in body["agentfleet"]["detail"]
+
+
+def test_nested_delegation_with_one_slot_does_not_deadlock(tmp_path):
+    subs = [{"name": "a", "description": "middle", "systemPrompt": "You are A.", "tools": ["delegate"],
+             "modelRole": "large", "budgetShare": 0.5},
+            {"name": "b", "description": "leaf", "systemPrompt": "You are B.", "tools": ["calculator"],
+             "modelRole": "large", "budgetShare": 0.5}]
+
+    def reply(body, headers):
+        msgs = body["messages"]
+        me = msgs[0]["content"][:10]
+        tools = [m for m in msgs if m["role"] == "tool"]
+        if tools:
+            return final(f"{me[:9]} got: {tools[-1]['content']}")
+        if me.startswith("You are A."):
+            return json.dumps({"action": "delegate", "arguments": {"calls": [{"agent": "b", "task": "leaf work"}]}})
+        if me.startswith("You are B."):
+            return final("leaf done")
+        return json.dumps({"action": "delegate", "arguments": {"calls": [{"agent": "a", "task": "middle work"}]}})
+
+    async def go():
+        async with scripted(reply) as m:
+            cfg = make_config(tmp_path, large_url=m.url, budget={"window": "day", "limits": {"tokens": 10**6},
+                                                                 "routing": {"policy": "large-only"}},
+                              app={"subAgents": subs, "tools": {"builtin": ["delegate"]},
+                                   "limits": {"maxSteps": 6, "maxTokens": 40000, "deadlineSeconds": 10,
+                                              "maxParallelSubAgents": 1, "maxDelegationDepth": 2}})
+            async with serve(cfg, tmp_path) as s:
+                t0 = time.monotonic()
+                status, body = await s.chat("go deep")
+                return body, time.monotonic() - t0
+
+    body, elapsed = asyncio.run(go())
+    assert elapsed < 5 and body["agentfleet"]["stop_reason"] == "answered"
+    assert body["choices"][0]["message"]["content"] == "You are a got: a: You are A got: b: leaf done"
+    assert body["agentfleet"]["steps"] == 5  # root 2 + a 2 + b 1
+
+
+def test_streamed_answer_step_passes_the_models_deltas_through(tmp_path):
+    def large(body, headers):
+        if body["messages"][-1]["content"].startswith("Write the final answer"):
+            assert body.get("stream") is True and body["stream_options"] == {"include_usage": True}
+            return "The answer is four, as computed."
+        return action("calculator", expression="2+2")
+
+    log, lg, sm = _two_models(large, lambda b, h: final("4"))
+
+    async def go():
+        async with lg as L, sm as S:
+            cfg = make_config(tmp_path, large_url=L.url, small_url=S.url)
+            async with serve(cfg, tmp_path) as s:
+                return await s.stream("2+2?")
+
+    status, events = asyncio.run(go())
+    deltas = [e["choices"][0]["delta"]["content"] for e in events[:-1]
+              if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert "".join(deltas) == "The answer is four, as computed."
+    assert deltas[:2] == ["The a", "nswer"]  # the model's own 5-character chunks, not re-split
+    last = events[-2]["agentfleet"]
+    assert last["stop_reason"] == "answered" and last["steps"] == 3
+    steps = [e["agentfleet"]["step"] for e in events[:-1] if e.get("agentfleet", {}).get("type") == "step"]
+    assert [s["kind"] for s in steps] == ["plan", "tool_format", "answer"]

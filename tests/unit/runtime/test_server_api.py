@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from agentfleet.bench.simulator import SimSettings, running_fleet
-from runtime_kit import ALICE, FRANK, action, final, make_config, serve
+from runtime_kit import ALICE, FRANK, action, final, make_config, serve, needs_sim
+
+pytestmark = needs_sim
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from agentfleet.bench.simulator import SimSettings, free_port, running_fleet
-from runtime_kit import ALICE, final, make_config
+from runtime_kit import ALICE, final, make_config, needs_sim
+
+pytestmark = needs_sim
 
 
 @pytest.fixture()

@@ -1,0 +1,150 @@
+"""MCP servers listed in the AgentApp become tools: a real MCP server (the official `mcp` package's MCPServer,
+streamable HTTP, in its own process) is listed at start-up, its tools are offered to the model by name and
+schema, called with the model's arguments, and a tool error or a server that is down becomes an observation and
+a readiness problem, never a failed request."""
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from agentfleet.bench.simulator import free_port
+from runtime_kit import action, final, make_config, scripted, serve
+
+pytest.importorskip("mcp")
+
+SERVER = '''
+import sys
+from mcp.server.mcpserver import MCPServer
+
+app = MCPServer("math")
+
+
+@app.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@app.tool()
+def fail(reason: str) -> str:
+    """Always fails."""
+    raise ValueError(reason)
+
+
+@app.tool()
+async def slow(seconds: float) -> str:
+    """Sleeps."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return "woke up"
+
+
+app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
+'''
+
+
+@pytest.fixture(scope="module")
+def mcp_url(tmp_path_factory):
+    script = tmp_path_factory.mktemp("mcp") / "server.py"
+    script.write_text(SERVER)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/mcp"
+    deadline = time.monotonic() + 30
+    while True:  # poll until the port answers, with a deadline
+        assert proc.poll() is None, "the MCP server exited"
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except urllib.error.HTTPError:
+            break  # it answers (a plain GET is not an MCP request)
+        except OSError:
+            assert time.monotonic() < deadline, "the MCP server did not start"
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _mcp_config(tmp_path, model_url, servers):
+    return make_config(tmp_path, large_url=model_url, app={"tools": {"builtin": ["calculator"],
+                                                                     "mcpServers": servers}})
+
+
+def test_mcp_tools_are_offered_and_called(mcp_url, tmp_path):
+    from agentfleet.runtime.mcp_tools import McpTools
+
+    def reply(body, headers):
+        tools = [m for m in body["messages"] if m["role"] == "tool"]
+        if not tools:
+            return action("math__add", a=2, b=40)
+        if len(tools) == 1:
+            return action("math__fail", reason="boom")
+        if body["messages"][-1]["role"] == "tool":
+            return final("done")
+        return f"sum {tools[0]['content']}"  # the large model writes the answer
+
+    async def go():
+        async with scripted(reply) as m:
+            cfg = _mcp_config(tmp_path, m.url, [{"name": "math", "url": mcp_url}])
+            async with serve(cfg, tmp_path, external=McpTools(cfg.tools.mcp_servers)) as s:
+                run = await s.run_to_end("add 2 and 40", deadline_s=60)
+                ready = await s.get("/readyz", key=None)
+            return run, ready, m.requests
+
+    run, (rstatus, ready), reqs = asyncio.run(go())
+    system = reqs[0][0]["messages"][0]["content"]
+    assert '"name":"math__add"' in system and '"name":"math__fail"' in system
+    schema = reqs[0][0]["response_format"]["json_schema"]["schema"]
+    assert ["math__add"] in [c["properties"]["action"]["enum"] for c in schema["anyOf"]]
+    assert [(s["action"], s["observation"]) for s in run["steps"][:2]] == [
+        ("math__add", "42"), ("math__fail", "error: math__fail: Error executing tool fail")]
+    assert run["steps"][0]["arguments"] == {"a": 2, "b": 40}
+    assert run["answer"] == "sum 42" and run["status"] == "completed"
+    assert rstatus == 200 and ready["checks"]["mcp_math"] == "ok"
+
+
+def test_mcp_server_down_is_a_readiness_problem_not_a_crash(tmp_path):
+    from agentfleet.runtime.mcp_tools import McpTools
+
+    dead = f"http://127.0.0.1:{free_port()}/mcp"
+
+    async def go():
+        async with scripted(lambda b, h: final("no tools needed")) as m:
+            cfg = _mcp_config(tmp_path, m.url, [{"name": "gone", "url": dead}])
+            async with serve(cfg, tmp_path, external=McpTools(cfg.tools.mcp_servers)) as s:
+                return await s.chat("hi"), await s.get("/readyz", key=None)
+
+    (status, body), (rstatus, ready) = asyncio.run(go())
+    assert status == 200 and body["choices"][0]["message"]["content"] == "no tools needed"
+    assert rstatus == 503 and ready["checks"]["mcp_gone"].startswith("MCP server gone unreachable: ")
+
+
+def test_a_tool_past_its_timeout_becomes_an_observation(mcp_url, tmp_path):
+    from agentfleet.runtime.mcp_tools import McpTools
+
+    def reply(body, headers):
+        tools = [m for m in body["messages"] if m["role"] == "tool"]
+        return final("gave up waiting") if tools else action("math__slow", seconds=20)
+
+    async def go():
+        async with scripted(reply) as m:
+            cfg = make_config(tmp_path, large_url=m.url, app={
+                "tools": {"builtin": ["calculator"], "mcpServers": [{"name": "math", "url": mcp_url}]},
+                "limits": {"maxSteps": 4, "maxTokens": 4000, "deadlineSeconds": 20, "toolTimeoutSeconds": 1}})
+            async with serve(cfg, tmp_path, external=McpTools(cfg.tools.mcp_servers)) as s:
+                t0 = time.monotonic()
+                run = await s.run_to_end("sleep", deadline_s=30)
+                return run, time.monotonic() - t0
+
+    run, elapsed = asyncio.run(go())
+    assert elapsed < 5 and run["status"] == "completed"
+    first = run["steps"][0]
+    assert (first["action"], first["error"], first["observation"]) == (
+        "math__slow", "tool_timeout", "error: the tool math__slow did not answer within 1s")
