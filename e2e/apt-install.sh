@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install one Debian package for the test suite, idempotently: e2e/apt-install.sh PACKAGE BINARY.
+# BINARY may instead be an absolute path (a file the package installs, e.g. for a doc package): `test -e` checks it.
 # Packages of servers (prometheus, redis-server) would start a system service on install: a policy-rc.d that exits
 # 101 forbids that (facts.md); it is removed again afterwards. Prints the binary's path on the last line; exits 3
 # when it cannot install (not root and no sudo, no apt-get) so callers can skip with a reason.
 set -euo pipefail
 PKG="$1"; BIN="$2"
-if command -v "$BIN" >/dev/null 2>&1; then command -v "$BIN"; exit 0; fi
+present() { if [[ "$BIN" == /* ]]; then test -e "$BIN" && echo "$BIN"; else command -v "$BIN"; fi; }
+if present >/dev/null 2>&1; then present; exit 0; fi
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then
   if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
@@ -15,7 +17,7 @@ command -v apt-get >/dev/null || { echo "no apt-get: install $PKG by hand" >&2; 
 # One apt at a time (dpkg's own lock fails instead of waiting).
 exec 9>/tmp/agentfleet-apt-install.lock
 flock 9
-if command -v "$BIN" >/dev/null 2>&1; then command -v "$BIN"; exit 0; fi
+if present >/dev/null 2>&1; then present; exit 0; fi
 CREATED_POLICY=0
 if [[ ! -e /usr/sbin/policy-rc.d ]]; then
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
@@ -27,4 +29,4 @@ trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get install -y --no-install-recommends "$PKG" >&2 || { $SUDO apt-get update >&2 && \
   $SUDO apt-get install -y --no-install-recommends "$PKG" >&2; }
-command -v "$BIN"
+present
