@@ -11,8 +11,22 @@ Rules kept here:
   with reason `malformed_action`.
 - Routing per step through the Budget's policy (routing.choose_role): the first step plans (large), later steps
   format tool calls (small); a final answer chosen by the small model is written by the large one.
+- Retrieve first: an agent that has the `retrieve` tool (and the app an index) starts by searching for the user's
+  question itself, with no model call: a recorded step, ACL-filtered by the task's principal like every search,
+  so the passages are in the (append-only) prompt before the model plans. A weak model then only has to answer.
+- A stuck model does not spin to maxSteps: the same tool call twice in a row, `max_tool_errors` tool errors in a
+  row, or as many searches in a row that find no new passage, ends tool use, and the answer step (the large role)
+  writes the answer from what was gathered; the reason is the step's error, the answer step's route and the
+  result's detail.
+- The answer step (free text, streamed) is the one prompt not built by appending: the action steps' transcript is a
+  run of "Answer: {json}" turns under a base model's transcript template, and such a model answers the user by
+  writing one more JSON action (measured with Gemma 3 270M). Its prompt is the app's system prompt with the best
+  passages gathered (ANSWER_PASSAGES, numbered as cited) and the other tools' results, the earlier conversation,
+  then the user's question last, right before the model's answer; it stops at ANSWER_STOP. It is the task's last
+  call, so no later step loses a cached prefix, and its prompt is shorter than the transcript.
 - Caps: steps per agent, tokens and wall-clock deadline over the whole task tree, a timeout per tool call,
-  delegation depth and parallel sub-agents. A cap ends the task with its reason and the partial answer.
+  delegation depth and parallel sub-agents. A cap ends the task with its reason and the partial answer. maxSteps
+  counts model calls: the retrieve-first step makes none.
 - Budget: reserve before each model call, settle after, release when the call fails or is cancelled; a
   sub-agent draws on a slice of its parent's reservation."""
 
@@ -36,7 +50,8 @@ from .tools import CALCULATOR, RETRIEVE, CalculatorError, CitationBook, calculat
 
 __all__ = ["StopReason", "Completion", "ModelCall", "CallBudget", "ExternalTools", "ToolFailed", "TaskContext",
            "AgentSpec", "Step",
-           "AgentResult", "run_agent", "build_tools", "DELEGATE_NAME", "ACTION_MAX_TOKENS", "ANSWER_MAX_TOKENS"]
+           "AgentResult", "run_agent", "build_tools", "answer_messages", "DELEGATE_NAME", "ACTION_MAX_TOKENS",
+           "ANSWER_MAX_TOKENS", "ANSWER_STOP", "ANSWER_PASSAGES", "NO_MODEL", "MAX_TOOL_ERRORS"]
 
 StopReason = Literal["answered", "max_steps", "max_tokens", "deadline", "malformed_action", "budget_exhausted",
                      "model_error", "cancelled"]
@@ -44,12 +59,59 @@ DELEGATE_NAME = "delegate"
 ACTION_MAX_TOKENS = 384
 ANSWER_MAX_TOKENS = 768
 OBSERVATION_MAX_CHARS = 6000
+# The local engine's transcript template (local/engine.py TRANSCRIPT_STOP and its chat_template.transcript.jinja)
+# renders turns as "Question:", "Answer:", "Observation:"; a base model writes the next turn after its answer. A
+# chat model's answer does not contain these lines, so the stops cost it nothing.
+ANSWER_STOP = ("\nQuestion:", "\nAnswer:", "\nObservation:")
+# Passages in the answer prompt, best (first retrieved) first. Measured with Gemma 3 270M base on the example
+# corpus ("How many vacation days do I get?"): from the top 2 passages it answers "25 days"; from 3 or more it
+# answers "10" (the sick-leave passage) or "100". A stronger model answering from the plan step sees them all.
+ANSWER_PASSAGES = 2
+ANSWER_RESULTS_MAX_CHARS = 2000
+MAX_TOOL_ERRORS = 2
+NO_MODEL = "none"  # the role of a step that made no model call (retrieve-first)
 
 PROTOCOL = (
     "Reply with exactly one JSON object and nothing else. To call a tool, set action to the tool's name and "
     "arguments to its parameters. When you can answer, set action to final_answer and answer to your answer, "
     "citing the passages you used as [n].")
 ANSWER_NOW = "Write the final answer for the user now, in plain text, citing the passages you used as [n]."
+
+
+PASSAGES_HEADER = "Passages to answer from (cite the ones you use as [n]):"
+
+
+def answer_messages(system_prompt: str, conversation: Sequence[Mapping[str, Any]], question: str,
+                    passages: Sequence[str], results: Sequence[str] = (), *,
+                    max_passages: int = ANSWER_PASSAGES) -> list[dict[str, Any]]:
+    """The answer step's prompt: the app's system prompt followed by the best passages (as numbered in the
+    citations) and the other tools' results, then the earlier conversation, then the user's question as the last
+    turn, right before the model's answer (RAG's usual layout; any chat template accepts it)."""
+    parts = [system_prompt]
+    if passages and max_passages > 0:
+        parts.append(PASSAGES_HEADER + "\n" + "\n".join(passages[:max_passages]))
+    if results:
+        parts.append("Results of the tools you called:\n" + "\n".join(results)[-ANSWER_RESULTS_MAX_CHARS:])
+    if len(parts) == 1:
+        parts.append(ANSWER_NOW)
+    return [{"role": "system", "content": "\n\n".join(parts)}, *map(dict, conversation),
+            {"role": "user", "content": question or ANSWER_NOW}]
+
+
+def _text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+    return ""
+
+
+def _last_question(messages: Sequence[Mapping[str, Any]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return " ".join(_text(m.get("content")).split())
+    return ""
 
 
 @dataclass(frozen=True)
@@ -64,7 +126,8 @@ class Completion:
 class ModelCall(Protocol):
     def __call__(self, role: ModelRole, messages: Sequence[Mapping[str, Any]], *,
                  response_format: Mapping[str, Any] | None, max_tokens: int, session_id: str, timeout_s: float,
-                 on_delta: Callable[[str], Awaitable[None]] | None = None) -> Awaitable[Completion]: ...
+                 on_delta: Callable[[str], Awaitable[None]] | None = None,
+                 stop: Sequence[str] = ()) -> Awaitable[Completion]: ...
 
 
 class CallBudget(Protocol):
@@ -110,6 +173,9 @@ class TaskContext:
     models_used: dict[str, dict[str, int]] = field(default_factory=dict)
     answer_max_tokens: int | None = None  # the caller's max_tokens: caps the written answer
     external: ExternalTools | None = None
+    retrieve_first: bool = True  # search for the question before the first model call (when retrieve is a tool)
+    answer_passages: int = ANSWER_PASSAGES  # passages restated in the answer step's prompt
+    max_tool_errors: int = MAX_TOOL_ERRORS  # tool errors (or searches finding nothing new) in a row: tool use ends
 
     def remaining_s(self) -> float:
         return self.deadline_s - self.clock()
@@ -138,7 +204,7 @@ class AgentSpec:
 class Step:
     n: int
     agent: str
-    kind: str  # plan | tool_format | repair | answer
+    kind: str  # retrieve (retrieve-first, no model call) | plan | tool_format | repair | answer
     role: str
     model: str = ""
     action: str | None = None
@@ -261,6 +327,15 @@ class _Agent:
         self.partial = ""
         self.observed = False
         self.calls = 0
+        self.question = _last_question(self.messages)
+        last_user = max((i for i, m in enumerate(history) if m.get("role") == "user"), default=len(history))
+        self.conversation = [dict(m) for m in history[:last_user]]  # the turns before the question
+        self.passages: dict[int, str] = {}  # citation number -> the passage as the prompt showed it
+        self.results: list[str] = []  # what the other tools returned (calculator, sub-agents, MCP)
+        self.last_call: tuple[str, str, int] | None = None  # tool, canonical arguments, step number
+        self.tool_errors = 0  # in a row
+        self.idle = 0  # retrieve calls in a row that found no passage this agent had not seen
+        self.detail = ""  # why tool use was stopped, when it was
 
     # --- one model call under the caps and the budget ----------------------------------------------------
     def _check_caps(self) -> None:
@@ -274,15 +349,21 @@ class _Agent:
             raise _Stop("deadline", f"reached the deadline ({limits.deadline_seconds}s)")
 
     async def _call(self, step: Step, *, fmt: Mapping[str, Any] | None, max_tokens: int,
-                    stream: bool = False) -> Completion:
+                    stream: bool = False, stop: Sequence[str] = (),
+                    messages: list[dict[str, Any]] | None = None) -> Completion:
+        """`messages`: a prompt of its own (the answer step); by default the agent's append-only transcript."""
         ctx, limits = self.ctx, self.ctx.limits
         self._check_caps()
         left_tokens = limits.max_tokens - ctx.tokens_used
         timeout_s = ctx.remaining_s()
-        for m in self.messages[self.counted:]:  # append-only: only what was appended since is new
-            self.message_bytes += _message_bytes(m)
-        self.counted = len(self.messages)
-        prompt_bound = self.message_bytes + prompt_token_bound((), messages=len(self.messages))
+        if messages is None:
+            for m in self.messages[self.counted:]:  # append-only: only what was appended since is new
+                self.message_bytes += _message_bytes(m)
+            self.counted = len(self.messages)
+            messages, prompt_bytes = self.messages, self.message_bytes
+        else:
+            prompt_bytes = sum(_message_bytes(m) for m in messages)
+        prompt_bound = prompt_bytes + prompt_token_bound((), messages=len(messages))
         max_tokens = max(1, min(max_tokens, left_tokens))
         self.calls += 1
         started = ctx.clock()
@@ -292,9 +373,10 @@ class _Agent:
             raise _Stop("budget_exhausted", str(e)) from None
         try:
             async with asyncio.timeout(timeout_s):
-                c = await ctx.model(step.role, list(self.messages), response_format=fmt,  # type: ignore[arg-type]
+                c = await ctx.model(step.role, list(messages), response_format=fmt,  # type: ignore[arg-type]
                                     max_tokens=max_tokens, session_id=self.session_id, timeout_s=timeout_s,
-                                    on_delta=self.on_delta if stream else None)
+                                    on_delta=self.on_delta if stream else None,
+                                    **({"stop": tuple(stop)} if stop else {}))
         except BaseException as e:
             await asyncio.shield(self.budget.release(hold))
             # The call's timeout is the task's remaining time, so a timed-out call is the deadline.
@@ -324,16 +406,17 @@ class _Agent:
     async def run(self) -> AgentResult:
         try:
             answer = await self._loop()
-            return AgentResult(self.spec.name, answer, "answered", "", self.steps)
+            return AgentResult(self.spec.name, answer, "answered", self.detail, self.steps)
         except _Stop as stop:
             return AgentResult(self.spec.name, self.partial, stop.reason, stop.detail, self.steps)
 
     async def _loop(self) -> str:
+        await self._retrieve_first()
         failed_role: ModelRole | None = None
         repairs = 0
         while True:
             self._check_caps()
-            kind: StepKind = "plan" if not self.steps else "tool_format"
+            kind: StepKind = "plan" if not self.calls else "tool_format"
             role, why = self._route(kind, failed_role)
             step = Step(len(self.steps) + 1, self.spec.name, "repair" if repairs else kind, role, route_reason=why)
             self.steps.append(step)
@@ -366,16 +449,43 @@ class _Agent:
             step.action = action.tool
             if action.is_final:
                 return await self._finish(step, role, action, c)
-            await self._act(step, action, c)
+            key = (action.tool, json.dumps(action.arguments, sort_keys=True, ensure_ascii=False))
+            if self.last_call is not None and self.last_call[:2] == key:
+                # The same call again gets the same result: the model is stuck, and has all this tool gives.
+                step.arguments = action.arguments
+                step.error = f"repeated call: {action.tool} with the same arguments as step {self.last_call[2]}"
+                await self._emit(step)
+                return await self._answer_now(f"the model repeated its {action.tool} call (step {step.n})")
+            await self._act(step, action, c.text)
+            if self.tool_errors >= self.ctx.max_tool_errors:
+                return await self._answer_now(f"{self.tool_errors} tool errors in a row (last: {step.error})")
+            if self.idle >= self.ctx.max_tool_errors:
+                return await self._answer_now(f"{self.idle} searches in a row found no new passages")
 
     def _escalates(self) -> bool:
         routing = self.ctx.routing or RoutingSpec()
         return routing.policy == "cheap-first" and routing.escalate_on_failure and not self.budget.is_degraded
 
-    async def _act(self, step: Step, action: Action, c: Completion) -> None:
+    async def _retrieve_first(self) -> None:
+        """Search for the user's question before the model plans (no model call, the task's principal)."""
+        ctx = self.ctx
+        if not (ctx.retrieve_first and ctx.retrieve is not None and self.question
+                and any(t.name == RETRIEVE.name for t in self.tools)):
+            return
+        self._check_caps()
+        query = self.question[:int(RETRIEVE.parameters["properties"]["query"]["maxLength"])]
+        action = Action(RETRIEVE.name, {"query": query})
+        step = Step(len(self.steps) + 1, self.spec.name, "retrieve", NO_MODEL, action=action.tool,
+                    route_reason="retrieve-first: the question is searched before the model plans")
+        self.steps.append(step)
+        # Recorded as the call the model would have made, so the transcript shows the protocol by example.
+        await self._act(step, action, json.dumps({"action": action.tool, "arguments": action.arguments},
+                                                 ensure_ascii=False))
+
+    async def _act(self, step: Step, action: Action, content: str) -> None:
         call_id = "call_" + uuid.uuid4().hex[:12]
         step.arguments = action.arguments
-        self.messages.append({"role": "assistant", "content": c.text, "tool_calls": [
+        self.messages.append({"role": "assistant", "content": content, "tool_calls": [
             {"id": call_id, "type": "function",
              "function": {"name": action.tool, "arguments": json.dumps(action.arguments, ensure_ascii=False)}}]})
         timeout_s = min(float(self.ctx.limits.tool_timeout_seconds), max(self.ctx.remaining_s(), 0.0))
@@ -397,6 +507,11 @@ class _Agent:
         observation = observation[:OBSERVATION_MAX_CHARS]
         step.observation = observation
         self.partial, self.observed = observation, True
+        self.last_call = (action.tool, json.dumps(action.arguments, sort_keys=True, ensure_ascii=False), step.n)
+        self.tool_errors = self.tool_errors + 1 if step.error else 0
+        if not step.error and action.tool != RETRIEVE.name:
+            args = ", ".join(f"{k}={v}" for k, v in action.arguments.items()) if action.tool != DELEGATE_NAME else ""
+            self.results.append(f"{action.tool}({args}): {observation}" if args else f"{action.tool}: {observation}")
         self.messages.append({"role": "tool", "tool_call_id": call_id, "name": action.tool, "content": observation})
         await self._emit(step)
 
@@ -412,7 +527,11 @@ class _Agent:
                 hits = await self.ctx.retrieve(str(action.arguments["query"]), self.ctx.principal)
             except UpstreamError as e:
                 raise ToolFailed(f"retrieve: {e}") from None
-            text, _ = format_hits(hits, self.ctx.citations)
+            text, cites = format_hits(hits, self.ctx.citations)
+            fresh = [c for c in cites if c.n not in self.passages]
+            for c, line in zip(cites, text.split("\n")):
+                self.passages.setdefault(c.n, line)
+            self.idle = 0 if fresh else self.idle + 1
             return text
         if self.ctx.external is not None:
             return await self.ctx.external.call(action.tool, action.arguments)
@@ -447,34 +566,54 @@ class _Agent:
         return "\n".join(parts)
 
     async def _finish(self, step: Step, role: ModelRole, action: Action, c: Completion) -> str:
-        answer_role, why = self._route("answer", None)
+        answer_role, _ = self._route("answer", None)
+        self.partial = action.answer
+        await self._emit(step)
         if answer_role == role:
-            self.partial = action.answer
-            await self._emit(step)
             if self.on_delta is not None:
                 await self.on_delta(action.answer)
             return action.answer
         # Cheap-first: the small model decided it can answer; the large one writes the answer (streamed).
-        self.partial = action.answer
-        await self._emit(step)
+        return await self._write_answer(fallback=action.answer)
+
+    async def _answer_now(self, why: str) -> str:
+        """Tool use is over (a stuck model): the answer step writes the answer from what was gathered."""
+        self.detail = f"tool use stopped: {why}"
+        return await self._write_answer(fallback=None)
+
+    async def _write_answer(self, *, fallback: str | None) -> str:
+        """The answer step: free text (no schema), streamed, from the passages gathered, stopped at ANSWER_STOP.
+        If it fails, `fallback` (the small model's answer) stands; without one the task ends model_error."""
+        answer_role, why = self._route("answer", None)
+        if self.detail:
+            why = f"{why}; {self.detail}"
         self._check_caps()
-        self.messages.append({"role": "assistant", "content": c.text})
-        self.messages.append({"role": "user", "content": ANSWER_NOW})
+        passages = [self.passages[n] for n in sorted(self.passages)]
+        prompt = answer_messages(self.spec.system_prompt, self.conversation, self.question, passages, self.results,
+                                 max_passages=self.ctx.answer_passages)
         final = Step(len(self.steps) + 1, self.spec.name, "answer", answer_role, route_reason=why, action=FINAL)
         self.steps.append(final)
         try:
             c = await self._call(final, fmt=None, max_tokens=min(ANSWER_MAX_TOKENS, self.ctx.answer_max_tokens
-                                                                 or ANSWER_MAX_TOKENS), stream=True)
+                                                                 or ANSWER_MAX_TOKENS), stream=True,
+                                 stop=ANSWER_STOP, messages=prompt)
         except UpstreamError as e:
             final.error = f"{type(e).__name__}: {e}"
             await self._emit(final)
-            self.partial = action.answer  # the small model's answer stands
+            if fallback is None:
+                raise _Stop("model_error", f"the {answer_role} model failed to write the answer: {e}") from None
+            self.partial = fallback  # the small model's answer stands
             if self.on_delta is not None:
-                await self.on_delta(action.answer)
-            return action.answer
+                await self.on_delta(fallback)
+            return fallback
         await self._emit(final)
-        self.partial = c.text.strip()
-        return self.partial
+        text = c.text.strip()
+        if not text and fallback:
+            text = fallback
+            if self.on_delta is not None:
+                await self.on_delta(fallback)
+        self.partial = text
+        return text
 
 
 class ToolFailed(Exception):

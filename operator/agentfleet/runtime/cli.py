@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parsers", "load_config", "DEFAULT_URL"]
+__all__ = ["add_parsers", "load_config", "key_for_user", "AskError", "DEFAULT_URL"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -28,8 +28,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     a = sub.add_parser("ask", help="ask an AgentApp a question; prints the streamed answer, citations and cost")
     a.add_argument("question")
-    a.add_argument("--key", default=os.environ.get("AGENTFLEET_API_KEY"),
-                   help="API key (default $AGENTFLEET_API_KEY)")
+    who = a.add_mutually_exclusive_group()
+    who.add_argument("--key", default=os.environ.get("AGENTFLEET_API_KEY"),
+                     help="API key (default $AGENTFLEET_API_KEY)")
+    who.add_argument("--as", dest="as_user", metavar="USER",
+                     help="ask as this user: their key is read from the key store (--keys)")
+    a.add_argument("--keys", default=os.environ.get("AGENTFLEET_KEYS"),
+                   help="key store for --as: YAML of API key -> {user, tenant, groups} (default $AGENTFLEET_KEYS, "
+                        "else the keys.yaml that `agentfleet up` wrote under .agentfleet/<app>/)")
     a.add_argument("--url", default=os.environ.get("AGENTFLEET_URL", DEFAULT_URL))
     a.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the whole answer")
     a.add_argument("--json", action="store_true", help="print the final agentfleet summary as JSON")
@@ -66,9 +72,52 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class AskError(Exception):
+    """Why `ask` cannot find the key to send (the message names the file and the user, never a key)."""
+
+
+def key_for_user(user: str, keys_file: str | os.PathLike[str] | None, *, cwd: Path | None = None) -> str:
+    """The API key of `user` in a key store: `keys_file`, else the one run directory's keys.yaml under
+    ./.agentfleet/ (what `agentfleet up` writes)."""
+    import yaml
+
+    if keys_file:
+        path = Path(keys_file)
+    else:
+        found = sorted((cwd or Path.cwd()).glob(".agentfleet/*/keys.yaml"))
+        if not found:
+            raise AskError("--as needs a key store: pass --keys FILE or set $AGENTFLEET_KEYS (no "
+                           ".agentfleet/<app>/keys.yaml here from `agentfleet up`)")
+        if len(found) > 1:
+            raise AskError(f"--as: several run directories have a keys.yaml ({', '.join(str(p) for p in found)}); "
+                           "choose one with --keys")
+        path = found[0]
+    try:
+        doc = yaml.safe_load(path.read_text("utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise AskError(f"{path}: cannot read the key store: {type(e).__name__}") from None
+    if not isinstance(doc, dict):
+        raise AskError(f"{path}: expected a mapping of API key -> {{user, tenant, groups}}")
+    users = []
+    for key, entry in doc.items():
+        name = entry.get("user") if isinstance(entry, dict) else None
+        if name == user and isinstance(key, str):
+            return key
+        if isinstance(name, str):
+            users.append(name)
+    known = ", ".join(sorted(set(users))) or "none"
+    raise AskError(f"unknown user {user!r} in {path} (users there: {known})")
+
+
 def _cmd_ask(args: argparse.Namespace) -> int:
+    if args.as_user:
+        try:
+            args.key = key_for_user(args.as_user, args.keys)
+        except AskError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if not args.key:
-        print("error: --key (or $AGENTFLEET_API_KEY) is required", file=sys.stderr)
+        print("error: --key (or $AGENTFLEET_API_KEY) or --as USER is required", file=sys.stderr)
         return 2
     return asyncio.run(_ask(args))
 
@@ -98,7 +147,7 @@ async def _ask(args: argparse.Namespace) -> int:
                     if ext.get("type") == "step":
                         st = ext["step"]
                         print(f"  step {st['n']} {st['agent']} {st['kind']} [{st['role']}] {st['action'] or ''}"
-                              f"{' error: ' + st['error'] if st['error'] else ''}", file=sys.stderr)
+                              f"{' error: ' + st['error'] if st['error'] else ''}", file=sys.stderr, flush=True)
                     for c in msg.get("choices") or ():
                         text = (c.get("delta") or {}).get("content")
                         if text:

@@ -54,13 +54,16 @@ class ModelClient:
 
     async def __call__(self, role: ModelRole, messages: Sequence[Mapping[str, Any]], *,
                        response_format: Mapping[str, Any] | None, max_tokens: int, session_id: str,
-                       timeout_s: float, on_delta: Callable[[str], Awaitable[None]] | None = None) -> Completion:
+                       timeout_s: float, on_delta: Callable[[str], Awaitable[None]] | None = None,
+                       stop: Sequence[str] = ()) -> Completion:
         assert self.session is not None, "ModelClient.start() was not awaited"
         ep = self.endpoint(role)
         body: dict[str, Any] = {"model": ep.model, "messages": list(messages), "max_tokens": max_tokens,
                                 "user": session_id, "temperature": 0}
         if response_format is not None:
             body["response_format"] = dict(response_format)
+        if stop:
+            body["stop"] = list(stop)
         stream = on_delta is not None
         if stream:
             body["stream"] = True

@@ -82,13 +82,13 @@ def test_mcp_tools_are_offered_and_called(mcp_url, tmp_path):
 
     def reply(body, headers):
         tools = [m for m in body["messages"] if m["role"] == "tool"]
+        if body.get("response_format") is None:  # the answer step, from the results in its system prompt
+            return "sum 42" if "math__add(a=2, b=40): 42" in body["messages"][0]["content"] else "no results"
         if not tools:
             return action("math__add", a=2, b=40)
         if len(tools) == 1:
             return action("math__fail", reason="boom")
-        if body["messages"][-1]["role"] == "tool":
-            return final("done")
-        return f"sum {tools[0]['content']}"  # the large model writes the answer
+        return final("done")
 
     async def go():
         async with scripted(reply) as m:
