@@ -255,3 +255,14 @@ def test_deleting_an_external_index_drops_its_collection_through_a_job(kubectl, 
     assert args == ["--index", "http://milvus.example:19530", "--collection", "ext"]
     # kwok completes the Job's pod; then the finalizer goes and the object with it.
     kubectl.wait_for("the index deleted", lambda: kubectl.get("vidx", "ext") is None, timeout=90)
+
+
+def test_deleting_a_namespace_with_an_external_index_is_not_blocked(cluster, operator, kubectl):
+    ns = "t-gone-ns"
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(index("ext")))
+    k = type(kubectl)(cluster, ns)  # the fixture's helper, bound to a namespace this test deletes itself
+    k.wait_for("the finalizer", lambda: (k.get("vidx", "ext") or {}).get("metadata", {}).get("finalizers"))
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+    # No drop Job can run in a terminating namespace: the finalizer must let go instead of blocking it forever.
+    k.wait_for("the index gone", lambda: k.get("vidx", "ext") is None, timeout=90)

@@ -181,7 +181,14 @@ def finalize_vectorindex(kube: Kube, body: dict[str, Any], *, defaults: Defaults
     job = render.drop_job(index, defaults)  # type: ignore[arg-type]
     current = kube.get("batch/v1", "Job", job["metadata"]["name"], index.namespace)
     if current is None:
-        kube.apply(job)
+        try:
+            kube.apply(job)
+        except Exception as err:  # noqa: BLE001 - only the terminating-namespace refusal is handled here
+            if "NamespaceTerminating" not in str(getattr(err, "body", "") or err):
+                raise
+            # The whole namespace is going: no Job can run in it any more, and waiting would block its deletion.
+            return (f"failed: namespace {index.namespace} is being deleted, so collection {index.collection} at "
+                    f"{render.connection(index).uri} was not dropped")
         return "running"
     conds = {c.get("type"): c for c in (current.get("status") or {}).get("conditions") or []
              if c.get("status") == "True"}
