@@ -42,6 +42,8 @@ if ready == nil then
   return hs
 end
 
+-- Degraded also carries an AgentApp whose evaluation gate failed (reason EvaluationRegressed): it still serves
+-- (Ready stays True), but the regression must show.
 if degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
   hs.message = degraded.message or degraded.reason or "Degraded"

@@ -7,11 +7,14 @@ from typing import Literal
 
 from .api import Condition
 
-__all__ = ["READY", "PROGRESSING", "DEGRADED", "set_condition", "get", "is_true", "Status"]
+__all__ = ["READY", "PROGRESSING", "DEGRADED", "EVALUATED", "set_condition", "remove", "get", "is_true", "Status"]
 
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+# AgentApp with spec.evaluation only: did the newest evaluation run produce a result (True), is one running or
+# waiting (Unknown), or did it end without one (False, EvaluationFailed)? A failing gate is Degraded instead.
+EVALUATED = "Evaluated"
 
 Status = Literal["True", "False", "Unknown"]
 
@@ -23,6 +26,10 @@ def get(conditions: list[Condition], type_: str) -> Condition | None:
 def is_true(conditions: list[Condition], type_: str) -> bool:
     c = get(conditions, type_)
     return c is not None and c.status == "True"
+
+
+def remove(conditions: list[Condition], type_: str) -> list[Condition]:
+    return [c for c in conditions if c.type != type_]
 
 
 def set_condition(conditions: list[Condition], type_: str, status: Status, reason: str, message: str, *,

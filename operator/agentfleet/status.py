@@ -6,15 +6,20 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from .api import AgentApp, Budget, Condition, ModelFleet, VectorIndex
-from .conditions import DEGRADED, PROGRESSING, READY, Status, set_condition
+import json
+from typing import NamedTuple
+
+from .api import AgentApp, Budget, Condition, EvaluationGate, EvaluationStatus, ModelFleet, VectorIndex
+from .conditions import DEGRADED, EVALUATED, PROGRESSING, READY, Status, remove, set_condition
 from .errors import AgentfleetError
-from .names import RUNTIME_PORT, fleet_url
+from .names import RUNTIME_PORT, SPEC_HASH_LABEL, fleet_url
+from .render.evaluation import EVAL_CONTAINER
 from .render.meta import selector_labels
 from .render.modelfleet import ENGINE_APP
 
 __all__ = ["Verdict", "conditions_for", "failed", "modelfleet", "vectorindex", "agentapp", "budget",
-           "window_bounds", "selector_string"]
+           "window_bounds", "selector_string", "EvalSummary", "eval_summary", "gate_failures", "evaluation",
+           "SUMMARY_METRICS"]
 
 Verdict = tuple[Status, str, str]
 """(Ready status, reason, message)."""
@@ -25,12 +30,14 @@ _MOVING = {"Scaling"}
 
 
 def conditions_for(current: list[Condition], verdict: Verdict, *, generation: int | None, now: str,
-                   degraded: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+                   degraded: tuple[str, str] | None = None, degraded_stalls: bool = True) -> list[dict[str, Any]]:
     """Ready from the verdict; Progressing while not (fully) ready and not failed; Degraded when given a
-    (reason, message)."""
+    (reason, message). `degraded_stalls` False: the degradation (a failed evaluation gate) does not stop the
+    rollout, so Progressing still follows the verdict."""
     ready, reason, message = verdict
     conds = set_condition(current, READY, ready, reason, message, generation=generation, now=now)
-    progressing: Status = "True" if (ready != "True" or reason in _MOVING) and degraded is None else "False"
+    stalled = degraded is not None and degraded_stalls
+    progressing: Status = "True" if (ready != "True" or reason in _MOVING) and not stalled else "False"
     conds = set_condition(conds, PROGRESSING, progressing, reason if progressing == "True" else "Stable",
                           message if progressing == "True" else "", generation=generation, now=now)
     if degraded:
@@ -138,8 +145,200 @@ def vectorindex(index: VectorIndex, *, job: dict[str, Any] | None, uri: str, now
     return out
 
 
+# --- AgentApp evaluation ----------------------------------------------------------------------------------------
+
+SUMMARY_METRICS = ("successRate", "faithfulness", "ndcgAt10", "costPerSolvedTaskUsd", "leaks", "cases")
+"""The metrics of the eval's summary (its termination message) copied into status.evaluation."""
+_FLOAT_METRICS = ("successRate", "faithfulness", "ndcgAt10", "costPerSolvedTaskUsd")
+
+
+class EvalSummary(NamedTuple):
+    """One run's summary as read back from its pod: which Job and spec hash ran it, when it finished, the
+    metrics (None: not measured)."""
+
+    job: str | None
+    spec_hash: str | None
+    time: str
+    values: dict[str, Any]
+
+
+def _rfc3339(value: Any) -> str | None:
+    """Any RFC 3339 time as the one form status uses (UTC, seconds, Z), so that times compare as strings."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    t = t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _eval_state(pod: dict[str, Any]) -> dict[str, Any]:
+    """The eval container's state (waiting / running / terminated), {} when the kubelet has not reported."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == EVAL_CONTAINER:
+            return cs.get("state") or {}
+    return {}
+
+
+def eval_summary(pod: dict[str, Any]) -> EvalSummary | None:
+    """The summary an eval pod left as its termination message (whatever its exit code: leaks exit 1), None
+    when it left none (still running, or it died first: then the message is its log's tail, not JSON)."""
+    term = _eval_state(pod).get("terminated") or {}
+    try:
+        report = json.loads(term.get("message") or "")
+    except ValueError:
+        return None
+    if not isinstance(report, dict):
+        return None
+    leaks, cases = report.get("leaks"), report.get("cases")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (leaks, cases)):
+        return None
+    values: dict[str, Any] = {m: _number(report.get(m)) for m in _FLOAT_METRICS}
+    values.update(leaks=leaks, cases=cases)
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    when = _rfc3339(report.get("time")) or _rfc3339(term.get("finishedAt")) or ""
+    return EvalSummary(job=labels.get("job-name"), spec_hash=labels.get(SPEC_HASH_LABEL), time=when, values=values)
+
+
+def _pair(value: float, limit: float) -> tuple[str, str]:
+    """Both numbers with as few decimals (2 at least) as tell them apart: `0.052 > 0.05`, not `0.05 > 0.05`."""
+    if isinstance(value, int) and isinstance(limit, int):
+        return str(value), str(limit)
+    for digits in range(2, 7):
+        a, b = f"{value:.{digits}f}", f"{limit:.{digits}f}"
+        if a != b:
+            break
+    return a, b
+
+
+def _one(limit: float) -> str:
+    """A threshold alone: two decimals when that is exact (`0.80`), else as written (`0.025`)."""
+    if isinstance(limit, int):
+        return str(limit)
+    return f"{limit:.2f}" if round(limit, 2) == limit else f"{limit:g}"
+
+
+def gate_failures(gate: EvaluationGate, values: dict[str, Any]) -> list[str]:
+    """Each metric that fails its threshold, with its value and the threshold, in a fixed order:
+    `successRate 0.62 < 0.80`, `leaks 1 > 0`. A gated metric the run did not measure fails too."""
+    checks = (("successRate", gate.min_success_rate, "min"), ("faithfulness", gate.min_faithfulness, "min"),
+              ("ndcgAt10", gate.min_ndcg_at10, "min"),
+              ("costPerSolvedTaskUsd", gate.max_cost_per_solved_task_usd, "max"), ("leaks", gate.max_leaks, "max"))
+    out = []
+    for metric, limit, kind in checks:
+        if limit is None:
+            continue
+        value = values.get(metric)
+        if value is None:
+            out.append(f"{metric} not measured ({kind}imum {_one(limit)})")
+        elif kind == "min" and value < limit:
+            out.append("{} {} < {}".format(metric, *_pair(value, limit)))
+        elif kind == "max" and value > limit:
+            out.append("{} {} > {}".format(metric, *_pair(value, limit)))
+    return out
+
+
+def _created(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return _rfc3339(meta.get("creationTimestamp")) or "", meta.get("name") or ""
+
+
+def _eval_failure(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
+    """Why a finished evaluation Job left no summary, from the Job's condition and its pod's container state."""
+    name = job["metadata"]["name"]
+    cond = _job_condition(job, "Failed")
+    why = (f"{cond.get('reason') or 'Failed'}: {cond.get('message') or ''}".strip().rstrip(":") if cond
+           else "it completed without writing a summary")
+    detail = ""
+    for pod in sorted((p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == name),
+                      key=_created, reverse=True):
+        state = _eval_state(pod)
+        if state.get("waiting"):
+            w = state["waiting"]
+            detail = f"container {w.get('reason', 'waiting')}: {w.get('message', '')}".strip().rstrip(":")
+        elif state.get("terminated"):
+            t = state["terminated"]
+            tail = (t.get("message") or "").strip().splitlines()
+            detail = f"container {t.get('reason', 'terminated')}, exit code {t.get('exitCode')}" + (
+                f": {tail[-1][:300]}" if tail else "")
+        if detail:
+            break
+    return (f"evaluation Job {name} ended without a summary ({why})" + (f"; {detail}" if detail else "")
+            + f"; see kubectl logs job/{name}")
+
+
+def evaluation(app: AgentApp, *, jobs: list[dict[str, Any]], pods: list[dict[str, Any]],
+               spec_hash: str | None, waiting: str | None = None) -> dict[str, Any] | None:
+    """status.evaluation: the newest summary (from the evaluation pods, or the one status already holds when its
+    pods are gone: a pruned Job takes them along) and the phase of the newest run. `jobs` and `pods`: this app's
+    evaluation Jobs and their pods; `spec_hash`: the hash of what is rendered now (None with `waiting`, the
+    reason nothing is rendered)."""
+    ev = app.spec.evaluation
+    if ev is None:
+        return None
+    prev = app.status.evaluation or EvaluationStatus()
+    jobs = [j for j in jobs if not (j.get("metadata") or {}).get("deletionTimestamp")]
+    names = {j["metadata"]["name"] for j in jobs}
+    summaries = [s for p in pods if (s := eval_summary(p)) is not None and s.job in names]
+    newest = max(summaries, key=lambda s: (s.time, s.job or ""), default=None)
+
+    out: dict[str, Any] = {"phase": None, "job": prev.job, "gate": None, "message": None}
+    if newest is not None and (prev.time is None or newest.time >= prev.time):
+        out.update(newest.values)
+        out["time"] = newest.time or None
+        if newest.spec_hash is not None and newest.spec_hash == spec_hash:
+            out["observedGeneration"] = app.metadata.generation  # the run evaluated the spec as it is now
+        else:
+            out["observedGeneration"] = prev.observed_generation if prev.time == newest.time else None
+    else:
+        stored = prev.wire()
+        out.update({m: stored.get(m) for m in SUMMARY_METRICS})
+        out["time"], out["observedGeneration"] = prev.time, prev.observed_generation
+
+    latest = max(jobs, key=_created, default=None)
+    if waiting is not None:
+        out["phase"], out["message"] = "Waiting", waiting
+    elif latest is None:
+        out["phase"] = "Waiting"
+        out["message"] = ("creating the evaluation Job" if ev.on_change
+                          else f"the first run is due on the schedule {ev.schedule!r}")
+    else:
+        out["job"] = latest["metadata"]["name"]
+        # One pod per run (backoffLimit 0): its summary means the run is over, whatever the Job says yet.
+        if any(s.job == out["job"] for s in summaries):
+            out["phase"] = "Succeeded"
+            out["message"] = f"evaluation Job {out['job']} finished: {out.get('cases')} cases"
+        elif not (_job_condition(latest, "Complete") or _job_condition(latest, "Failed")):
+            out["phase"], out["message"] = "Running", f"evaluation Job {out['job']} is running"
+        else:
+            out["phase"], out["message"] = "Failed", _eval_failure(latest, pods)
+    if out.get("cases") is not None:
+        out["gate"] = "Failed" if gate_failures(ev.gate, out) else "Passed"
+    return {k: out.get(k) for k in ("phase", "job", "gate", "message", *SUMMARY_METRICS, "time",
+                                     "observedGeneration")}
+
+
+def _evaluation_conditions(app: AgentApp, conds: list[Condition], ev: dict[str, Any] | None, *,
+                           generation: int | None, now: str) -> list[Condition]:
+    if app.spec.evaluation is None or ev is None:
+        return remove(conds, EVALUATED)
+    phase = ev.get("phase")
+    status_: Status = {"Succeeded": "True", "Failed": "False"}.get(phase or "", "Unknown")  # type: ignore[assignment]
+    reason = {"Succeeded": "Evaluated", "Failed": "EvaluationFailed"}.get(phase or "", phase or "Waiting")
+    return set_condition(conds, EVALUATED, status_, reason, ev.get("message") or "", generation=generation, now=now)
+
+
 def agentapp(app: AgentApp, *, deployment: dict[str, Any] | None, config_hash: str | None,
-             now: str) -> dict[str, Any]:
+             now: str, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`evaluation`: status.evaluation as `evaluation()` computed it. A failing gate is Degraded
+    (EvaluationRegressed) without touching Ready: the app still serves, and a running evaluation is no reason to
+    hold traffic back either."""
     gen = app.metadata.generation
     ready = _int(deployment, "status", "readyReplicas")
     desired = app.spec.replicas
@@ -151,6 +350,13 @@ def agentapp(app: AgentApp, *, deployment: dict[str, Any] | None, config_hash: s
         verdict = ("False", "ReplicasNotReady", f"0/{desired} runtime replicas ready")
     else:
         verdict = ("True", "Ready", f"{ready}/{desired} runtime replicas ready")
+    degraded = None
+    if app.spec.evaluation is not None and evaluation and evaluation.get("gate") == "Failed":
+        failures = gate_failures(app.spec.evaluation.gate, evaluation)
+        degraded = ("EvaluationRegressed", "; ".join(failures) + f" (evaluation finished {evaluation.get('time')})")
+    conds = [Condition.model_validate(c) for c in conditions_for(
+        app.status.conditions, verdict, generation=gen, now=now, degraded=degraded, degraded_stalls=False)]
+    conds = _evaluation_conditions(app, conds, evaluation, generation=gen, now=now)
     return {
         "observedGeneration": gen,
         "endpoint": f"http://{app.name}.{app.namespace}.svc:{RUNTIME_PORT}/v1",
@@ -160,7 +366,8 @@ def agentapp(app: AgentApp, *, deployment: dict[str, Any] | None, config_hash: s
         "index": app.spec.index.name if app.spec.index else None,
         "budget": app.spec.budget_ref.name if app.spec.budget_ref else None,
         "configHash": config_hash,
-        "conditions": conditions_for(app.status.conditions, verdict, generation=gen, now=now),
+        "evaluation": evaluation,
+        "conditions": [c.wire() for c in conds],
     }
 
 

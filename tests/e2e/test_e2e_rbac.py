@@ -44,6 +44,7 @@ EXPECTED_RULES = {
     "serviceaccounts": "create delete get list patch watch",
     "persistentvolumeclaims": "create delete get list patch watch",
     "jobs.batch": "create delete get list patch watch",
+    "cronjobs.batch": "create delete list patch",
     "pods": "get list watch",
     "poddisruptionbudgets.policy": "create delete get list patch watch",
     "roles.rbac.authorization.k8s.io": "create delete get list patch watch",

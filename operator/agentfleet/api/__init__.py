@@ -8,7 +8,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import Problem, SpecError
-from .agentapp import AgentApp, AgentAppSpec, AgentAppStatus
+from .agentapp import (
+    AgentApp, AgentAppSpec, AgentAppStatus, ConfigMapKeyRef, EvaluationGate, EvaluationSpec, EvaluationStatus,
+)
 from .base import Condition, CRDInfo, ObjectMeta, PrinterColumn, Resource, Rule
 from .budget import Budget, BudgetSpec, BudgetStatus
 from .modelfleet import ModelFleet, ModelFleetSpec, ModelFleetStatus, ScalingDecision
@@ -20,7 +22,8 @@ __all__ = [
     "Resource", "ObjectMeta", "Condition", "CRDInfo", "PrinterColumn", "Rule",
     "ModelFleet", "ModelFleetSpec", "ModelFleetStatus", "ScalingDecision",
     "VectorIndex", "VectorIndexSpec", "VectorIndexStatus",
-    "AgentApp", "AgentAppSpec", "AgentAppStatus",
+    "AgentApp", "AgentAppSpec", "AgentAppStatus", "ConfigMapKeyRef", "EvaluationSpec", "EvaluationGate",
+    "EvaluationStatus",
     "Budget", "BudgetSpec", "BudgetStatus",
     "RuntimeConfig", "ModelEndpoint", "IndexConnection", "BudgetConfig",
 ]

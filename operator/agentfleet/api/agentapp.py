@@ -3,9 +3,10 @@ delegate to sub-agents, reflect) over retrieval that only returns what the calle
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..names import API_VERSION
 from .base import (
@@ -14,7 +15,8 @@ from .base import (
 
 __all__ = [
     "FleetRoles", "IndexRef", "MCPServer", "ToolsSpec", "SubAgent", "LoopLimits", "AuthSpec", "LedgerSpec",
-    "AgentAppSpec", "AgentAppStatus", "AgentApp", "BuiltinTool", "ModelRole",
+    "AgentAppSpec", "AgentAppStatus", "AgentApp", "BuiltinTool", "ModelRole", "ConfigMapKeyRef",
+    "EvaluationGate", "EvaluationSpec", "EvaluationStatus", "cron_problem",
 ]
 
 BuiltinTool = Literal["retrieve", "delegate", "calculator"]
@@ -84,6 +86,109 @@ class LedgerSpec(Model):
     redis_url: str | None = Field(default=None, pattern=r"^rediss?://\S+$")
 
 
+class ConfigMapKeyRef(Model):
+    """A key of a ConfigMap in the same namespace (mounted as a file of that name)."""
+
+    name: str = Field(pattern=DNS1123_LABEL, max_length=253)
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="The key (and file name).")
+
+
+# Kubernetes CronJobs parse schedules with robfig/cron's standard parser: five fields or a descriptor.
+_CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_SHAPE = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+( +\S+){4})$"
+_CRON_FIELDS = (  # (name, low, high, names)
+    ("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
+    ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
+)
+_CRON_ITEM = re.compile(r"^(\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?$")
+
+
+def cron_problem(schedule: str) -> str | None:
+    """Why `schedule` is not a cron schedule a Kubernetes CronJob accepts, or None when it is."""
+    text = schedule.strip()
+    if text.startswith("@"):
+        return None if text in _CRON_DESCRIPTORS else f"unknown descriptor {text!r}; use one of " + ", ".join(
+            _CRON_DESCRIPTORS) + " or five fields"
+    fields = text.split()
+    if len(fields) != 5:
+        return f"want five fields (minute hour day-of-month month day-of-week), got {len(fields)}"
+    for value, (what, low, high, names) in zip(fields, _CRON_FIELDS):
+        for item in value.split(","):
+            m = _CRON_ITEM.match(item)
+            if not m:
+                return f"{what} field {value!r}: cannot read {item!r}"
+            if m.group(3) and int(m.group(3)[1:]) == 0:
+                return f"{what} field {value!r}: step 0"
+            if m.group(1) == "?" and what not in ("day of month", "day of week"):
+                return f"{what} field {value!r}: '?' is only for day of month or day of week"
+            if m.group(1) in ("*", "?"):
+                continue
+            bounds = []
+            for part in m.group(1).split("-"):
+                if part.isdigit():
+                    n = int(part)
+                elif part.upper() in names:
+                    n = names.index(part.upper()) + low
+                else:
+                    return f"{what} field {value!r}: {part!r} is not a number" + (
+                        f" or one of {', '.join(names)}" if names else "")
+                if not low <= n <= high:
+                    return f"{what} field {value!r}: {n} is outside {low}-{high}"
+                bounds.append(n)
+            if len(bounds) == 2 and bounds[0] > bounds[1]:
+                return f"{what} field {value!r}: range {item!r} runs backwards"
+    return None
+
+
+class EvaluationGate(Model):
+    """Thresholds applied to every evaluation's summary. A metric with a threshold that the run did not measure
+    (null: no relevance labels for nDCG, no solved task for cost per solved task) fails the gate."""
+
+    min_success_rate: float | None = Field(default=None, ge=0, le=1,
+                                           description="Share of cases whose checks all pass.")
+    min_faithfulness: float | None = Field(default=None, ge=0, le=1,
+                                           description="Share of answer claims supported by the retrieved context.")
+    min_ndcg_at10: float | None = Field(default=None, ge=0, le=1, description="Retrieval nDCG@10 (graded).")
+    max_cost_per_solved_task_usd: float | None = Field(default=None, ge=0,
+                                                       description="Money spent per successful case, in USD.")
+    max_leaks: int = Field(default=0, ge=0,
+                           description="Answers or citations from a source the principal may not see.")
+
+
+class EvaluationSpec(Model):
+    """Run `agentfleet eval` against the app's own Service as real principals: a Job whenever the app or the
+    suite changes (onChange) and/or on a cron schedule; the summary lands in status.evaluation and a failing gate
+    sets Degraded (reason EvaluationRegressed)."""
+
+    __rules__: ClassVar = (
+        Rule("has(self.schedule) || self.onChange", "set schedule, onChange: true, or both (else it never runs)",
+             lambda s: s.schedule is not None or s.on_change, "onChange"),
+    )
+
+    suite_ref: ConfigMapKeyRef = Field(description="ConfigMap key holding the suite (YAML, or JSONL for *.jsonl).")
+    keys_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the evaluation key store (API key -> {user, tenant, groups});"
+                                  " defaults to auth.apiKeysSecretRef.")
+    schedule: str | None = Field(default=None, pattern=_CRON_SHAPE, max_length=128,
+                                 description="Cron schedule of a CronJob running the evaluation.")
+    on_change: bool = Field(default=True, description="Run a Job whenever the app's spec or the suite changes.")
+    concurrency: int = Field(default=4, ge=1, le=64, description="Cases asked at the same time.")
+    judge: str | None = Field(default=None, pattern=r"^(large|small|https?://\S+)$",
+                              description="LLM judge: a model role of this app or an OpenAI-compatible URL.")
+    gate: EvaluationGate = Field(default_factory=EvaluationGate)
+    deadline_seconds: int = Field(default=3600, ge=60, le=86400,
+                                  description="The run is stopped (and reported Failed) after this long.")
+    resources: dict[str, str] = Field(default_factory=lambda: {"cpu": "250m", "memory": "1Gi"})
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and (why := cron_problem(value)):
+            raise ValueError(f"not a cron schedule: {why}")
+        return value
+
+
 class AgentAppSpec(Model):
     __rules__: ClassVar = (
         Rule("self.replicas <= 1 || self.ledger.backend == 'redis'",
@@ -107,6 +212,25 @@ class AgentAppSpec(Model):
     replicas: int = Field(default=1, ge=0, le=100)
     image: str | None = None
     resources: dict[str, str] = Field(default_factory=lambda: {"cpu": "500m", "memory": "512Mi"})
+    evaluation: EvaluationSpec | None = None
+
+
+class EvaluationStatus(StatusModel):
+    """The newest evaluation summary (null: not measured) and the run that is or was last in flight."""
+
+    phase: Literal["Waiting", "Running", "Succeeded", "Failed"] | None = None
+    job: str | None = Field(default=None, description="The newest evaluation Job.")
+    gate: Literal["Passed", "Failed"] | None = None
+    message: str | None = None
+    success_rate: float | None = None
+    faithfulness: float | None = None
+    ndcg_at10: float | None = None
+    cost_per_solved_task_usd: float | None = None
+    leaks: int | None = None
+    cases: int | None = None
+    time: str | None = Field(default=None, description="When the summarised run finished (RFC 3339).")
+    observed_generation: int | None = Field(
+        default=None, description="The AgentApp generation the summarised run evaluated, when known.")
 
 
 class AgentAppStatus(StatusModel):
@@ -118,6 +242,7 @@ class AgentAppStatus(StatusModel):
     index: str | None = None
     budget: str | None = None
     config_hash: str | None = None
+    evaluation: EvaluationStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -130,6 +255,15 @@ class AgentApp(Resource):
             PrinterColumn("Large", ".spec.fleets.large"),
             PrinterColumn("Index", ".spec.index.name"),
             PrinterColumn("Budget", ".spec.budgetRef.name"),
+            PrinterColumn("Success", ".status.evaluation.successRate", "number",
+                          description="Evaluation: share of cases solved."),
+            PrinterColumn("Leaks", ".status.evaluation.leaks", "integer",
+                          description="Evaluation: answers or citations from forbidden sources."),
+            PrinterColumn("Gate", ".status.evaluation.gate", description="Evaluation gate: Passed or Failed."),
+            PrinterColumn("Faithful", ".status.evaluation.faithfulness", "number", priority=1),
+            PrinterColumn("nDCG", ".status.evaluation.ndcgAt10", "number", priority=1),
+            PrinterColumn("Cost/Solved", ".status.evaluation.costPerSolvedTaskUsd", "number", priority=1),
+            PrinterColumn("Evaluated", ".status.evaluation.time", "date", priority=1),
             PrinterColumn("Status", '.status.conditions[?(@.type=="Ready")].reason'),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         ),

@@ -14,6 +14,7 @@ from kubernetes.dynamic.exceptions import DynamicApiError
 from ..errors import DependencyMissing, SpecError, UpstreamError
 from ..names import ANNOTATION_PREFIX, FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY, VERSION
 from ..render import Defaults
+from ..render.evaluation import EVALUATION_LABEL
 from . import reconcile as rec
 from . import autoscaler  # noqa: F401  (registers the autoscaler timer)
 from .kube import Kube
@@ -110,14 +111,19 @@ def _drop_collection(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: An
 
 
 def _child_changed(body: Any, memo: kopf.Memo, **_: Any) -> None:
-    """A child's status moved (pods became ready, a Job finished): refresh the owner's status."""
-    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
-            try:
-                rec.refresh(memo.kube, ref["kind"], ref["name"], body["metadata"]["namespace"],
-                            defaults=memo.defaults, now=_now())
-            except (UpstreamError, ApiException, DynamicApiError) as err:
-                raise kopf.TemporaryError(str(err), delay=UPSTREAM_RETRY_S) from None
+    """A child's status moved (pods became ready, a Job finished): refresh the owner's status. A scheduled
+    evaluation's Job belongs to its CronJob: its label names the AgentApp instead."""
+    meta = body.get("metadata") or {}
+    owners = [(ref["kind"], ref["name"]) for ref in meta.get("ownerReferences") or []
+              if ref.get("controller") and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")]
+    evaluated = (meta.get("labels") or {}).get(EVALUATION_LABEL)
+    if not owners and evaluated:
+        owners = [("AgentApp", evaluated)]
+    for kind, name in owners:
+        try:
+            rec.refresh(memo.kube, kind, name, meta["namespace"], defaults=memo.defaults, now=_now())
+        except (UpstreamError, ApiException, DynamicApiError) as err:
+            raise kopf.TemporaryError(str(err), delay=UPSTREAM_RETRY_S) from None
 
 
 _MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}

@@ -14,9 +14,10 @@ from ..api import KINDS, AgentApp, Budget, Condition, ModelFleet, Resource, Vect
 from ..errors import AgentfleetError, DependencyMissing, SpecError, UpstreamError
 from ..names import (
     API_VERSION, CONFIG_HASH_ANNOTATION, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY,
-    engine_name, router_name,
+    SPEC_HASH_LABEL, engine_name, router_name,
 )
 from ..render import Defaults
+from ..render.evaluation import EVALUATION_LABEL, waiting_message
 from .kube import Kube
 
 __all__ = ["reconcile", "refresh", "dependents", "observe", "needs_cleanup", "finalize_vectorindex"]
@@ -38,10 +39,17 @@ def _current_conditions(body: dict[str, Any]) -> list[Condition]:
     return out
 
 
+def _stored(value: Any) -> Any:
+    """A status value as the API server keeps it: a merge patch's nulls inside objects remove the field."""
+    if isinstance(value, dict):
+        return {k: _stored(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def _write_status(kube: Kube, body: dict[str, Any], new: dict[str, Any]) -> bool:
     """Patch only what differs, so an unchanged object is not written (no resourceVersion churn)."""
     old = body.get("status") or {}
-    diff = {k: v for k, v in new.items() if old.get(k) != v}
+    diff = {k: v for k, v in new.items() if old.get(k) != _stored(v)}
     if not diff:
         return False
     meta = body["metadata"]
@@ -61,6 +69,31 @@ def _related(kube: Kube, obj: Resource) -> render.Related:
         except SpecError:
             continue
     return out
+
+
+def _suite(kube: Kube, obj: Resource) -> dict[str, Any] | None:
+    """The ConfigMap holding an AgentApp's evaluation suite (None: no evaluation, or not there yet). The only
+    user object the operator reads besides its own kinds; the key store stays a Secret it never reads."""
+    if not isinstance(obj, AgentApp) or obj.spec.evaluation is None:
+        return None
+    return kube.get("v1", "ConfigMap", obj.spec.evaluation.suite_ref.name, obj.namespace)
+
+
+def _evaluation(kube: Kube, app: AgentApp, children: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """status.evaluation from this app's evaluation Jobs (its own and its CronJob's) and their pods."""
+    if app.spec.evaluation is None:
+        return None
+    selector = f"{EVALUATION_LABEL}={app.name}"
+    rendered = [c for c in children if EVALUATION_LABEL in c["metadata"].get("labels", {})]
+    spec_hash = rendered[0]["metadata"]["labels"][SPEC_HASH_LABEL] if rendered else None
+    jobs = kube.list("batch/v1", "Job", app.namespace, label_selector=selector)
+    pods = kube.list("v1", "Pod", app.namespace, label_selector=selector)
+    ev = status.evaluation(app, jobs=jobs, pods=pods, spec_hash=spec_hash,
+                           waiting=None if rendered else waiting_message(app))
+    if ev and ev["phase"] == "Failed" and (app.status.evaluation is None or app.status.evaluation.phase != "Failed"
+                                           or app.status.evaluation.job != ev["job"]):
+        log.warning("%s: %s", app.ref(), ev["message"])
+    return ev
 
 
 def _prune(kube: Kube, obj: Resource, children: list[dict[str, Any]]) -> list[str]:
@@ -121,7 +154,8 @@ def observe(kube: Kube, obj: Resource, *, now: dt.datetime, children: list[dict[
         rendered = next((c for c in children if c["kind"] == "Deployment"), dep)
         cfg_hash = (((rendered or {}).get("spec") or {}).get("template", {}).get("metadata", {})
                     .get("annotations", {}).get(CONFIG_HASH_ANNOTATION))
-        return status.agentapp(obj, deployment=dep, config_hash=cfg_hash, now=stamp)
+        return status.agentapp(obj, deployment=dep, config_hash=cfg_hash, now=stamp,
+                               evaluation=_evaluation(kube, obj, children))
     if isinstance(obj, Budget):
         return status.budget(obj, now=now)
     raise TypeError(type(obj).__name__)
@@ -133,7 +167,7 @@ def reconcile(kube: Kube, body: dict[str, Any], *, defaults: Defaults, now: dt.d
     meta = body.get("metadata") or {}
     try:
         obj = parse(body)
-        children = render.render(obj, related=_related(kube, obj), defaults=defaults)
+        children = render.render(obj, related=_related(kube, obj), defaults=defaults, suite=_suite(kube, obj))
     except (SpecError, DependencyMissing) as err:
         _write_status(kube, body, status.failed(_current_conditions(body), err, generation=meta.get("generation"),
                                                 now=_stamp(now)))
@@ -159,7 +193,7 @@ def refresh(kube: Kube, kind: str, name: str, namespace: str, *, defaults: Defau
     except SpecError:
         return  # its own reconcile reports this
     try:
-        children = render.render(obj, related=_related(kube, obj), defaults=defaults)
+        children = render.render(obj, related=_related(kube, obj), defaults=defaults, suite=_suite(kube, obj))
     except DependencyMissing:
         return  # its own reconcile reports and retries this
     _write_status(kube, body, observe(kube, obj, now=now, children=children))

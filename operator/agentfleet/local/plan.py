@@ -69,6 +69,9 @@ class UpPlan:
             out.append(f"index         {self.index.index.name}: milvus-lite {self.index.db_path} "
                        f"(collection {self.collection_name()})")
         out.append(f"runtime       {self.app.name}: http://127.0.0.1:{self.runtime_port}/v1 (config {self.config_file})")
+        if self.app.spec.evaluation is not None:
+            # The in-cluster evaluation (a Job against the app's Service) has no local counterpart to start.
+            out.append("evaluation    spec.evaluation is ignored locally: run `agentfleet eval --suite SUITE -f FILE`")
         return out
 
     def collection_name(self) -> str:

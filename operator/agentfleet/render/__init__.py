@@ -7,16 +7,18 @@ from typing import Any
 
 from ..api import AgentApp, Budget, ModelFleet, Resource, VectorIndex
 from ..errors import DependencyMissing
-from ..names import fleet_url
+from ..names import CONFIG_HASH_ANNOTATION, fleet_url
 from .agentapp import agentapp, runtime_config
 from .defaults import Defaults
+from .evaluation import evaluation
 from .meta import child_meta, labels, owner_reference, selector_labels, stable_hash
 from .modelfleet import modelfleet
 from .vectorindex import connection, drop_job, ingest_job, vectorindex
 
 __all__ = [
     "Defaults", "Related", "render", "references", "missing_references", "modelfleet", "vectorindex", "agentapp",
-    "runtime_config", "connection", "ingest_job", "drop_job", "child_meta", "labels", "owner_reference", "selector_labels",
+    "runtime_config", "evaluation", "connection", "ingest_job", "drop_job", "child_meta", "labels",
+    "owner_reference", "selector_labels",
     "stable_hash", "CHILD_KINDS",
 ]
 
@@ -27,7 +29,8 @@ CHILD_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
                    ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment")),
     "VectorIndex": (("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet"),
                     ("milvus.io/v1beta1", "Milvus"), ("batch/v1", "Job")),
-    "AgentApp": (("v1", "ServiceAccount"), ("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service")),
+    "AgentApp": (("v1", "ServiceAccount"), ("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"),
+                 ("batch/v1", "Job"), ("batch/v1", "CronJob")),
     "Budget": (),
 }
 
@@ -54,8 +57,11 @@ def missing_references(obj: Resource, related: Related) -> list[str]:
     return [f"{k}/{n}" for k, n in references(obj) if (k, n) not in related]
 
 
-def render(obj: Resource, *, related: Related, defaults: Defaults) -> list[dict[str, Any]]:
-    """Every child of `obj`. Raises DependencyMissing when a reference is not in `related`."""
+def render(obj: Resource, *, related: Related, defaults: Defaults,
+           suite: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every child of `obj`. Raises DependencyMissing when a reference is not in `related`. `suite`: the
+    ConfigMap named by an AgentApp's spec.evaluation.suiteRef, None while it does not exist (no evaluation runs;
+    it is not a dependency: the app itself serves without it)."""
     missing = missing_references(obj, related)
     if missing:
         raise DependencyMissing(obj.ref(), missing)
@@ -72,7 +78,11 @@ def render(obj: Resource, *, related: Related, defaults: Defaults) -> list[dict[
         fleets = {n: related[("ModelFleet", n)] for n in obj.fleet_names}
         index = related[("VectorIndex", obj.spec.index.name)] if obj.spec.index else None
         budget = related[("Budget", obj.spec.budget_ref.name)] if obj.spec.budget_ref else None
-        return agentapp(obj, defaults, fleets=fleets, index=index, budget=budget)  # type: ignore[arg-type]
+        children = agentapp(obj, defaults, fleets=fleets, index=index, budget=budget)  # type: ignore[arg-type]
+        deployment = next(c for c in children if c["kind"] == "Deployment")
+        runtime_hash = deployment["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+        return children + evaluation(obj, defaults, suite=suite, runtime_hash=runtime_hash,
+                                     fleets=fleets)  # type: ignore[arg-type]
     if isinstance(obj, Budget):
         return []
     raise TypeError(f"cannot render {type(obj).__name__}")
