@@ -260,6 +260,8 @@ NEEDS = [
     (GROUP, "modelfleets/scale", {"get", "patch", "update"}),
     ("apps", "statefulsets", {"get", "list", "watch", "create", "patch", "delete"}),
     ("batch", "jobs", {"get", "list", "watch", "create", "patch", "delete"}),
+    # spec.evaluation.schedule: the eval CronJob is applied and pruned, never read back.
+    ("batch", "cronjobs", {"list", "create", "patch", "delete"}),
     ("rbac.authorization.k8s.io", "roles", {"get", "list", "watch", "create", "patch", "delete"}),
     # The router's Role grants these, and RBAC forbids granting what the operator does not hold.
     ("discovery.k8s.io", "endpointslices", {"get", "list", "watch"}),

@@ -1,14 +1,16 @@
 """Retrieval-only evaluation: each case's question searched as that case's principal, scored against its
 judgements, and every hit checked for leaks. `score_case` and `summarise` are pure; `run` drives any search
-function (the CLI passes the product's Retriever over a MilvusStore). The leak check re-derives permission from
-the stored access fields independently of `retrieval.filters.for_principal`, so a broken filter cannot hide its
-own leaks."""
+function; `open_search` makes one from the product's Retriever over a MilvusStore (the retrieval-only CLI, and
+agent mode's direct search as each case's principal); `keys_by_user` reads a key store. The leak check re-derives
+permission from the stored access fields independently of `retrieval.filters.for_principal`, so a broken filter
+cannot hide its own leaks."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, TextIO
+from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 import yaml
 
@@ -16,8 +18,8 @@ from ..retrieval.filters import WILDCARD, Principal, encode_name
 from .metrics import mean, ndcg_at, recall_at, reciprocal_rank
 from .suite import Case, Suite, SuiteError
 
-__all__ = ["RetrievedChunk", "score_case", "summarise", "run", "may_read", "principals_from_keys", "MODE",
-           "FETCH_FACTOR"]
+__all__ = ["RetrievedChunk", "score_case", "summarise", "run", "may_read", "principals_from_keys", "keys_by_user",
+           "open_search", "IndexMissing", "Search", "MODE", "FETCH_FACTOR"]
 
 MODE = "retrieval-only"
 # Chunks fetched per document slot: a long document can fill several of the top k chunks, and metrics rank
@@ -104,25 +106,31 @@ def summarise(cases: Sequence[dict[str, Any]], *, k: int = 10, seconds: float = 
     }
 
 
-def principals_from_keys(text: str, *, where: str = "keys.yaml") -> dict[str, Principal]:
-    """user -> Principal from a key store file (API key -> {user, tenant, groups}); keys never appear in errors."""
+def keys_by_user(text: str, *, where: str = "keys.yaml") -> dict[str, tuple[str, Principal]]:
+    """user -> (API key, Principal) from a key store file (API key -> {user, tenant, groups}); a user with several
+    keys keeps the first. Keys never appear in errors."""
     from ..runtime.keystore import KeyEntry
 
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise SuiteError([f"{where}: expected a mapping of API key -> {{user, tenant, groups}}"])
-    out: dict[str, Principal] = {}
+    out: dict[str, tuple[str, Principal]] = {}
     problems = []
-    for i, raw in enumerate(data.values(), 1):
+    for i, (key, raw) in enumerate(data.items(), 1):
         try:
             entry = KeyEntry.model_validate(raw)
         except Exception as err:  # pydantic's ValidationError; reported per entry, never with the key
             problems.append(f"{where}: entry {i}: {str(err).splitlines()[-1].strip()}")
             continue
-        out.setdefault(entry.user, Principal(entry.tenant, tuple(entry.groups), user=entry.user))
+        out.setdefault(entry.user, (str(key), Principal(entry.tenant, tuple(entry.groups), user=entry.user)))
     if problems:
         raise SuiteError(problems)
     return out
+
+
+def principals_from_keys(text: str, *, where: str = "keys.yaml") -> dict[str, Principal]:
+    """user -> Principal from a key store file (API key -> {user, tenant, groups}); keys never appear in errors."""
+    return {user: principal for user, (_, principal) in keys_by_user(text, where=where).items()}
 
 
 Search = Callable[[str, Principal, int], Sequence[RetrievedChunk]]
@@ -143,3 +151,34 @@ def run(suite: Suite, principals: Mapping[str, Principal], search: Search, *, k:
             log.write(f"eval: {n}/{len(suite.cases)} cases ({clock() - started:.1f}s)\n")
             log.flush()
     return summarise(cases, k=k, seconds=clock() - started)
+
+
+class IndexMissing(RuntimeError):
+    """The index has no such collection (nothing ingested yet)."""
+
+
+@contextlib.contextmanager
+def open_search(index: str, collection: str, *, embedder: str = "all-minilm-l6-v2",
+                embedding_model: str | None = None, token: str | None = None,
+                lock_timeout_s: float = 30) -> Iterator[Search]:
+    """A `Search` over an index with the product's own Retriever (embedder, permission filter inside the vector
+    search), each hit carrying its stored access fields for the independent leak check. Raises IndexMissing,
+    retrieval.store.StoreError or retrieval.embedders.EmbedderError."""
+    from ..retrieval.embedders import make_embedder
+    from ..retrieval.search import Retriever
+    from ..retrieval.store import MilvusStore
+
+    store = MilvusStore(index, collection, token=token, lock_timeout_s=lock_timeout_s)
+    with store:
+        if not store.exists():
+            raise IndexMissing(f"{index} has no collection {collection} (run agentfleet ingest first)")
+        retriever = Retriever(store, make_embedder(embedder, model=embedding_model))
+
+        def search(question: str, principal: Principal, k: int) -> Sequence[RetrievedChunk]:
+            hits = retriever.search(question, principal, k=k)
+            access = {row["id"]: row for row in store.client.get(
+                store.collection, ids=[h.id for h in hits], output_fields=["tenant", "groups"])} if hits else {}
+            return [RetrievedChunk(h.id, h.source, h.score, access.get(h.id, {}).get("tenant", ""),
+                                   access.get(h.id, {}).get("groups", "")) for h in hits]
+
+        yield search

@@ -24,11 +24,13 @@ How the numbers are made:
 - Refusal: an empty answer, or one matching REFUSAL_PATTERNS (cannot answer, not in the documents, ...).
 - Leaks: a retrieved or cited source that the case forbids or that `permitted` says the principal may not read, and
   `quoted`: an 8-word shingle of a forbidden text (normalised) found in the answer. One entry per source, the most
-  telling way it leaked (quoted > cited > retrieved).
-- A case passes when the task completed, every check that ran passed, nothing leaked, an unanswerable case was
-  refused, and the expected tools and sub-agents were used. A judge check without a judge is skipped (passed None):
-  it neither passes nor fails the case, and the report counts it. Correctness itself does not gate a case: suites
-  gate answers through checks."""
+  telling way it leaked (quoted > cited > retrieved > direct, where `direct` is the runner's search of the index as
+  the case's principal: the index itself returned it, whatever the agent did).
+- A case passes when the task completed, every check that ran passed, every one of its `facts` is stated (the
+  suite's "strings the answer must state": the same normalised match as facts recall), nothing leaked, an
+  unanswerable case was refused, and the expected tools and sub-agents were used. A judge check without a judge is skipped (passed None):
+  it neither passes nor fails the case, and the report counts it. Beyond facts, correctness (F1, the judge) does
+  not gate a case: suites gate answers through checks."""
 
 from __future__ import annotations
 
@@ -247,11 +249,20 @@ def lexical_faithfulness(answer: str, contexts: Sequence[str]) -> tuple[float | 
     return sum(1 for o in out if o["supported"]) / len(out), out
 
 
+def _stated(answer: str, fact: str) -> bool:
+    """A fact is stated when its SQuAD-normalised words occur, as whole words, in the normalised answer."""
+    norm = normalise_answer(fact)
+    return bool(norm) and f" {norm} " in f" {normalise_answer(answer)} "
+
+
 def _facts_recall(answer: str, facts: Sequence[str]) -> float | None:
     if not facts:
         return None
-    said = f" {normalise_answer(answer)} "
-    return sum(1 for f in facts if normalise_answer(f) and f" {normalise_answer(f)} " in said) / len(facts)
+    return sum(1 for f in facts if _stated(answer, f)) / len(facts)
+
+
+def _missing_facts(case: Case, answer: str) -> list[str]:
+    return [f for f in case.facts if not _stated(answer, f)]
 
 
 def _shingles(text: str, size: int = SHINGLE_WORDS) -> set[tuple[str, ...]]:
@@ -332,13 +343,14 @@ def _share(part: int, whole: int) -> float | None:
 
 def _leaks(case: Case, hits: Sequence[tuple[str, str]], cited_hits: Sequence[tuple[str, str]],
            citations: Mapping[int, Mapping[str, Any]], answer: str, *, permitted: Callable[[str], bool] | None,
-           forbidden_texts: Mapping[str, str] | None) -> dict[str, str]:
-    """source -> how it leaked, the most telling way only (quoted > cited > retrieved)."""
-    how_rank = {"retrieved": 0, "cited": 1, "quoted": 2}
+           forbidden_texts: Mapping[str, str] | None, direct: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
+    """source -> how it leaked, the most telling way only (quoted > cited > retrieved > direct: the direct search
+    of the index as the case's principal returned it, whatever the agent did with it)."""
+    how_rank = {"direct": -1, "retrieved": 0, "cited": 1, "quoted": 2}
     leaks: dict[str, str] = {}
 
     def leak(source: str, how: str) -> None:
-        if how_rank[how] > how_rank.get(leaks.get(source, ""), -1):
+        if how_rank[how] > how_rank.get(leaks.get(source, ""), -2):
             leaks[source] = how
 
     cited = {s for s, _ in cited_hits}
@@ -346,6 +358,11 @@ def _leaks(case: Case, hits: Sequence[tuple[str, str]], cited_hits: Sequence[tup
         if source and (_judged_name(source, cid, case.forbidden) in case.forbidden
                        or (permitted is not None and not permitted(source))):
             leak(source, "cited" if source in cited else "retrieved")
+    for d in direct:
+        source, cid = str(d.get("source", "")), str(d.get("id", ""))
+        if source and (_judged_name(source, cid, case.forbidden) in case.forbidden
+                       or (permitted is not None and not permitted(source))):
+            leak(source, "direct")
     said = _shingles(answer)
     for source, text in (forbidden_texts or {}).items():
         if said & _shingles(text):
@@ -470,7 +487,8 @@ def score_case(case: Case, trace: dict[str, Any], *, judge: Judge | None = None,
         "refusal_correct": refused if case.unanswerable else not refused,
     }
 
-    leaks = _leaks(case, hits, cited_hits, citations, bare, permitted=permitted, forbidden_texts=forbidden_texts)
+    leaks = _leaks(case, hits, cited_hits, citations, bare, permitted=permitted, forbidden_texts=forbidden_texts,
+                   direct=direct_rows or ())
 
     # Checks.
     checks = [_check(c, case, answer, judge) for c in case.checks]
@@ -492,6 +510,9 @@ def score_case(case: Case, trace: dict[str, Any], *, judge: Judge | None = None,
     failures += [f"check {c['type']} failed: {c['detail']}" for c in checks if c["passed"] is False]
     if case.unanswerable and not refused:
         failures.append("unanswerable: the answer does not refuse")
+    missing = _missing_facts(case, bare)
+    if missing:
+        failures.append(f"facts not stated: {'; '.join(missing)}")
     failures += [f"expected tool {t} was not used (used: {', '.join(tools_used) or 'none'})"
                  for t in case.expect_tools if t not in tools_used]
     failures += [f"expected sub-agent {a} was not used (used: {', '.join(subagents_used) or 'none'})"

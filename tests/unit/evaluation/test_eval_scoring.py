@@ -364,3 +364,25 @@ def test_cited_numbers():
 def test_refusal_correct(unanswerable, answer, correct):
     a = score_case(case(unanswerable=unanswerable), answered(answer, VACATION))["answers"]
     assert (a["refused"], a["refusal_correct"]) == (answer != "25 days", correct)
+
+
+# --- facts gate a case; the direct search's own leaks -----------------------------------------------------------
+def test_a_case_passes_only_when_every_fact_is_stated():
+    c = case(facts=("25 days", "31 March"))
+    half = score_case(c, answered("You get 25 days [1].", VACATION))
+    assert half["answers"]["facts_recall"] == 0.5
+    assert half["passed"] is False and "facts not stated: 31 March" in half["failures"]
+    full = score_case(c, answered("You get 25 days, and carried-over days must be taken by 31 March [1].", VACATION))
+    assert full["answers"]["facts_recall"] == 1.0 and full["passed"] is True, full["failures"]
+
+
+def test_a_forbidden_source_returned_by_the_direct_search_is_a_leak_even_if_the_agent_never_saw_it():
+    trace = answered("25 days [1].", VACATION)
+    trace["direct"] = [{"id": "v1", "source": "hr/vacation.md", "score": 0.9, "tenant": "acme", "groups": "all"},
+                       {"id": "s1", "source": "secret/salaries.md", "score": 0.5, "tenant": "acme", "groups": "hr"}]
+    got = score_case(case(forbidden=("secret/salaries.md",)), trace)
+    assert got["leaks"] == [{"source": "secret/salaries.md", "how": "direct"}]
+    assert got["passed"] is False
+    clean = answered("25 days [1].", VACATION)
+    clean["direct"] = trace["direct"][:1]
+    assert score_case(case(forbidden=("secret/salaries.md",)), clean)["leaks"] == []
