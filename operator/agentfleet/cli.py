@@ -14,6 +14,7 @@ from .bench import autoscale as bench_autoscale
 from .bench import httpclient as bench_httpclient
 from .bench import routing as bench_routing
 from .bench import runtime as bench_runtime
+from .evaluation import bench as bench_eval
 from .evaluation import cli as evaluation_cli
 from .local import cli as local_cli
 from .retrieval import cli as retrieval_cli
@@ -109,7 +110,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 _PLUGGED: list = [retrieval_cli, router_command, local_cli, runtime_cli, evaluation_cli]
 """Modules with `add_parsers(sub)`: top-level commands owned by other rooms (ingest, search, router, ...)."""
-_BENCH_PLUGGED: list = [retrieval_cli, bench_routing, bench_httpclient, bench_autoscale, bench_runtime]
+_BENCH_PLUGGED: list = [retrieval_cli, bench_routing, bench_httpclient, bench_autoscale, bench_runtime, bench_eval]
 """Modules with `add_bench_parsers(bench_sub)`: `agentfleet bench <name>` benchmarks (see bench/)."""
 
 

@@ -32,6 +32,9 @@ class ParsedDocument:
     title: str
     text: str                         # headings as `#` lines (Markdown style), not yet cleaned
     meta: dict[str, Any] = field(default_factory=dict)   # front matter or the JSONL record's other keys
+    # True when no title came with the document (metadata, <title>, a heading, a JSONL field) and `title` is only
+    # its file name or record id: shown to users, but not embedded (a name like `0003` or `final_v2` is noise).
+    title_from_name: bool = False
 
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
@@ -120,8 +123,8 @@ def _html(relpath: str, text: str) -> ParsedDocument:
         if key not in meta and key in p.meta:
             meta[key] = p.meta[key] if key == "tenant" else [g.strip() for g in p.meta[key].split(",") if g.strip()]
     out = "".join(p.out)
-    title = str(meta.get("title") or " ".join("".join(p.title).split()) or _first_heading(out) or _stem(relpath))
-    return ParsedDocument(relpath, "html", title, out, meta)
+    title = str(meta.get("title") or " ".join("".join(p.title).split()) or _first_heading(out) or "")
+    return ParsedDocument(relpath, "html", title or _stem(relpath), out, meta, title_from_name=not title)
 
 
 def _pdf(relpath: str, data: bytes) -> ParsedDocument:
@@ -143,7 +146,8 @@ def _pdf(relpath: str, data: bytes) -> ParsedDocument:
         boiler = {ln for ln, n in counts.items() if n * 2 >= len(pages)}
         pages = ["\n".join(ln for ln in page.splitlines() if ln.strip() not in boiler) for page in pages]
     text = "\n\n".join(pages)
-    return ParsedDocument(relpath, "pdf", str(info_title).strip() or _stem(relpath), text, {})
+    title = str(info_title).strip()
+    return ParsedDocument(relpath, "pdf", title or _stem(relpath), text, {}, title_from_name=not title)
 
 
 _TEXT_KEYS = ("text", "content", "body", "page_content")
@@ -170,8 +174,9 @@ def _jsonl(relpath: str, text: str) -> list[ParsedDocument]:
         seen.add(rid)
         meta = {k: v for k, v in rec.items() if k != key}
         body = rec[key]
-        title = str(rec.get("title") or _first_heading(body) or f"{_stem(relpath)} {rid}")
-        docs.append(ParsedDocument(f"{relpath}#{rid}", "jsonl", title, body, meta))
+        title = str(rec.get("title") or _first_heading(body) or "")
+        docs.append(ParsedDocument(f"{relpath}#{rid}", "jsonl", title or f"{_stem(relpath)} {rid}", body, meta,
+                                   title_from_name=not title))
     return docs
 
 
@@ -193,7 +198,7 @@ def parse_file(relpath: str, data: bytes) -> list[ParsedDocument]:
         return [_html(relpath, text)]
     meta, body = split_front_matter(text)
     if fmt == "markdown":
-        title = str(meta.get("title") or _first_heading(body) or _stem(relpath))
+        title = str(meta.get("title") or _first_heading(body) or "")
     else:
-        title = str(meta.get("title") or _stem(relpath))
-    return [ParsedDocument(relpath, fmt, title, body, meta)]
+        title = str(meta.get("title") or "")
+    return [ParsedDocument(relpath, fmt, title or _stem(relpath), body, meta, title_from_name=not title)]
