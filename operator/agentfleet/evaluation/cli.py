@@ -343,6 +343,9 @@ def _evaluate(args: argparse.Namespace, suite: Any, suite_text: str) -> tuple[di
             baseline = json.loads(Path(args.baseline).read_text("utf-8"))
         except (OSError, ValueError) as err:
             raise _Usage(f"error: --baseline {args.baseline}: cannot read a report: {err}") from None
+    # With a judge, each answer is also compared with the baseline's answer to the same case (both orders).
+    args.baseline_answers = ({c["id"]: c.get("answer") or "" for c in baseline.get("cases", [])
+                              if isinstance(c, dict) and "id" in c} if baseline is not None and args.judge else None)
     started, t0 = _now(), time.monotonic()
     if args.file:
         docs, target_id = _read_app_file(args.file)
@@ -378,7 +381,8 @@ def _evaluate(args: argparse.Namespace, suite: Any, suite_text: str) -> tuple[di
             _check_reached(traces, suite, target_id)
             corpus = _corpus_from_dir(args.corpus) if args.corpus else None
             direct_note = _direct_from_index(args, traces, suite, principals) if args.index else "no index given"
-            results = _score(suite, traces, judge=judge, corpus=corpus, principals=principals, k=args.k)
+            results = _score(suite, traces, judge=judge, corpus=corpus, principals=principals, k=args.k,
+                   baseline_answers=getattr(args, "baseline_answers", None))
     meta.update({"direct_retrieval": direct_note,
                  "permissions": ("from the corpus: every retrieved or cited source checked against the principal's "
                                  "access" if corpus is not None and principals else
@@ -512,13 +516,15 @@ def _run_local(args: argparse.Namespace, plan: Any, suite: Any, todo: Sequence[A
             if needs_engine:
                 index = app.index()
                 note = _direct(traces, suite, principals, *index) if index is not None else "the app has no index"
-                return (_score(suite, traces, judge=judge, corpus=corpus, principals=principals, k=args.k), judge,
+                return (_score(suite, traces, judge=judge, corpus=corpus, principals=principals, k=args.k,
+                   baseline_answers=getattr(args, "baseline_answers", None)), judge,
                         corpus, note)
     except AppDidNotStart as err:
         raise _Stop(EXIT_UNREACHABLE, str(err)) from None
     index = app.index()
     note = _direct(traces, suite, principals, *index) if index is not None else "the app has no index"
-    return _score(suite, traces, judge=judge, corpus=corpus, principals=principals, k=args.k), judge, corpus, note
+    return _score(suite, traces, judge=judge, corpus=corpus, principals=principals, k=args.k,
+                   baseline_answers=getattr(args, "baseline_answers", None)), judge, corpus, note
 
 
 def _direct(traces: dict[str, dict[str, Any]], suite: Any, principals: dict[str, Any], uri: str, collection: str,
@@ -560,9 +566,11 @@ def _corpus_from_dir(path: str) -> Any:
 
 
 def _score(suite: Any, traces: dict[str, dict[str, Any]], *, judge: Any, corpus: Any, principals: dict[str, Any],
-           k: int) -> list[dict[str, Any]]:
+           k: int, baseline_answers: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Each case's result (scoring.score_case), in suite order, with the permissions and forbidden texts the
-    corpus gives for its principal."""
+    corpus gives for its principal; with a judge and a baseline, the judge's pairwise verdict (both orders) of
+    the baseline's answer (a) against this run's (b)."""
+    from .judge import JudgeError
     from .scoring import score_case
 
     out = []
@@ -570,7 +578,15 @@ def _score(suite: Any, traces: dict[str, dict[str, Any]], *, judge: Any, corpus:
         principal = principals.get(case.principal)
         permitted = corpus.permitted(principal) if corpus is not None and principal is not None else None
         texts = corpus.forbidden_texts(case.forbidden) if corpus is not None else None
-        out.append(score_case(case, traces[case.id], judge=judge, permitted=permitted, forbidden_texts=texts, k=k))
+        result = score_case(case, traces[case.id], judge=judge, permitted=permitted, forbidden_texts=texts, k=k)
+        before = (baseline_answers or {}).get(case.id)
+        if judge is not None and before and result.get("answer"):
+            try:
+                result["pairwise"] = {"a": "baseline", "b": "current",
+                                      **judge.pairwise(case.question, before, result["answer"])}
+            except JudgeError as err:
+                result["pairwise"] = {"a": "baseline", "b": "current", "error": str(err)}
+        out.append(result)
     return out
 
 

@@ -67,6 +67,20 @@ def _agreement(results: Sequence[Mapping[str, Any]]) -> float | None:
     return _r(sum(1 for j, d in pairs if (j >= PASS_AT) == (d >= PASS_AT)) / len(pairs))
 
 
+def _pairwise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The judge's pairwise verdicts of this run's answers (b) against the baseline's (a): each asked in both
+    orders; a verdict that changes with the order counts as a tie (and as inconsistent)."""
+    verdicts = [r["pairwise"] for r in results if isinstance(r.get("pairwise"), Mapping)]
+    if not verdicts:
+        return None
+    judged = [v for v in verdicts if "error" not in v]
+    return {"cases": len(verdicts), "current_wins": sum(1 for v in judged if v.get("winner") == "b"),
+            "baseline_wins": sum(1 for v in judged if v.get("winner") == "a"),
+            "ties": sum(1 for v in judged if v.get("winner") == "tie"),
+            "inconsistent": sum(1 for v in judged if not v.get("consistent")),
+            "errors": len(verdicts) - len(judged)}
+
+
 def build_report(suite: Suite, results: list[dict[str, Any]], *, meta: dict[str, Any],
                  judge: Judge | None = None) -> dict[str, Any]:
     """The report for `results` (one score_case result per case run, in suite order or not)."""
@@ -110,6 +124,7 @@ def build_report(suite: Suite, results: list[dict[str, Any]], *, meta: dict[str,
             "exact_match": _mean_of(results, "answers", "exact_match"),
             "f1": _mean_of(results, "answers", "f1"),
             "judge_agreement": _agreement(results) if judge is not None else None,
+            "pairwise_vs_baseline": _pairwise(results),
         },
         "tasks": {
             "cases": n,

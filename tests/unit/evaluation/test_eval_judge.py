@@ -201,3 +201,25 @@ def test_chat_completions_url(url, endpoint):
 ], ids=["plain", "after-reasoning", "fenced", "broken", "none"])
 def test_parse_json(text, parsed):
     assert parse_json(text) == parsed
+
+
+def test_answers_are_compared_with_the_baselines_in_both_orders_and_summarised(server):
+    from agentfleet.evaluation.cli import _score
+
+    suite = Suite(cases=(CASE,))
+    # score_case's faithfulness (claims, verdicts), then the pairwise verdict asked as (baseline, current) and as
+    # (current, baseline): both orders prefer the current answer.
+    Scripted.replies = ['{"claims": ["Employees earn 25 vacation days a year."]}',
+                        '{"verdicts": [{"claim": 1, "supported": true}]}', '{"winner": "B"}', '{"winner": "A"}']
+    [result] = _score(suite, {"q": trace(ANSWER)}, judge=Judge(server, "j"), corpus=None, principals={}, k=10,
+                      baseline_answers={"q": "About 20 days, I think."})
+    assert result["pairwise"]["winner"] == "b" and result["pairwise"]["consistent"] is True
+    assert "[ANSWER A]\nAbout 20 days, I think.\n" in user_prompt(2)
+    assert "[ANSWER B]\nAbout 20 days, I think.\n" in user_prompt(3)
+    summary = build_report(suite, [result], meta={}, judge=Judge(server, "j"))["answers"]["pairwise_vs_baseline"]
+    assert summary == {"cases": 1, "current_wins": 1, "baseline_wins": 0, "ties": 0, "inconsistent": 0, "errors": 0}
+    # Without a baseline answer (or a judge) nothing is compared and the report says None.
+    Scripted.replies = ['{"claims": []}']
+    [plain] = _score(suite, {"q": trace(ANSWER)}, judge=Judge(server, "j"), corpus=None, principals={}, k=10)
+    assert "pairwise" not in plain
+    assert build_report(suite, [plain], meta={})["answers"]["pairwise_vs_baseline"] is None
