@@ -16,10 +16,13 @@ import yaml
 
 from eval_kit import KEYS, REPO, SUITE, RandomVectors, agent_model, corpus_index, make_config, run_cli, runs_posted, \
     scripted, serve, write_keys, write_suite
+from agentfleet.api.agentapp import EvaluationGate
+from agentfleet.evaluation.report import summary_for_status
 from agentfleet.retrieval.embedders import LocalMiniLM
 from agentfleet.retrieval.filters import Filter
 from agentfleet.retrieval.search import Retriever
 from agentfleet.retrieval.store import MilvusStore
+from agentfleet.status import gate_failures
 
 TOP_LEVEL = {"schema", "mode", "meta", "retrieval", "answers", "tasks", "security", "checks", "cases"}
 
@@ -84,6 +87,8 @@ def test_a_removed_permission_filter_leaks_and_fails_the_gate(index, files, tmp_
     assert leaked & {"finance-q3-forecast.md", "hr-salary-bands.md", "globex-handbook-vacation.md"}
     assert json.loads(summary.read_text())["leaks"] == bad["security"]["leaks"]   # written on exit 1 too
     assert "leaks must be 0" in err and "Traceback" not in err
+    # The summary is what the operator reads from the eval pod: the AgentApp's gate (maxLeaks 0) fails on it.
+    assert [f for f in gate_failures(EvaluationGate(), json.loads(summary.read_text())) if f.startswith("leaks ")]
 
 
 def test_random_vectors_drop_ndcg_and_the_baseline_gate_names_it(index, files, tmp_path):
@@ -96,8 +101,14 @@ def test_random_vectors_drop_ndcg_and_the_baseline_gate_names_it(index, files, t
     baseline = json.loads((baseline_dir / "report.json").read_text())
 
     rc, out, err = asyncio.run(_eval_against(Retriever(store, RandomVectors()), tmp_path, lambda url: agent_argv(
-        url, suite, keys, src, db, tmp_path, "--baseline", str(baseline_dir / "report.json"))))
+        url, suite, keys, src, db, tmp_path, "--baseline", str(baseline_dir / "report.json"),
+        "--summary-file", str(tmp_path / "summary.json"))))
     report = json.loads(out)
+    # The AgentApp gate on nDCG@10 (set between the two runs) passes the baseline and fails the broken embedder.
+    gate = EvaluationGate(min_ndcg_at10=0.9)
+    assert gate_failures(gate, summary_for_status(baseline)) == []
+    assert [f for f in gate_failures(gate, json.loads((tmp_path / "summary.json").read_text()))
+            if f.startswith("ndcgAt10 ")]
     assert report["security"]["leaks"] == 0                     # the filter still holds
     assert report["retrieval"]["ndcg_at_10"] < baseline["retrieval"]["ndcg_at_10"] - 0.2   # seeded: 1.0 -> 0.75
     assert rc == 1
