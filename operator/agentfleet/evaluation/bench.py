@@ -3,13 +3,16 @@ one run on the same 175 queries, judgements and principals, each search filtered
 read (the same access resolution as ingest: the corpus's `_access.yaml`, checked with `retrieval.may_read`):
 
 - `bm25`: Okapi BM25 over whole passages (k1 0.9, b 0.4 as Pyserini/BEIR; Lucene's English stop words and
-  Harman's S-stemmer), in numpy, with nothing to install;
+  Harman's S-stemmer: `retrieval.analysis`, the product's own analysis), in numpy, with nothing to install;
 - `dense_exact`: exact cosine search with the product's embedder over whole passages (numpy brute force);
-- `default`: the product's default retrieval, measured by running `agentfleet ingest` (the product defaults) and
-  `agentfleet eval --retrieval-only --json` as a user would; its wall time is `retrieval_only_seconds`;
-- `hybrid`: reciprocal-rank fusion (k 60) of bm25 and dense_exact, and `hybrid_weighted`: a convex combination of
-  min-max-normalised scores whose weight is chosen by two-fold cross-validation over the queries (never tuned on the
-  queries it is scored on). A hybrid is called better only when it beats dense_exact (`hybrid_beats_dense`).
+- `default`: the product's default retrieval (hybrid: filtered dense and BM25 searches over the indexed chunks,
+  fused by `retrieval.fusion.weighted_fusion` with the fixed `DENSE_WEIGHT`), measured by running `agentfleet
+  ingest` (the product defaults) and `agentfleet eval --retrieval-only --json` as a user would; its wall time is
+  `retrieval_only_seconds`;
+- `hybrid`: reciprocal-rank fusion (k 60) of bm25 and dense_exact, and `hybrid_weighted`: the same weighted fusion
+  of min-max-normalised scores as the product, its dense weight chosen by two-fold cross-validation over the queries
+  (never tuned on the queries it is scored on; each fold's weight and held-out scores are reported). A hybrid is
+  called better only when it beats dense_exact (`hybrid_beats_dense`).
 
 The index is cached under the work directory by a hash of the corpus files and of the product code that builds
 it, so a rerun skips ingestion; passage embeddings for dense_exact are cached the same way."""
@@ -21,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
 
 from ..retrieval.filters import Principal, stored_access
+from ..retrieval.analysis import analyse, s_stem
+from ..retrieval.fusion import DENSE_WEIGHT, RRF_K, rrf, weighted_fusion
 from . import pyfaq
 from .retrieval import FETCH_FACTOR, RetrievedChunk, may_read, principals_from_keys
 from .retrieval import run as run_eval
@@ -44,35 +48,14 @@ __all__ = ["add_bench_parsers", "run_bench", "BM25", "analyse", "s_stem", "rrf",
 
 DEFAULT_WORK = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agentfleet" / "bench-eval"
 K1, B = 0.9, 0.4
-RRF_K = 60
 FUSION_DEPTH = 100   # candidates each ranker contributes to a fusion
-# Lucene's English stop words (EnglishAnalyzer.ENGLISH_STOP_WORDS_SET), as Pyserini's default analyzer uses them.
-STOP_WORDS = frozenset("a an and are as at be but by for if in into is it no not of on or such that the their "
-                       "then there these they this to was will with".split())
-_WORD = re.compile(r"\w+")
 # What decides the index's content besides the corpus: a change to any of these re-ingests.
 _PRODUCT_CODE = ("ingest/access.py", "ingest/chunk.py", "ingest/corpus.py", "ingest/dedupe.py", "ingest/parse.py",
                  "ingest/pipeline.py", "retrieval/indexer.py", "retrieval/embedders.py", "retrieval/store.py",
-                 "retrieval/cli.py", "retrieval/filters.py")
+                 "retrieval/cli.py", "retrieval/filters.py", "retrieval/analysis.py")
 
 
 # --- BM25 and fusion (pure) -------------------------------------------------------------------------------------
-def s_stem(word: str) -> str:
-    """Harman's S-stemmer (1991): the first rule that applies of ies -> y, es -> e, s -> ''."""
-    if word.endswith("ies") and not word.endswith(("eies", "aies")) and len(word) > 3:
-        return word[:-3] + "y"
-    if word.endswith("es") and not word.endswith(("aes", "ees", "oes")) and len(word) > 2:
-        return word[:-1]
-    if word.endswith("s") and not word.endswith(("us", "ss")) and len(word) > 1:
-        return word[:-1]
-    return word
-
-
-def analyse(text: str) -> list[str]:
-    """Lower-cased word tokens, stop words dropped, S-stemmed."""
-    return [s_stem(w) for w in _WORD.findall(text.lower()) if w not in STOP_WORDS]
-
-
 class BM25:
     """Okapi BM25 over a fixed set of documents: score(q, d) = sum over the query's terms t (each occurrence) of
     idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * |d| / avgdl)), with Lucene's idf(t) = ln(1 + (N - df + 0.5) /
@@ -110,31 +93,6 @@ class BM25:
             if hit is not None:
                 out[hit[0]] += hit[1]
         return out
-
-
-def rrf(rankings: Sequence[Sequence[str]], *, k: int = RRF_K) -> list[tuple[str, float]]:
-    """Reciprocal-rank fusion (Cormack et al. 2009): score(d) = sum over rankings of 1 / (k + rank), rank from 1;
-    best first, ties by first appearance across the rankings."""
-    score: dict[str, float] = {}
-    for ranking in rankings:
-        for r, doc in enumerate(ranking, 1):
-            score[doc] = score.get(doc, 0.0) + 1.0 / (k + r)
-    order = {d: i for i, d in enumerate(score)}
-    return sorted(score.items(), key=lambda kv: (-kv[1], order[kv[0]]))
-
-
-def weighted_fusion(runs: Sequence[Mapping[str, float]], weights: Sequence[float]) -> list[tuple[str, float]]:
-    """sum_i w_i * minmax(run_i)(d), a document absent from a run scoring 0 there; best first, ties by first
-    appearance."""
-    score: dict[str, float] = {}
-    for run, w in zip(runs, weights):
-        if not run:
-            continue
-        lo, hi = min(run.values()), max(run.values())
-        for doc, s in run.items():
-            score[doc] = score.get(doc, 0.0) + w * ((s - lo) / (hi - lo) if hi > lo else 1.0)
-    order = {d: i for i, d in enumerate(score)}
-    return sorted(score.items(), key=lambda kv: (-kv[1], order[kv[0]]))
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
@@ -389,7 +347,9 @@ def run_bench(*, docs: Path = pyfaq.DEFAULT_DOCS, size: int | None = None, queri
                                          str(keys_path), "--retrieval-only", "--json", "--embedder", embedder],
                                         log=log, forward=False)
     reports["default"] = json.loads(out)
-    methods["default"] = _method(reports["default"], retrieval_only_s)
+    methods["default"] = {**_method(reports["default"], retrieval_only_s),
+                          "fusion": f"product hybrid: filtered dense + BM25 over chunks, min-max weighted, dense "
+                                    f"weight {DENSE_WEIGHT}"}
 
     dense = methods["dense_exact"]
     best = max(methods.values(), key=lambda m: m["ndcg_at_10"])
@@ -437,15 +397,19 @@ def _cross_validated_fusion(suite: Suite, principals: Mapping[str, Principal], b
             memo[case.id] = both(case.question, p)
         return memo[case.id]
 
-    chosen, cases = [], []
+    chosen, cases, folds = [], [], []
     for h in (0, 1):
         tune = halves[h]
         best_w = max(grid, key=lambda w: (sum(case_scores(c, w)["ndcg_at_10"] or 0.0 for c in tune), -abs(w - 0.5)))
         chosen.append(best_w)
-        cases += [case_scores(c, best_w) for c in halves[1 - h]]
+        held_out = [case_scores(c, best_w) for c in halves[1 - h]]
+        cases += held_out
+        r = summarise(held_out)["retrieval"]
+        folds.append({"tuned_on": f"half {h}", "dense_weight": best_w, "queries": len(held_out),
+                      **{m: r[m] for m in ("ndcg_at_10", "recall_at_10", "mrr")}})
     report = summarise(cases)
     return {**_method(report, clock() - t0), "fusion": "min-max weighted, dense weight by 2-fold cross-validation",
-            "dense_weights": chosen}
+            "dense_weights": chosen, "folds": folds}
 
 
 # --- command line -----------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The vector store edge: the only module that imports pymilvus. One collection per VectorIndex, on milvus-lite
 (a `*.db` file; the engine holds an exclusive file lock, so openers retry until a deadline) or any Milvus by URI.
 Schema: content-hash id, vector, tenant (partition key) and groups in the encoded form of `filters`, the
-document key, source path, title, heading trail and character offsets. Search always goes through a Principal's
-filter; `search_expr` exists for benchmarks and administration only."""
+document key, source path, title, heading trail and character offsets, and (collections created since hybrid
+retrieval) the chunk's analysed terms (`analysis.terms`, which `upsert` adds to ingest's rows) with the BM25 sparse
+vector the engine derives from them (a milvus BM25 `Function`). Search, dense or full-text, always goes through a
+Principal's filter; `search_expr` and `search_text_expr` exist for benchmarks and administration only."""
 
 from __future__ import annotations
 
@@ -12,14 +14,23 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from .analysis import terms
 from .filters import GROUPS_FIELD_MAX, TENANT_FIELD_MAX, Principal, for_principal
 
-__all__ = ["Hit", "MilvusStore", "StoreError", "is_lite_uri", "OUTPUT_FIELDS"]
+__all__ = ["Hit", "MilvusStore", "StoreError", "is_lite_uri", "OUTPUT_FIELDS", "BM25_FIELD"]
+
+log = logging.getLogger(__name__)
 
 OUTPUT_FIELDS = ["source", "title", "trail", "start", "end", "text"]
 TEXT_MAX = 65535
 # Unflushed rows search ~20x slower on milvus-lite (shared/facts.md): flush after every ingest.
 LOCK_RETRY_S = 1.0
+BM25_FIELD = "sparse"
+TERMS_FIELD = "terms"   # analysis.terms(text), written by `upsert`: the BM25 function's input
+# The engine's analyzer only splits the pre-analysed terms (analysis.py: stop words, stemming); k1 0.9, b 0.4 as
+# Pyserini/BEIR.
+BM25_ANALYZER = {"tokenizer": "standard"}
+BM25_PARAMS = {"bm25_k1": 0.9, "bm25_b": 0.4}
 
 
 class _DropMvccNotice(logging.Filter):
@@ -74,6 +85,7 @@ class MilvusStore:
                     raise StoreError(f"cannot open {uri}: {err}") from err
                 time.sleep(LOCK_RETRY_S)
         self._loaded = False
+        self._full_text: bool | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -104,6 +116,8 @@ class MilvusStore:
                         raise StoreError(f"collection {self.collection} has {have}-d vectors; the embedder "
                                          f"gives {dimension}-d (drop the collection or change the embedder)")
             return False
+        from pymilvus import Function, FunctionType
+
         s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         s.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         s.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
@@ -116,6 +130,11 @@ class MilvusStore:
         s.add_field("start", DataType.INT64)
         s.add_field("end", DataType.INT64)
         s.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX)
+        s.add_field(TERMS_FIELD, DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=True,
+                    analyzer_params=BM25_ANALYZER)
+        s.add_field(BM25_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+        s.add_function(Function(name="terms_bm25", function_type=FunctionType.BM25, input_field_names=[TERMS_FIELD],
+                                output_field_names=[BM25_FIELD]))
         ip = self.client.prepare_index_params()
         if self.is_lite:
             # Exact search: on milvus-lite HNSW/IVF cost ~64 ms at 100k rows anyway (facts.md), FLAT gives recall 1.
@@ -124,20 +143,37 @@ class MilvusStore:
             ip.add_index("vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
             ip.add_index("tenant", index_type="INVERTED")
             ip.add_index("doc", index_type="INVERTED")
+        ip.add_index(BM25_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=dict(BM25_PARAMS))
         from pymilvus.exceptions import MilvusException
 
         try:
             self.client.create_collection(self.collection, schema=s, index_params=ip, num_shards=shards,
                                           consistency_level="Strong")
         except MilvusException:
+            self._full_text = None
             if self.exists():  # P workers race to create it on a shared Milvus: one wins, all go on
                 return False
             raise
+        self._full_text = None
         return True
+
+    @property
+    def full_text(self) -> bool:
+        """Whether the collection has the BM25 field (created by this version); older collections search dense
+        only until they are re-created (drop and re-ingest)."""
+        if self._full_text is None:
+            desc = self.client.describe_collection(self.collection)
+            names = {f.get("name") for f in desc.get("fields", [])}
+            self._full_text = BM25_FIELD in names and TERMS_FIELD in names
+            if not self._full_text:
+                log.info("collection %s has no BM25 field (created before hybrid retrieval): dense search only; "
+                         "drop it and re-ingest for hybrid", self.collection)
+        return self._full_text
 
     def drop(self) -> None:
         if self.exists():
             self.client.drop_collection(self.collection)
+        self._full_text = None
 
     def load(self) -> None:
         if self._loaded:
@@ -201,7 +237,10 @@ class MilvusStore:
         return len(ids)
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows as ingest makes them; a collection with full-text search also gets each row's analysed terms."""
         if rows:
+            if self.full_text:
+                rows = [{**r, TERMS_FIELD: terms(r["text"])[:TEXT_MAX]} for r in rows]
             self.client.upsert(self.collection, list(rows))
 
     def count(self) -> int:
@@ -215,6 +254,12 @@ class MilvusStore:
         the vector search, so k permitted chunks come back whenever k exist."""
         return self.search_expr(vectors, for_principal(principal).expr, k=k)
 
+    def search_text(self, queries: Sequence[str], principal: Principal, *, k: int = 10) -> list[list[Hit]]:
+        """Top-k BM25 hits (over the analysed terms) per query text among the chunks `principal` may read (the
+        filter runs inside the full-text search, as in `search`); a hit's score is its BM25 score. Needs
+        `full_text`."""
+        return self.search_text_expr(queries, for_principal(principal).expr, k=k)
+
     def search_expr(self, vectors: Sequence[Sequence[float]], expr: str, *, k: int = 10,
                     fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[Hit]]:
         """Benchmarks and administration only: no permission filter is added."""
@@ -223,15 +268,24 @@ class MilvusStore:
         if not self.is_lite:
             params["params"] = {"ef": max(64, 4 * k)}
         res = self.client.search(self.collection, data=[list(map(float, v)) for v in vectors], filter=expr,
-                                 limit=k, output_fields=list(fields), search_params=params)
-        out = []
-        for per_query in res:
-            hits = []
-            for h in per_query:
-                e = h.get("entity") or {}
-                trail = e.get("trail")
-                hits.append(Hit(str(h.get("id")), float(h.get("distance", 0.0)), e.get("text", ""),
-                                e.get("source", ""), e.get("title", ""), tuple(json.loads(trail)) if trail else (),
-                                int(e.get("start", 0)), int(e.get("end", 0))))
-            out.append(hits)
-        return out
+                                 limit=k, output_fields=list(fields), search_params=params, anns_field="vector")
+        return [[_hit(h, float(h.get("distance", 0.0))) for h in per_query] for per_query in res]
+
+    def search_text_expr(self, queries: Sequence[str], expr: str, *, k: int = 10,
+                         fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[Hit]]:
+        """Benchmarks and administration only: no permission filter is added."""
+        if not self.full_text:
+            raise StoreError(f"collection {self.collection} has no BM25 field (re-create it for full-text search)")
+        self.load()
+        data = [terms(q) or q for q in queries]  # a query of stop words only: the engine finds nothing either way
+        res = self.client.search(self.collection, data=data, anns_field=BM25_FIELD, filter=expr, limit=k,
+                                 output_fields=list(fields), search_params={"metric_type": "BM25"})
+        # milvus-lite 3.2.2 reports a BM25 score negated (its "smaller is closer"), Milvus as is: BM25 is >= 0.
+        return [[_hit(h, abs(float(h.get("distance", 0.0)))) for h in per_query] for per_query in res]
+
+
+def _hit(h: dict[str, Any], score: float) -> Hit:
+    e = h.get("entity") or {}
+    trail = e.get("trail")
+    return Hit(str(h.get("id")), score, e.get("text", ""), e.get("source", ""), e.get("title", ""),
+               tuple(json.loads(trail)) if trail else (), int(e.get("start", 0)), int(e.get("end", 0)))

@@ -82,6 +82,10 @@ def test_bench_eval_runs_every_method_on_a_small_subset_and_reports_the_schema(r
         first["methods"]["default"]["ndcg_at_10"] / max(m["ndcg_at_10"] for m in first["methods"].values()),
         abs=1e-3)
     assert isinstance(first["hybrid_beats_dense"], bool) and first["retrieval_only_seconds"] > 0
+    folds = first["methods"]["hybrid_weighted"]["folds"]   # each fold: the weight tuned on one half, scored on the other
+    assert [f["dense_weight"] for f in folds] == first["methods"]["hybrid_weighted"]["dense_weights"]
+    assert sum(f["queries"] for f in folds) == 12
+    assert "hybrid" in first["methods"]["default"]["fusion"]   # the product's default retrieval is the hybrid
     assert first["ingest"]["cached"] is False
 
     assert cli.main(argv) == 0                      # the rerun reuses the index and the passage vectors

@@ -166,6 +166,10 @@ class RandomVectors:
 
 def test_a_random_vector_embedder_collapses_the_metrics(prepared, capsys, monkeypatch):
     out, index = prepared
+    import agentfleet.retrieval.search as search
+
+    # The embedder alone: the default hybrid's BM25 half would carry a broken embedder (and does: 0.886 nDCG@10).
+    monkeypatch.setattr(search, "DEFAULT_MODE", "dense")
     rc, stdout, _ = run_cli(eval_argv(out, index), capsys)
     good = json.loads(stdout)["retrieval"]
     import agentfleet.retrieval.embedders as embedders

@@ -1,7 +1,7 @@
 """Property tests against a real milvus-lite: random corpora with hostile tenant and group names, random
 principals. No hit is ever outside the principal's access; with k at least the number of permitted chunks every
 permitted chunk comes back (the filter runs inside the search, not after it); a permitted chunk's own vector finds
-it first."""
+it first. The same for the BM25 full-text search and the hybrid Retriever (both of its searches are filtered)."""
 
 import itertools
 
@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agentfleet.retrieval.filters import Principal, stored_access
+from agentfleet.retrieval.search import Retriever
 from agentfleet.retrieval.store import MilvusStore
 
 NAMES = ['acme', 'globex', '"', "'", "%", "_", "|", "*", "a|b", "a", "b", "[x]", '" or 1==1 or "', "é", "😀", "",
@@ -17,6 +18,17 @@ NAMES = ['acme', 'globex', '"', "'", "%", "_", "|", "*", "a|b", "a", "b", "[x]",
 name = st.sampled_from(NAMES)
 DIM = 8
 _seq = itertools.count()
+
+
+class _Fixed:
+    """An embedder that embeds every query as the vector it was given."""
+    name, dimension = "fixed", DIM
+
+    def __init__(self, vector):
+        self.vector = vector
+
+    def embed(self, texts):
+        return [self.vector.tolist() for _ in texts]
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +64,26 @@ def test_search_respects_access(store, rows, asks, public, seed):
         acc = stored_access(None if is_public else tenant, groups, public=is_public)
         data.append({"id": f"r{i}", "vector": vecs[i].tolist(), "tenant": acc.tenant, "groups": acc.groups,
                      "doc": f"d{i}", "source": f"s{i}", "title": "", "trail": "[]", "start": 0, "end": 0,
-                     "text": f"t{i}"})
+                     "text": f"common word{i}"})
     store.upsert(data)
     store.flush()
     for tenant, groups in asks:
         p = Principal(tenant, tuple(groups))
         allowed = {f"r{i}" for i, row in enumerate(rows) if _permitted(row, p)}
         q = rng.standard_normal(DIM).astype(np.float32)
+        hybrid = Retriever(store, _Fixed(q))
+        assert hybrid.mode == "hybrid"
         for k in (1, 3, len(rows)):
             got = [h.id for h in store.search([q], p, k=k)[0]]
             assert set(got) <= allowed, (p, set(got) - allowed)
             assert len(got) == min(k, len(allowed))
+            for text in ("common", "common word0 word1 word2"):  # every row matches "common"
+                got = [h.id for h in store.search_text([text], p, k=k)[0]]
+                assert set(got) <= allowed, (p, set(got) - allowed)
+                assert len(got) == min(k, len(allowed))
+                got = [h.id for h in hybrid.search(text, p, k=k)]
+                assert set(got) <= allowed, (p, set(got) - allowed)
+                assert len(got) == min(k, len(allowed)) and len(set(got)) == len(got)
         for rid in sorted(allowed)[:3]:
             i = int(rid[1:])
             top = store.search([vecs[i]], p, k=1)[0]
