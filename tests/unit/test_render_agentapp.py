@@ -207,6 +207,24 @@ def test_index_access(kit, app_spec, index_spec, uri, token):
     assert (cfg.index is None) is (app.spec.index is None)
 
 
+@pytest.mark.parametrize("index_ref, mode", [
+    pytest.param({"name": "docs"}, "hybrid", id="default-hybrid"),
+    pytest.param({"name": "docs", "mode": "dense"}, "dense", id="dense"),
+    pytest.param({"name": "docs", "mode": "bm25", "topK": 8}, "bm25", id="bm25"),
+])
+def test_retrieval_mode_reaches_the_runtime(kit, index_ref, mode):
+    app, related = _world(kit, {"index": index_ref})
+    cfg = _config(kit, _render(kit, app, related))
+    assert cfg.index is not None and cfg.index.mode == mode
+    assert cfg.index.top_k == index_ref.get("topK", 5)
+
+
+def test_an_unknown_retrieval_mode_is_rejected(kit):
+    with pytest.raises(SpecError) as err:
+        _world(kit, {"index": {"name": "docs", "mode": "sparse"}})
+    assert "spec.index.mode" in str(err.value) and "hybrid" in str(err.value)
+
+
 @pytest.mark.parametrize(
     "index_spec",
     [pytest.param({}, id="embedded"), pytest.param({"milvus": {"mode": "managed"}}, id="managed"),

@@ -21,6 +21,7 @@ __all__ = [
 
 BuiltinTool = Literal["retrieve", "delegate", "calculator"]
 ModelRole = Literal["large", "small"]
+RetrievalMode = Literal["hybrid", "dense", "bm25"]
 
 
 class FleetRoles(Model):
@@ -35,6 +36,10 @@ class FleetRoles(Model):
 
 class IndexRef(LocalRef):
     top_k: int = Field(default=5, ge=1, le=100)
+    mode: RetrievalMode = Field(
+        default="hybrid",
+        description="hybrid: dense and BM25 full-text search fused (the default, best measured on pyfaq); dense: "
+                    "vector search only (Milvus < 2.5, or the lowest latency); bm25: full-text only.")
 
 
 class MCPServer(Model):

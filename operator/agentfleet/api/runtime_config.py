@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .agentapp import LedgerSpec, LoopLimits, ModelRole, SubAgent, ToolsSpec
+from .agentapp import LedgerSpec, LoopLimits, ModelRole, RetrievalMode, SubAgent, ToolsSpec
 from .base import Model
 from .budget import BudgetSpec
 from .vectorindex import AccessDefaults, ChunkingSpec, EmbeddingSpec
@@ -28,6 +28,7 @@ class IndexConnection(Model):
     collection: str
     token_env: str | None = Field(default=None, description="Environment variable holding the Milvus token.")
     top_k: int = 5
+    mode: RetrievalMode = "hybrid"
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     embedding_url: str | None = Field(default=None, description="Base URL when embeddings come from a ModelFleet.")
     chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)

@@ -68,6 +68,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--k", type=int, default=10, help="also report recall@k (recall@10 and nDCG@10 are always reported)")
     e.add_argument("--embedder", default="all-minilm-l6-v2", help="the embedder the index was built with")
     e.add_argument("--embedding-model")
+    e.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None,
+                   help="how the index is searched (retrieval-only, and the direct search with --url): hybrid "
+                        "(dense + BM25: the default, as the runtime's), dense or bm25; with -f the app's "
+                        "spec.index.mode")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=_cmd_eval)
     prep = e.add_subparsers(dest="eval_command", metavar="prepare")
@@ -137,9 +141,10 @@ def _cmd_retrieval_only(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         with retrieval.open_search(args.index, args.collection, embedder=args.embedder,
-                                   embedding_model=args.embedding_model,
+                                   embedding_model=args.embedding_model, mode=args.mode,
                                    token=os.environ.get("MILVUS_TOKEN")) as search:
             report = retrieval.run(suite, principals, search, k=args.k, log=sys.stderr)
+            search_mode = getattr(search, "mode", args.mode)
     except retrieval.IndexMissing as err:
         _err(f"error: {err}")
         return EXIT_FAILED
@@ -151,6 +156,7 @@ def _cmd_retrieval_only(args: argparse.Namespace) -> int:
         _err(f"error: eval {args.index}#{args.collection}: {err}")
         return EXIT_FAILED
     report["suite"], report["index"], report["embedder"] = args.suite, args.index, args.embedder
+    report["retrieval"]["search_mode"] = search_mode
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
@@ -159,7 +165,7 @@ def _cmd_retrieval_only(args: argparse.Namespace) -> int:
             print(f"{c['id']:>12} {c['principal']:>8} recall@10 {c['recall_at_10']} nDCG@10 {c['ndcg_at_10']} "
                   f"MRR {c['mrr']} leaks {len(c['leaks'])}")
         print(f"{len(report['cases'])} cases in {report['seconds']:.1f}s: recall@10 {r['recall_at_10']}, "
-              f"nDCG@10 {r['ndcg_at_10']}, MRR {r['mrr']}; leaks {s['leaks']}")
+              f"nDCG@10 {r['ndcg_at_10']}, MRR {r['mrr']}; leaks {s['leaks']} ({search_mode} search)")
     if report["security"]["leaks"]:
         _err(f"FAIL: {report['security']['leaks']} leaked hit(s) in cases "
              f"{', '.join(report['security']['cases_with_leaks'])}: leaks must be 0")
@@ -528,7 +534,7 @@ def _run_local(args: argparse.Namespace, plan: Any, suite: Any, todo: Sequence[A
 
 
 def _direct(traces: dict[str, dict[str, Any]], suite: Any, principals: dict[str, Any], uri: str, collection: str,
-            embedder: str, embedding_model: str | None = None) -> str:
+            embedder: str, mode: str | None, embedding_model: str | None = None) -> str:
     """Attach each case's direct search to its trace; a note for the report's meta. A milvus-lite index that a
     running runtime holds open is searched through a snapshot (the runtime only reads it)."""
     from ..retrieval.embedders import EmbedderError
@@ -544,7 +550,7 @@ def _direct(traces: dict[str, dict[str, Any]], suite: Any, principals: dict[str,
             path, how = str(snapshot_index(Path(uri), Path(tmp))), " (a snapshot: a running process holds it open)"
         try:
             with retrieval.open_search(path, collection, embedder=embedder, embedding_model=embedding_model,
-                                       token=os.environ.get("MILVUS_TOKEN")) as search:
+                                       mode=mode, token=os.environ.get("MILVUS_TOKEN")) as search:
                 n = attach_direct(list(traces.values()), suite, principals, search)
         except (retrieval.IndexMissing, StoreError, EmbedderError) as err:
             _err(f"warning: direct retrieval skipped: {err}")
@@ -554,7 +560,8 @@ def _direct(traces: dict[str, dict[str, Any]], suite: Any, principals: dict[str,
 
 def _direct_from_index(args: argparse.Namespace, traces: dict[str, dict[str, Any]], suite: Any,
                        principals: dict[str, Any]) -> str:
-    return _direct(traces, suite, principals, args.index, args.collection, args.embedder, args.embedding_model)
+    return _direct(traces, suite, principals, args.index, args.collection, args.embedder, args.mode,
+                   args.embedding_model)
 
 
 def _corpus_from_dir(path: str) -> Any:

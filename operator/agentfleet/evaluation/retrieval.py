@@ -159,7 +159,7 @@ class IndexMissing(RuntimeError):
 
 @contextlib.contextmanager
 def open_search(index: str, collection: str, *, embedder: str = "all-minilm-l6-v2",
-                embedding_model: str | None = None, token: str | None = None,
+                embedding_model: str | None = None, mode: str | None = None, token: str | None = None,
                 lock_timeout_s: float = 30) -> Iterator[Search]:
     """A `Search` over an index with the product's own Retriever (embedder, permission filter inside the vector
     search), each hit carrying its stored access fields for the independent leak check. Raises IndexMissing,
@@ -172,7 +172,7 @@ def open_search(index: str, collection: str, *, embedder: str = "all-minilm-l6-v
     with store:
         if not store.exists():
             raise IndexMissing(f"{index} has no collection {collection} (run agentfleet ingest first)")
-        retriever = Retriever(store, make_embedder(embedder, model=embedding_model))
+        retriever = Retriever(store, make_embedder(embedder, model=embedding_model), mode=mode)  # type: ignore[arg-type]
 
         def search(question: str, principal: Principal, k: int) -> Sequence[RetrievedChunk]:
             hits = retriever.search(question, principal, k=k)
@@ -181,4 +181,5 @@ def open_search(index: str, collection: str, *, embedder: str = "all-minilm-l6-v
             return [RetrievedChunk(h.id, h.source, h.score, access.get(h.id, {}).get("tenant", ""),
                                    access.get(h.id, {}).get("groups", "")) for h in hits]
 
+        search.mode = retriever.mode  # type: ignore[attr-defined]  # what ran: hybrid falls back to dense
         yield search

@@ -118,12 +118,13 @@ class LocalApp:
             raise KeyError(role)
         return endpoint.url, endpoint.model
 
-    def index(self) -> tuple[str, str, str] | None:
-        """(milvus-lite file, collection, embedder) once the app has stopped, as the runtime searched it."""
+    def index(self) -> tuple[str, str, str, str] | None:
+        """(milvus-lite file, collection, embedder, retrieval mode) once the app has stopped, as the runtime
+        searched it."""
         conn = self.plan.runtime.index
         if conn is None:
             return None
-        return conn.uri, conn.collection, conn.embedding_url or "all-minilm-l6-v2"
+        return conn.uri, conn.collection, conn.embedding_url or "all-minilm-l6-v2", conn.mode
 
 
 def _quiet(say: Callable[[str], None]) -> Callable[[str], None]:

@@ -51,7 +51,7 @@ def runtime_config(app: AgentApp, *, fleets: dict[str, ModelFleet], index: Vecto
     conn = None
     if index is not None and app.spec.index is not None:
         emb_fleet = roles.embedder or (index.spec.embedding.fleet_ref.name if index.spec.embedding.fleet_ref else None)
-        conn = connection(index, top_k=app.spec.index.top_k, embedding_url=url(emb_fleet) if emb_fleet else None)
+        conn = connection(index, top_k=app.spec.index.top_k, mode=app.spec.index.mode, embedding_url=url(emb_fleet) if emb_fleet else None)
     return RuntimeConfig(
         app=app.name, namespace=app.namespace, models=models, index=conn,
         budget=BudgetConfig(name=budget.name, spec=budget.spec) if budget else None,

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from ..api import IndexConnection, VectorIndex
+from ..api.agentapp import RetrievalMode
 from ..names import GROUP, ingest_job_name, milvus_name, milvus_uri
 from .defaults import Defaults
 from .meta import child_meta, pod_labels, selector_labels, stable_hash
@@ -35,13 +36,14 @@ auto-compaction-retention: '1000'
 """
 
 
-def connection(index: VectorIndex, *, top_k: int = 5, embedding_url: str | None = None) -> IndexConnection:
+def connection(index: VectorIndex, *, top_k: int = 5, mode: RetrievalMode = "hybrid",
+               embedding_url: str | None = None) -> IndexConnection:
     """Where the index lives inside the cluster (`agentfleet up` substitutes a local milvus-lite file)."""
     m = index.spec.milvus
     uri = m.uri or "" if m.mode == "external" else milvus_uri(index.name, index.namespace)
     return IndexConnection(
         name=index.name, uri=uri, collection=index.collection,
-        token_env=MILVUS_TOKEN_ENV if m.token_secret_ref else None, top_k=top_k,
+        token_env=MILVUS_TOKEN_ENV if m.token_secret_ref else None, top_k=top_k, mode=mode,
         embedding=index.spec.embedding, embedding_url=embedding_url, chunking=index.spec.chunking,
         access=index.spec.access,
     )

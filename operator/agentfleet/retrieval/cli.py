@@ -56,6 +56,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--embedder", default="all-minilm-l6-v2")
     s.add_argument("--embedding-model")
+    s.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None,
+                   help="hybrid: dense + BM25 fused (default); dense: vector search only; bm25: full-text only")
     s.add_argument("--json", action="store_true", help="print a JSON list of hits")
     s.set_defaults(func=_cmd_search)
 
@@ -166,8 +168,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             if not store.exists():
                 print(f"error: {args.index} has no collection {args.collection}", file=sys.stderr)
                 return 1
-            hits = Retriever(store, make_embedder(args.embedder, model=args.embedding_model)).search(
-                args.query, principal, k=args.k)
+            hits = Retriever(store, make_embedder(args.embedder, model=args.embedding_model),
+                             mode=args.mode).search(args.query, principal, k=args.k)
     except (EmbedderError, StoreError) as err:
         print(f"error: search {args.index}#{args.collection}: {err}", file=sys.stderr)
         return 1

@@ -361,7 +361,8 @@ def open_retrieval(config: RuntimeConfig, metrics: RuntimeMetrics) -> Retrieval 
     token = os.environ.get(conn.token_env) if conn.token_env else None
     store = MilvusStore(conn.uri, conn.collection, token=token, lock_timeout_s=60)
     embedder = make_embedder(conn.embedding_url or "all-minilm-l6-v2", batch_size=conn.embedding.batch_size)
-    return Retrieval(Retriever(store, embedder, cache=RetrievalCache()), top_k=conn.top_k, metrics=metrics)
+    return Retrieval(Retriever(store, embedder, cache=RetrievalCache(), mode=conn.mode), top_k=conn.top_k,
+                     metrics=metrics)
 
 
 def build_runtime(config: RuntimeConfig, *, state_dir: str | None = None,

@@ -129,6 +129,7 @@ def test_retrieval_only_eval_reports_metrics_and_no_leaks(prepared, capsys):
     assert rc == 0, err
     report = json.loads(stdout)
     assert report["mode"] == "retrieval-only" and "answers" not in report and "tasks" not in report
+    assert report["retrieval"]["search_mode"] == "hybrid"      # the runtime's default
     assert report["security"] == {"leaks": 0, "cases_with_leaks": []}
     assert report["retrieval"]["recall_at_10"] == 1.0
     assert report["retrieval"]["ndcg_at_10"] >= 0.9
@@ -166,20 +167,26 @@ class RandomVectors:
 
 def test_a_random_vector_embedder_collapses_the_metrics(prepared, capsys, monkeypatch):
     out, index = prepared
-    import agentfleet.retrieval.search as search
-
-    # The embedder alone: the default hybrid's BM25 half would carry a broken embedder (and does: 0.886 nDCG@10).
-    monkeypatch.setattr(search, "DEFAULT_MODE", "dense")
-    rc, stdout, _ = run_cli(eval_argv(out, index), capsys)
+    # The embedder alone (--mode dense): the default hybrid's BM25 half carries a broken embedder (below).
+    rc, stdout, _ = run_cli(eval_argv(out, index) + ["--mode", "dense"], capsys)
     good = json.loads(stdout)["retrieval"]
+    assert good["search_mode"] == "dense"
     import agentfleet.retrieval.embedders as embedders
 
     monkeypatch.setattr(embedders, "make_embedder", lambda *a, **kw: RandomVectors())
-    rc, stdout, _ = run_cli(eval_argv(out, index), capsys)
+    rc, stdout, _ = run_cli(eval_argv(out, index) + ["--mode", "dense"], capsys)
     bad = json.loads(stdout)["retrieval"]
     assert rc == 0   # no leak: the filter still holds
     assert bad["ndcg_at_10"] < good["ndcg_at_10"] - 0.4
     assert bad["mrr"] < good["mrr"] - 0.4
+    # BM25 alone never calls the embedder, and hybrid (the default) keeps part of what dense search lost.
+    rc, stdout, _ = run_cli(eval_argv(out, index) + ["--mode", "bm25"], capsys)
+    bm25 = json.loads(stdout)["retrieval"]
+    rc, stdout, _ = run_cli(eval_argv(out, index), capsys)
+    hybrid = json.loads(stdout)["retrieval"]
+    assert bm25["search_mode"] == "bm25" and hybrid["search_mode"] == "hybrid"
+    assert bm25["ndcg_at_10"] > bad["ndcg_at_10"] + 0.3
+    assert hybrid["ndcg_at_10"] > bad["ndcg_at_10"] + 0.2
 
 
 def test_a_principal_missing_from_the_keys_is_a_usage_error(prepared, capsys, tmp_path):

@@ -64,9 +64,9 @@ def ingest(capsys, src, db, *extra):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def search(capsys, db, query, tenant, groups, k=10):
+def search(capsys, db, query, tenant, groups, k=10, *extra):
     assert main(["search", query, "--index", str(db), "--collection", "c", "--tenant", tenant, "--groups",
-                 ",".join(groups), "--k", str(k), "--json"]) == 0
+                 ",".join(groups), "--k", str(k), "--json", *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -87,6 +87,15 @@ def test_ingest_search_rerun_change_and_workers(tmp_path, capsys, monkeypatch):
     assert {h["source"] for h in search(capsys, db, "revenue", 'ac"me', ["%_|"])} == {"report.pdf"}
     assert {h["source"] for h in search(capsys, db, "vacation", "globex", ["all"])} == {"records.jsonl#g1"}
     assert search(capsys, db, "vacation", "acme", []) == []
+    # --mode: BM25 alone finds only chunks that share a term with the query; dense always ranks every permitted
+    # chunk; hybrid (the default) ranks what either finds.
+    everything = ("acme", ["eng", "all", "hr"])
+    assert search(capsys, db, "zyxwvut", *everything, 10, "--mode", "bm25") == []
+    dense = search(capsys, db, "zyxwvut", *everything, 10, "--mode", "dense")
+    assert {h["source"] for h in dense} == {"vacation.md", "notes.txt", "docs/page.html"}
+    assert {h["source"] for h in search(capsys, db, "vacation days", *everything, 10, "--mode", "bm25")} == \
+        {"vacation.md"}
+    assert len(search(capsys, db, "vacation days", *everything)) == len(dense)
     assert {h["source"] for h in search(capsys, db, "anything", "acme", ["eng", "all", "hr"])} == \
         {"vacation.md", "notes.txt", "docs/page.html"}
 
