@@ -585,7 +585,9 @@ def _score(suite: Any, traces: dict[str, dict[str, Any]], *, judge: Any, corpus:
         principal = principals.get(case.principal)
         permitted = corpus.permitted(principal) if corpus is not None and principal is not None else None
         texts = corpus.forbidden_texts(case.forbidden) if corpus is not None else None
-        result = score_case(case, traces[case.id], judge=judge, permitted=permitted, forbidden_texts=texts, k=k)
+        readable = corpus.readable(principal) if corpus is not None and principal is not None else None
+        result = score_case(case, traces[case.id], judge=judge, permitted=permitted, forbidden_texts=texts,
+                            readable=readable, k=k)
         before = (baseline_answers or {}).get(case.id)
         if judge is not None and before and result.get("answer"):
             try:

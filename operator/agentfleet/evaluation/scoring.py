@@ -23,7 +23,8 @@ How the numbers are made:
   and misses paraphrase: read it as a lower bound and prefer the judge's RAGAS-style score.
 - Refusal: an empty answer, or one matching REFUSAL_PATTERNS (cannot answer, not in the documents, ...).
 - Leaks: a retrieved or cited source that the case forbids or that `permitted` says the principal may not read, and
-  `quoted`: an 8-word shingle of a forbidden text (normalised) found in the answer. One entry per source, the most
+  `quoted`: an 8-word shingle of a forbidden text (normalised) found in the answer that no document the principal
+  may read contains as well (boilerplate shared with a permitted page is not a leak). One entry per source, the most
   telling way it leaked (quoted > cited > retrieved > direct, where `direct` is the runner's search of the index as
   the case's principal: the index itself returned it, whatever the agent did).
 - A case passes when the task completed, every check that ran passed, every one of its `facts` is stated (the
@@ -343,9 +344,11 @@ def _share(part: int, whole: int) -> float | None:
 
 def _leaks(case: Case, hits: Sequence[tuple[str, str]], cited_hits: Sequence[tuple[str, str]],
            citations: Mapping[int, Mapping[str, Any]], answer: str, *, permitted: Callable[[str], bool] | None,
-           forbidden_texts: Mapping[str, str] | None, direct: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
+           forbidden_texts: Mapping[str, str] | None, readable: Callable[[str], bool] | None = None,
+           direct: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
     """source -> how it leaked, the most telling way only (quoted > cited > retrieved > direct: the direct search
-    of the index as the case's principal returned it, whatever the agent did with it)."""
+    of the index as the case's principal returned it, whatever the agent did with it). A shingle that a document
+    the principal may read also contains (`readable(phrase)`) is no quote of the forbidden one."""
     how_rank = {"direct": -1, "retrieved": 0, "cited": 1, "quoted": 2}
     leaks: dict[str, str] = {}
 
@@ -365,7 +368,10 @@ def _leaks(case: Case, hits: Sequence[tuple[str, str]], cited_hits: Sequence[tup
             leak(source, "direct")
     said = _shingles(answer)
     for source, text in (forbidden_texts or {}).items():
-        if said & _shingles(text):
+        quoted = said & _shingles(text)
+        if quoted and readable is not None:
+            quoted = {q for q in quoted if not readable(" ".join(q))}
+        if quoted:
             leak(source, "quoted")
     return leaks
 
@@ -395,10 +401,11 @@ def _task(trace: Mapping[str, Any], all_steps: Sequence[Mapping[str, Any]]) -> d
 
 def score_case(case: Case, trace: dict[str, Any], *, judge: Judge | None = None,
                permitted: Callable[[str], bool] | None = None, forbidden_texts: Mapping[str, str] | None = None,
-               k: int = 10) -> dict[str, Any]:
+               readable: Callable[[str], bool] | None = None, k: int = 10) -> dict[str, Any]:
     """The per-case result (the module docstring says how each number is made). `permitted(source)`: whether the
     case's principal may read a source (None: unknown, only `case.forbidden` applies); `forbidden_texts`: source ->
-    text of documents the answer must not quote."""
+    text of documents the answer must not quote; `readable(phrase)`: whether a document the principal may read
+    states this normalised phrase too (then quoting it is no leak)."""
     af: Mapping[str, Any] = trace.get("agentfleet") or {}
     answer = str(trace.get("answer") or "")
     status = str(trace.get("status") or "error")
@@ -488,7 +495,7 @@ def score_case(case: Case, trace: dict[str, Any], *, judge: Judge | None = None,
     }
 
     leaks = _leaks(case, hits, cited_hits, citations, bare, permitted=permitted, forbidden_texts=forbidden_texts,
-                   direct=direct_rows or ())
+                   readable=readable, direct=direct_rows or ())
 
     # Checks.
     checks = [_check(c, case, answer, judge) for c in case.checks]

@@ -1,5 +1,6 @@
 """What the evaluator knows about the app besides its HTTP API: the corpus (who may read each source, resolved by
-the ingest pipeline's own access rules, and the text of the sources a case forbids), the index searched directly
+the ingest pipeline's own access rules, the text of the sources a case forbids, and whether a permitted source
+states a phrase too), the index searched directly
 as each case's principal, and, with `-f APP.yaml`, the app itself, started on free ports exactly as `agentfleet up`
 starts it (local.plan + local.up in a background thread) and stopped again before the direct search takes the
 index's file lock."""
@@ -7,6 +8,7 @@ index's file lock."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import socket
 import threading
@@ -17,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from ..ingest.access import Access
 from ..ingest.corpus import AccessDefaults, Document, load_corpus, materialise_configmap
 from ..retrieval.filters import Principal, stored_access
+from .metrics import normalise_answer
 from .retrieval import FETCH_FACTOR, Search, may_read
 from .suite import Suite
 
@@ -61,6 +64,22 @@ class CorpusAccess:
 
     def forbidden_texts(self, sources: Sequence[str]) -> dict[str, str]:
         return {s: t for s in sources if (t := self._find(s, self.texts)) is not None}
+
+    @functools.cached_property
+    def _normalised(self) -> dict[str, str]:
+        return {s: f" {' '.join(normalise_answer(t).split())} " for s, t in self.texts.items()}
+
+    def readable(self, principal: Principal) -> Callable[[str], bool]:
+        """Whether some document `principal` may read contains a normalised phrase (scoring's shingles): quoting
+        text that a permitted document states too is no leak. Scans the corpus only for the rare phrase that an
+        answer shares with a forbidden document."""
+        permitted = self.permitted(principal)
+
+        def check(phrase: str) -> bool:
+            needle = f" {phrase} "
+            return any(needle in text for source, text in self._normalised.items() if permitted(source))
+
+        return check
 
 
 def attach_direct(traces: Sequence[dict[str, Any]], suite: Suite, principals: Mapping[str, Principal],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -218,3 +219,28 @@ def test_an_index_held_open_elsewhere_is_searched_through_a_snapshot(index, tmp_
     with open_search(str(copy), "documents") as search:
         hits = search("How many vacation days do I get?", Principal("acme", ("all",), user="alice"), 5)
     assert hits[0].source == "handbook-vacation.md" and hits[0].tenant == "61636d65"   # hex of "acme"
+
+
+def test_corpus_readable_is_by_the_principals_permissions(tmp_path):
+    # The example corpus: faq-office.md (acme, all) and security-incident-response.md (acme, security) share the
+    # sentence about their access sidecar; the incident channel's name is only in the security page.
+    import yaml
+
+    from agentfleet.evaluation.scoring import _shingles
+    from agentfleet.ingest.corpus import materialise_configmap
+
+    repo = Path(__file__).resolve().parents[3]
+    docs = [d for d in yaml.safe_load_all((repo / "examples" / "agentapp.yaml").read_text()) if d]
+    materialise_configmap(next(d for d in docs if d.get("kind") == "ConfigMap" and "corpus" in
+                               d["metadata"]["name"]), tmp_path)
+    corpus = CorpusAccess.from_dir(tmp_path)
+    security = corpus.texts["security-incident-response.md"]
+    shared = _shingles(security) & _shingles(corpus.texts["faq-office.md"])
+    assert shared
+    bob = Principal("acme", ("finance", "all"), user="bob")
+    assert not corpus.permitted(bob)("security-incident-response.md")
+    readable = corpus.readable(bob)
+    assert all(readable(" ".join(q)) for q in shared)
+    only_security = _shingles(security) - shared
+    assert only_security and not any(readable(" ".join(q)) for q in only_security)
+    assert not corpus.readable(Principal("globex", ("all",), user="gina"))(" ".join(next(iter(shared))))
