@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
 
 from ..retrieval.filters import Principal, stored_access
-from ..retrieval.analysis import analyse, s_stem
+from ..retrieval.analysis import analyse, analyse_query, s_stem
 from ..retrieval.fusion import DENSE_WEIGHT, RRF_K, rrf, weighted_fusion
 from . import pyfaq
 from .retrieval import FETCH_FACTOR, RetrievedChunk, may_read, principals_from_keys
@@ -88,7 +88,7 @@ class BM25:
         import numpy as np
 
         out = np.zeros(self.n, dtype=np.float64)
-        for t in analyse(query):
+        for t in analyse_query(query):
             hit = self._postings.get(t)
             if hit is not None:
                 out[hit[0]] += hit[1]

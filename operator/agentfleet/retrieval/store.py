@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from .analysis import terms
+from .analysis import query_terms, terms
 from .filters import GROUPS_FIELD_MAX, TENANT_FIELD_MAX, Principal, for_principal
 
 __all__ = ["Hit", "MilvusStore", "StoreError", "is_lite_uri", "OUTPUT_FIELDS", "BM25_FIELD"]
@@ -277,7 +277,7 @@ class MilvusStore:
         if not self.full_text:
             raise StoreError(f"collection {self.collection} has no BM25 field (re-create it for full-text search)")
         self.load()
-        data = [terms(q) or q for q in queries]  # a query of stop words only: the engine finds nothing either way
+        data = [query_terms(q) or q for q in queries]  # only stop words: the engine finds nothing either way
         res = self.client.search(self.collection, data=data, anns_field=BM25_FIELD, filter=expr, limit=k,
                                  output_fields=list(fields), search_params={"metric_type": "BM25"})
         # milvus-lite 3.2.2 reports a BM25 score negated (its "smaller is closer"), Milvus as is: BM25 is >= 0.

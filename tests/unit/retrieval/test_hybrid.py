@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agentfleet.retrieval.analysis import analyse, terms
+from agentfleet.retrieval.analysis import analyse, query_terms, terms
 from agentfleet.retrieval.cache import RetrievalCache
 from agentfleet.retrieval.filters import Principal, stored_access
 from agentfleet.retrieval.fusion import DENSE_WEIGHT, weighted_fusion
@@ -50,6 +50,26 @@ def test_weighted_fusion_is_the_one_the_bench_measures():
 def test_candidates_and_terms():
     assert candidates(1) == 30 and candidates(10) == 30 and candidates(30) == 90
     assert terms("The Frobnicators are configured, and it works!") == "frobnicator configured work"
+    # A query drops a question's scaffolding; documents keep every word; a query of scaffolding only keeps it.
+    assert query_terms("How many vacation days do I get?") == "vacation day"
+    assert query_terms("Why does my function raise RecursionError?") == "function raise recursionerror"
+    assert terms("Where do I get a badge?") == "where do i get badge"
+    assert query_terms("How do I?") == "how do i"
+
+
+def test_question_scaffolding_does_not_outrank_the_topic(tmp_path):
+    # Found on the example corpus: "do", "I" and "get" are rare there, so an office FAQ full of "do I" outranked the
+    # vacation policy in BM25 (and second in hybrid), and the small model answered from the FAQ.
+    with MilvusStore(str(tmp_path / "q.db"), "docs") as s:
+        assert s.ensure_collection(dimension=DIM) is True
+        rows = [_row("faq", _e(1), "Where do I park? Can I bring a guest? Do I get lunch? Where do I get a badge?"),
+                _row("vacation", _e(2), "Employees earn 25 vacation days per year.")]
+        rows += [_row(f"f{i}", _e(3 + i % 4), f"Expense claims within {i} days, receipts for meals.") for i in range(6)]
+        s.upsert(rows)
+        s.flush()
+        top = s.search_text(["How many vacation days do I get?"], ACME, k=3)[0]
+        assert top[0].id == "vacation" and "faq" not in [h.id for h in top[:2]]
+        assert s.search_text(["Where do I park?"], ACME, k=1)[0][0].id == "faq"
 
 
 class _Fixed:
