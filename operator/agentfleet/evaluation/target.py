@@ -1,9 +1,8 @@
 """What the evaluator knows about the app besides its HTTP API: the corpus (who may read each source, resolved by
 the ingest pipeline's own access rules, the text of the sources a case forbids, and whether a permitted source
-states a phrase too), the index searched directly
-as each case's principal, and, with `-f APP.yaml`, the app itself, started on free ports exactly as `agentfleet up`
-starts it (local.plan + local.up in a background thread) and stopped again before the direct search takes the
-index's file lock."""
+states a phrase too), the index searched directly as each case's principal, and, with `-f APP.yaml`, the app
+itself, started on free ports exactly as `agentfleet up` starts it (local.plan + local.up in a background thread)
+and stopped again before the direct search takes the index's file lock."""
 
 from __future__ import annotations
 
