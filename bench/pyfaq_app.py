@@ -16,8 +16,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -25,6 +23,7 @@ import yaml
 from agentfleet.api.runtime_config import RuntimeConfig
 from agentfleet.local import engine as eng
 from agentfleet.local.plan import plan_up
+from agentfleet.local.up import wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PROMPT = ("You answer questions about Python from the documentation passages the retrieve tool returns, and "
@@ -56,21 +55,6 @@ def runtime_config(d: Path, run_dir: Path, engine_url: str) -> RuntimeConfig:
     return RuntimeConfig.model_validate(wire)
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the runtime exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"{url} not ready after {timeout_s:.0f}s")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", required=True, type=Path, help="an `agentfleet eval prepare pyfaq` directory")
@@ -97,7 +81,8 @@ def main() -> int:
         runtime = subprocess.Popen([sys.executable, "-m", "agentfleet.cli", "serve", "--config",
                                     str(out / "runtime.yaml"), "--port", str(port), "--state-dir", str(out)],
                                    stdout=(out / "runtime.log").open("w"), stderr=subprocess.STDOUT)
-        _wait(f"http://127.0.0.1:{port}/readyz", runtime, 300)
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=300, proc=runtime, log_path=out / "runtime.log",
+                  what="the runtime")
         got = _agentfleet("eval", "--suite", str(suite), "--url", f"http://127.0.0.1:{port}", "--keys",
                           str(d / "keys.yaml"), "--corpus", str(d / "corpus"), "--index", str(d / "index.db"),
                           "--collection", "documents", "--concurrency", str(args.concurrency), "--report", str(out),

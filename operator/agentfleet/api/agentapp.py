@@ -4,7 +4,7 @@ delegate to sub-agents, reflect) over retrieval that only returns what the calle
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator
 
@@ -22,6 +22,7 @@ __all__ = [
 BuiltinTool = Literal["retrieve", "delegate", "calculator"]
 ModelRole = Literal["large", "small"]
 RetrievalMode = Literal["hybrid", "dense", "bm25"]
+RETRIEVAL_MODES: tuple[str, ...] = get_args(RetrievalMode)
 
 
 class FleetRoles(Model):

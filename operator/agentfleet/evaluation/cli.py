@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..api.agentapp import RETRIEVAL_MODES
+
 __all__ = ["add_parsers", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_UNREACHABLE", "JUDGE_KEY_ENV"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -68,7 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--k", type=int, default=10, help="also report recall@k (recall@10 and nDCG@10 are always reported)")
     e.add_argument("--embedder", default="all-minilm-l6-v2", help="the embedder the index was built with")
     e.add_argument("--embedding-model")
-    e.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None,
+    e.add_argument("--mode", choices=RETRIEVAL_MODES, default=None,
                    help="how the index is searched (retrieval-only, and the direct search with --url): hybrid "
                         "(dense + BM25: the default, as the runtime's), dense or bm25; with -f the app's "
                         "spec.index.mode")

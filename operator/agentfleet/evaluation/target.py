@@ -72,11 +72,14 @@ class CorpusAccess:
         """Whether some document `principal` may read contains a normalised phrase (scoring's shingles): quoting
         text that a permitted document states too is no leak. Scans the corpus only for the rare phrase that an
         answer shares with a forbidden document."""
-        permitted = self.permitted(principal)
+        texts: list[str] = []
 
         def check(phrase: str) -> bool:
+            if not texts:
+                permitted = self.permitted(principal)
+                texts.extend(t for s, t in self._normalised.items() if permitted(s))
             needle = f" {phrase} "
-            return any(needle in text for source, text in self._normalised.items() if permitted(source))
+            return any(needle in text for text in texts)
 
         return check
 

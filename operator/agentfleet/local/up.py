@@ -23,7 +23,7 @@ from .. import render
 from ..ingest.corpus import materialise_configmap
 from .plan import UpPlan
 
-__all__ = ["run_up", "ingest_command", "UpFailed"]
+__all__ = ["run_up", "ingest_command", "UpFailed", "wait_http"]
 
 
 class UpFailed(RuntimeError):
@@ -47,7 +47,7 @@ def ingest_command(plan: UpPlan, source_dir: Path) -> list[str]:
     return [sys.executable, "-m", "agentfleet.cli", "ingest", *args]
 
 
-def _wait_http(url: str, *, timeout_s: float, proc: subprocess.Popen[bytes], log_path: Path, what: str) -> None:
+def wait_http(url: str, *, timeout_s: float, proc: subprocess.Popen[bytes], log_path: Path, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -150,7 +150,7 @@ def run_up(plan: UpPlan, *, say: Callable[[str], None] = print, stop: threading.
                           "--host", "127.0.0.1", "--port", str(plan.runtime_port),
                           "--state-dir", str(plan.run_dir / "state")], log_path, env=env)
         procs.append(("runtime", runtime, log_path))
-        _wait_http(f"http://127.0.0.1:{plan.runtime_port}/readyz", timeout_s=runtime_timeout_s, proc=runtime,
+        wait_http(f"http://127.0.0.1:{plan.runtime_port}/readyz", timeout_s=runtime_timeout_s, proc=runtime,
                    log_path=log_path, what="the runtime")
         key = next(iter(yaml.safe_load(plan.keys_yaml) or {}), "KEY")
         say("")

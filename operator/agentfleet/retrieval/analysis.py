@@ -18,6 +18,7 @@ STOP_WORDS = frozenset("a an and are as at be but by for if in into is it no not
 QUESTION_WORDS = frozenset("what which who whom whose when where why how i me my mine we us our you your he him his she her "
                            "its them do does did done can could would should shall may might must have has had am "
                            "were been being many much get gets got".split())
+_QUERY_DROP = STOP_WORDS | QUESTION_WORDS
 _WORD = re.compile(r"\w+")
 
 
@@ -32,9 +33,9 @@ def s_stem(word: str) -> str:
     return word
 
 
-def analyse(text: str) -> list[str]:
-    """Lower-cased word tokens, stop words dropped, S-stemmed."""
-    return [s_stem(w) for w in _WORD.findall(text.lower()) if w not in STOP_WORDS]
+def analyse(text: str, drop: frozenset[str] = STOP_WORDS) -> list[str]:
+    """Lower-cased word tokens, the `drop` words (stop words) dropped, S-stemmed."""
+    return [s_stem(w) for w in _WORD.findall(text.lower()) if w not in drop]
 
 
 def terms(text: str) -> str:
@@ -46,8 +47,7 @@ def terms(text: str) -> str:
 def analyse_query(text: str) -> list[str]:
     """A query's terms: `analyse`, then the question's scaffolding (QUESTION_WORDS) dropped; a query that is nothing
     but scaffolding keeps its analysed terms."""
-    kept = [s_stem(w) for w in _WORD.findall(text.lower()) if w not in STOP_WORDS and w not in QUESTION_WORDS]
-    return kept or analyse(text)
+    return analyse(text, _QUERY_DROP) or analyse(text)
 
 
 def query_terms(text: str) -> str:

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..api.agentapp import RETRIEVAL_MODES
+
 __all__ = ["add_parsers", "add_bench_parsers", "TERMINATION_LOG", "DEFAULT_COLLECTION"]
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -56,7 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--embedder", default="all-minilm-l6-v2")
     s.add_argument("--embedding-model")
-    s.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None,
+    s.add_argument("--mode", choices=RETRIEVAL_MODES, default=None,
                    help="hybrid: dense + BM25 fused (default); dense: vector search only; bm25: full-text only")
     s.add_argument("--json", action="store_true", help="print a JSON list of hits")
     s.set_defaults(func=_cmd_search)

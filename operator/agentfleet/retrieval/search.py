@@ -10,8 +10,8 @@ dense only."""
 
 from __future__ import annotations
 
-from typing import Literal
-
+from ..api.agentapp import RETRIEVAL_MODES
+from ..api.agentapp import RetrievalMode as Mode
 from .cache import RetrievalCache, cache_key, normalise_query
 from .embedders import Embedder
 from .filters import Principal
@@ -20,7 +20,6 @@ from .store import Hit, MilvusStore
 
 __all__ = ["Retriever", "Mode", "DEFAULT_MODE", "candidates", "fuse"]
 
-Mode = Literal["hybrid", "dense", "bm25"]
 DEFAULT_MODE: Mode = "hybrid"
 
 
@@ -33,7 +32,7 @@ class Retriever:
     def __init__(self, store: MilvusStore, embedder: Embedder, *, cache: RetrievalCache | None = None,
                  mode: Mode | None = None, dense_weight: float = DENSE_WEIGHT) -> None:
         mode = mode or DEFAULT_MODE
-        if mode not in ("hybrid", "dense", "bm25"):
+        if mode not in RETRIEVAL_MODES:
             raise ValueError(f"unknown retrieval mode {mode!r}")
         self.store, self.embedder, self.cache = store, embedder, cache
         self.requested_mode, self.dense_weight = mode, dense_weight
