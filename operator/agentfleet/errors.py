@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Problem", "AgentfleetError", "SpecError", "DependencyMissing", "UpstreamError", "UpstreamTimeout",
-           "BudgetExhausted", "AuthenticationFailed", "InvalidRequest", "LedgerError", "ReservationNotFound",
+           "BudgetExhausted", "AuthenticationFailed", "InvalidRequest", "LedgerError", "StateUnavailable", "ReservationNotFound",
            "ReservationClosed", "HttpError", "http_error"]
 
 
@@ -110,6 +110,12 @@ class LedgerError(AgentfleetError):
     reason = "LedgerError"
 
 
+class StateUnavailable(AgentfleetError):
+    """The durable state store (Redis) cannot be reached: nothing was written; the client may retry (503)."""
+
+    reason = "StateUnavailable"
+
+
 class ReservationNotFound(LedgerError):
     reason = "ReservationNotFound"
 
@@ -148,6 +154,8 @@ def http_error(exc: BaseException) -> HttpError:
         return HttpError(504, _body(str(exc), "server_error", "upstream_timeout"))
     if isinstance(exc, UpstreamError):
         return HttpError(502, _body(str(exc), "server_error", "upstream_error"))
+    if isinstance(exc, StateUnavailable):
+        return HttpError(503, _body(str(exc), "server_error", "state_unavailable"), {"Retry-After": "2"})
     if isinstance(exc, DependencyMissing):
         return HttpError(503, _body(str(exc), "server_error", "dependency_missing"), {"Retry-After": "5"})
     return HttpError(500, _body("internal error; the server log has the details", "server_error",

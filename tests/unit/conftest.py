@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -16,6 +22,8 @@ from agentfleet.names import (
     API_VERSION, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, LABEL_PART_OF, MANAGED_BY,
 )
 from agentfleet.render import Defaults
+from agentfleet.state.redis import RedisStore
+from agentfleet.state.sqlite import SqliteStore
 
 NS = "team-a"
 UID = "6f1c2a9e-0d3b-4c1e-9a7f-2b8d5e4c3a10"
@@ -201,3 +209,89 @@ class Kit:
 @pytest.fixture(scope="session")
 def kit() -> Kit:
     return Kit()
+
+# --- durable state backends (agentfleet.state) -------------------------------------------------------------------
+# Every test that takes `store_factory` runs once on SQLite (a temp file) and once on a real redis-server (Debian's
+# package, installed by e2e/redis/install.sh when missing, started on a free 127.0.0.1 port with a temp dir; skipped
+# with the installer's reason only when it cannot be installed). The ledger's and the runs' suites share them.
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALLER = REPO / "e2e" / "redis" / "install.sh"
+
+
+def _redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    proc = subprocess.run(["bash", str(INSTALLER)], capture_output=True, text=True, timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        pytest.skip(f"redis-server unavailable: {INSTALLER.name} exited {proc.returncode}: "
+                    f"{proc.stderr.strip().splitlines()[-1:] or 'no output'}")
+    return lines[-1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = _redis_binary()
+    workdir = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir), "--save", "",
+         "--appendonly", "no", "--protected-mode", "yes", "--logfile", str(workdir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
+    deadline = time.monotonic() + 20
+    while True:  # a readiness poll of a real server, bounded by a deadline
+        try:
+            if client.ping():
+                break
+        except redis.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log = (workdir / "redis.log").read_text() if (workdir / "redis.log").exists() else ""
+            pytest.fail(f"redis-server did not start on port {port}: {log[-500:]}")
+        time.sleep(0.05)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+StoreFactory = Callable[[], "SqliteStore | RedisStore"]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Makes stores that share one ledger (one file, or one Redis prefix): each is what one replica opens."""
+    made: list[SqliteStore | RedisStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "ledger.db"
+
+        def make() -> SqliteStore | RedisStore:
+            made.append(SqliteStore(path))
+            return made[-1]
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = f"test:{uuid.uuid4().hex}:"
+
+        def make() -> SqliteStore | RedisStore:
+            made.append(RedisStore(url, prefix=prefix))
+            return made[-1]
+    make.backend = request.param  # type: ignore[attr-defined]
+    make.spec = str(path) if request.param == "sqlite" else (url, prefix)  # type: ignore[attr-defined]
+    yield make
+    for s in made:
+        s.close()

@@ -1,4 +1,4 @@
-"""The reservation rules over a whole task tree, written once for every backend. A backend only supplies an
+"""The reservation rules over a whole task tree, written once for every backend. A backend (agentfleet.state) only supplies an
 atomic transaction over JSON records (`Store.transact`); everything here reads records, decides and writes them
 back inside that transaction, so SQLite and Redis behave identically by construction.
 
@@ -22,10 +22,11 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ..errors import AgentfleetError, BudgetExhausted, ReservationClosed, ReservationNotFound
 from ..status import window_bounds
+from ..state.txn import Store, Txn
 from .accounts import Account, Limits
 from .money import Amount, micro_to_usd
 
@@ -39,22 +40,6 @@ OPEN, SETTLED, RELEASED, EXPIRED = "open", "settled", "released", "expired"
 DEFAULT_HOLD_TTL_S = 900.0
 # Closed holds and finished tasks' counters are kept this long (for late settles and audit), then dropped.
 RETAIN_S = 7 * 86400.0
-
-
-class Txn(Protocol):
-    """One atomic transaction of a backend. Reads see the state at the transaction's start plus nothing else's
-    writes; if another writer commits in between, the backend aborts and runs the whole function again."""
-
-    def get(self, key: str) -> dict[str, Any] | None: ...
-    def put(self, key: str, value: dict[str, Any], *, ttl_s: float | None) -> None: ...
-    def expired_roots(self, account: str, now_s: float) -> list[str]: ...
-    def track_root(self, account: str, hold_id: str, expires_s: float) -> None: ...
-    def untrack_root(self, account: str, hold_id: str) -> None: ...
-
-
-class Store(Protocol):
-    def transact(self, fn: Callable[[Txn], T], *, now_s: float) -> T: ...
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -168,6 +153,11 @@ def _window_key(account: str, window: str) -> str:
     return f"win:{account}:{window}"
 
 
+def _open_index(account: str) -> str:
+    """The account's open root holds by expiry: the reaper's index."""
+    return f"open:{account}"
+
+
 def _task_key(account: str, task: str) -> str:
     return f"task:{account}:{task}"
 
@@ -246,7 +236,7 @@ def _close(s: _Session, h: _Hold, actual: Amount, state: str) -> Settlement:
         if not chain:
             win.out = (win.out - old).floor0()
             task.out = (task.out - old).floor0()
-            s.txn.untrack_root(h.account, h.id)
+            s.txn.unschedule(_open_index(h.account), h.id)
         else:
             chain[0].kids = (chain[0].kids - old).floor0()
             for i, anc in enumerate(chain):
@@ -271,16 +261,16 @@ def _close(s: _Session, h: _Hold, actual: Amount, state: str) -> Settlement:
 
 
 def _reap(s: _Session, account: str) -> None:
-    for hold_id in s.txn.expired_roots(account, s.now_s):
+    for hold_id in s.txn.due(_open_index(account), s.now_s):
         try:
             h = s.hold(hold_id)
         except ReservationNotFound:
-            s.txn.untrack_root(account, hold_id)
+            s.txn.unschedule(_open_index(account), hold_id)
             continue
         if h.state == OPEN:
             _close(s, h, Amount(), EXPIRED)
         else:
-            s.txn.untrack_root(account, hold_id)
+            s.txn.unschedule(_open_index(account), hold_id)
 
 
 def _money(micro: int) -> str:
@@ -340,7 +330,7 @@ def _reserve_root(s: _Session, account: Account, estimate: Amount, *, task_id: s
         raise err
     win.out += estimate
     task.out += estimate
-    s.txn.track_root(account.key, hold_id, s.now_s + ttl_s)
+    s.txn.schedule(_open_index(account.key), hold_id, s.now_s + ttl_s)
     s.touch(h)
     return h.reservation()
 

@@ -13,8 +13,8 @@ import pytest
 
 from agentfleet.errors import BudgetExhausted
 from agentfleet.ledger import Account, Amount, Ledger, Limits
-from agentfleet.ledger.redis_store import RedisStore
-from agentfleet.ledger.sqlite_store import SqliteStore
+from agentfleet.state.redis import RedisStore
+from agentfleet.state.sqlite import SqliteStore
 
 T0 = dt.datetime(2025, 3, 10, 12, 0, tzinfo=dt.timezone.utc)
 LIMIT_TOKENS, LIMIT_MICRO = 1000, 10_000

@@ -1,4 +1,4 @@
-"""The shared ledger backend for an AgentApp with several replicas: one Redis. Atomicity is optimistic (WATCH /
+"""The shared state backend for an AgentApp with several replicas: one Redis. Atomicity is optimistic (WATCH /
 MULTI / EXEC): a transaction WATCHes every key it reads, decides in Python (the same rules as SQLite, in
 book.py), and EXEC applies its writes only if none of those keys changed meanwhile; otherwise it runs again after
 a short randomised backoff. One implementation of the rules for both backends was chosen over a Lua port; if
@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 import redis
 from redis.client import Pipeline
 
-from ..errors import LedgerError
+from ..errors import LedgerError, StateUnavailable
 
 __all__ = ["RedisStore"]
 
@@ -42,21 +42,22 @@ class _Txn:
             ms = max(int(ttl_s * 1000), 1)
             self.writes.append(lambda p: p.set(k, v, px=ms))
 
-    def _open_key(self, account: str) -> str:
-        return f"{self.prefix}open:{account}"
+    def delete(self, key: str) -> None:
+        k = self.prefix + key
+        self.writes.append(lambda p: p.delete(k))
 
-    def expired_roots(self, account: str, now_s: float) -> list[str]:
-        k = self._open_key(account)
+    def due(self, index: str, now_s: float) -> list[str]:
+        k = self.prefix + index
         self.pipe.watch(k)
         return list(self.pipe.zrangebyscore(k, "-inf", now_s))
 
-    def track_root(self, account: str, hold_id: str, expires_s: float) -> None:
-        k = self._open_key(account)
-        self.writes.append(lambda p: p.zadd(k, {hold_id: expires_s}))
+    def schedule(self, index: str, member: str, at_s: float) -> None:
+        k = self.prefix + index
+        self.writes.append(lambda p: p.zadd(k, {member: at_s}))
 
-    def untrack_root(self, account: str, hold_id: str) -> None:
-        k = self._open_key(account)
-        self.writes.append(lambda p: p.zrem(k, hold_id))
+    def unschedule(self, index: str, member: str) -> None:
+        k = self.prefix + index
+        self.writes.append(lambda p: p.zrem(k, member))
 
 
 class RedisStore:
@@ -82,6 +83,9 @@ class RedisStore:
                     return result
                 except redis.WatchError:
                     pass
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    # Nothing was committed (EXEC is all or nothing): the caller may retry the whole request.
+                    raise StateUnavailable(f"the state store (Redis) is unreachable: {type(e).__name__}") from None
             # Randomised, growing backoff so racing replicas stop colliding in lockstep.
             time.sleep(random.uniform(0, min(0.0005 * (attempt + 1), 0.02)))
         raise LedgerError(f"ledger transaction gave up after {self.max_attempts} conflicting attempts")

@@ -1,4 +1,4 @@
-"""The embedded ledger backend: one SQLite file for one replica, or several processes on one machine. Every
+"""The embedded state backend: one SQLite file for one replica, or several processes on one machine. Every
 transaction is `BEGIN IMMEDIATE` (the write lock is taken before the first read, so read-decide-write cannot
 interleave with another writer, in this process or another), the journal is WAL (readers never block the writer)
 and a busy timeout makes a waiting writer queue instead of failing. synchronous=NORMAL: in WAL mode a power cut
@@ -20,9 +20,9 @@ T = TypeVar("T")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_s REAL)",
     "CREATE INDEX IF NOT EXISTS records_expiry ON records (expires_s) WHERE expires_s IS NOT NULL",
-    "CREATE TABLE IF NOT EXISTS open_roots (account TEXT NOT NULL, hold_id TEXT NOT NULL, expires_s REAL NOT NULL,"
-    " PRIMARY KEY (account, hold_id))",
-    "CREATE INDEX IF NOT EXISTS open_roots_expiry ON open_roots (account, expires_s)",
+    "CREATE TABLE IF NOT EXISTS schedule (idx TEXT NOT NULL, member TEXT NOT NULL, at_s REAL NOT NULL,"
+    " PRIMARY KEY (idx, member))",
+    "CREATE INDEX IF NOT EXISTS schedule_due ON schedule (idx, at_s)",
 )
 
 
@@ -42,17 +42,20 @@ class _Txn:
         self.conn.execute("INSERT OR REPLACE INTO records (key, value, expires_s) VALUES (?, ?, ?)",
                           (key, json.dumps(value, separators=(",", ":")), expires))
 
-    def expired_roots(self, account: str, now_s: float) -> list[str]:
-        rows = self.conn.execute("SELECT hold_id FROM open_roots WHERE account = ? AND expires_s <= ?",
-                                 (account, now_s)).fetchall()
+    def delete(self, key: str) -> None:
+        self.conn.execute("DELETE FROM records WHERE key = ?", (key,))
+
+    def due(self, index: str, now_s: float) -> list[str]:
+        rows = self.conn.execute("SELECT member FROM schedule WHERE idx = ? AND at_s <= ? ORDER BY at_s",
+                                 (index, now_s)).fetchall()
         return [r[0] for r in rows]
 
-    def track_root(self, account: str, hold_id: str, expires_s: float) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO open_roots (account, hold_id, expires_s) VALUES (?, ?, ?)",
-                          (account, hold_id, expires_s))
+    def schedule(self, index: str, member: str, at_s: float) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO schedule (idx, member, at_s) VALUES (?, ?, ?)",
+                          (index, member, at_s))
 
-    def untrack_root(self, account: str, hold_id: str) -> None:
-        self.conn.execute("DELETE FROM open_roots WHERE account = ? AND hold_id = ?", (account, hold_id))
+    def unschedule(self, index: str, member: str) -> None:
+        self.conn.execute("DELETE FROM schedule WHERE idx = ? AND member = ?", (index, member))
 
 
 class SqliteStore:

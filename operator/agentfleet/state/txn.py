@@ -1,0 +1,26 @@
+"""The store interface every backend implements and every set of rules is written over (pure: no I/O here)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, TypeVar
+
+__all__ = ["Txn", "Store"]
+
+T = TypeVar("T")
+
+
+class Txn(Protocol):
+    """One atomic transaction. Reads see the state at the transaction's start plus its own writes to indexes
+    only after commit; if another writer commits in between, the backend runs the whole function again."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+    def put(self, key: str, value: dict[str, Any], *, ttl_s: float | None) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def due(self, index: str, now_s: float) -> list[str]: ...
+    def schedule(self, index: str, member: str, at_s: float) -> None: ...
+    def unschedule(self, index: str, member: str) -> None: ...
+
+
+class Store(Protocol):
+    def transact(self, fn: Callable[[Txn], T], *, now_s: float) -> T: ...
+    def close(self) -> None: ...
