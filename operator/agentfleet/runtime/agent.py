@@ -46,10 +46,10 @@ from ..retrieval.filters import Principal
 from .actions import FINAL, Action, Malformed, ToolSchema, action_schema, parse_action, response_format
 from .pricing import prompt_token_bound
 from .routing import StepKind, choose_role
-from .tools import CALCULATOR, RETRIEVE, CalculatorError, CitationBook, calculate, format_hits
+from .tools import CALCULATOR, RETRIEVE, CalculatorError, Citation, CitationBook, calculate, format_hits
 
-__all__ = ["StopReason", "Completion", "ModelCall", "CallBudget", "ExternalTools", "ToolFailed", "TaskContext",
-           "AgentSpec", "Step",
+__all__ = ["StopReason", "Completion", "Meter", "ModelCall", "CallBudget", "ExternalTools", "ToolFailed",
+           "TaskContext", "AgentSpec", "Step", "Resume",
            "AgentResult", "run_agent", "build_tools", "answer_messages", "DELEGATE_NAME", "ACTION_MAX_TOKENS",
            "ANSWER_MAX_TOKENS", "ANSWER_STOP", "ANSWER_PASSAGES", "NO_MODEL", "MAX_TOOL_ERRORS"]
 
@@ -116,18 +116,48 @@ def _last_question(messages: Sequence[Mapping[str, Any]]) -> str:
 
 @dataclass(frozen=True)
 class Completion:
+    """One model call's answer. The token counts are what the engine reported over all the call's attempts (a
+    call retried after a mid-stream failure counts both); `note` says what a retry changed, when one did."""
+
     text: str
     prompt_tokens: int
     completion_tokens: int
     model: str
     tool_calls: tuple[Mapping[str, Any], ...] = ()
+    attempts: int = 1
+    note: str = ""
+
+
+@dataclass
+class Meter:
+    """What the engine reported so far for one model call, across attempts, kept current by the ModelCall while
+    the call runs, so that a call that ends any way (answer, exception, cancellation, deadline) is charged what
+    was produced. Where the engine reports no running usage (llm-d-inference-sim reports it only at the end of
+    a stream) each content delta counts one completion token and an attempt's prompt is taken from the first
+    usage the engine reports for the same prompt; an attempt that produced output while no prompt count is known
+    is counted in `unreported_prompts`, and the caller charges its own prompt bound for each."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0  # requests sent to the engine for this call
+    unreported_prompts: int = 0
+    model: str = ""  # the model that answered, once known
+
+    @property
+    def has_output(self) -> bool:
+        """True once the engine is known to have produced something (a reported count or a streamed delta)."""
+        return self.prompt_tokens > 0 or self.completion_tokens > 0 or self.unreported_prompts > 0
+
+    def charge(self, prompt_bound: int) -> tuple[int, int]:
+        """(prompt, completion) tokens to charge: each attempt whose prompt count is unknown at `prompt_bound`."""
+        return self.prompt_tokens + self.unreported_prompts * prompt_bound, self.completion_tokens
 
 
 class ModelCall(Protocol):
     def __call__(self, role: ModelRole, messages: Sequence[Mapping[str, Any]], *,
                  response_format: Mapping[str, Any] | None, max_tokens: int, session_id: str, timeout_s: float,
                  on_delta: Callable[[str], Awaitable[None]] | None = None,
-                 stop: Sequence[str] = ()) -> Awaitable[Completion]: ...
+                 stop: Sequence[str] = (), meter: Meter | None = None) -> Awaitable[Completion]: ...
 
 
 class CallBudget(Protocol):
@@ -176,6 +206,8 @@ class TaskContext:
     retrieve_first: bool = True  # search for the question before the first model call (when retrieve is a tool)
     answer_passages: int = ANSWER_PASSAGES  # passages restated in the answer step's prompt
     max_tool_errors: int = MAX_TOOL_ERRORS  # tool errors (or searches finding nothing new) in a row: tool use ends
+    resume: Resume | None = None  # the recorded state of a run another replica started (the root agent resumes it)
+    idempotent_tools: frozenset[str] = frozenset({"retrieve", "calculator"})  # an interrupted call may run again
 
     def remaining_s(self) -> float:
         return self.deadline_s - self.clock()
@@ -227,6 +259,26 @@ class Step:
         if self.sub_agents:
             out["sub_agents"] = self.sub_agents
         return out
+
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Step:
+        return cls(n=int(d["n"]), agent=d["agent"], kind=d["kind"], role=d["role"], model=d.get("model") or "",
+                   action=d.get("action"), arguments=d.get("arguments"), observation=d.get("observation"),
+                   error=d.get("error"), prompt_tokens=int(d.get("prompt_tokens") or 0),
+                   completion_tokens=int(d.get("completion_tokens") or 0),
+                   cost_micro_usd=round(float(d.get("cost_usd") or 0) * 1e6), seconds=float(d.get("seconds") or 0),
+                   route_reason=d.get("route") or "", sub_agents=list(d.get("sub_agents") or []))
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a replica taking a run over rebuilds the root agent from: its checkpoints in order (each carries the
+    messages and steps appended since the one before, and the loop's state at that point) and a tool call that
+    was started after the last checkpoint and never recorded as done (the replica died while it ran)."""
+
+    checkpoints: tuple[Mapping[str, Any], ...]
+    pending_tool: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -336,6 +388,72 @@ class _Agent:
         self.tool_errors = 0  # in a row
         self.idle = 0  # retrieve calls in a row that found no passage this agent had not seen
         self.detail = ""  # why tool use was stopped, when it was
+        self.repairs = 0  # malformed replies in a row
+        self.failed_role: ModelRole | None = None  # the role that failed and was escalated from
+        self.answering: str | None = None  # once the answer step is next: why tool use ended ("" cheap-first)
+        self.fallback: str | None = None  # the small model's answer, standing if the answer step fails
+        self.final: str | None = None  # the answer, once written
+        self.pending: dict[str, Any] | None = None  # the tool call running now (recorded before it runs)
+        # Checkpoints (root agent of a recorded run only): what was appended since the last one, and its signature.
+        self.mark_messages, self.mark_steps, self.mark_sig = len(self.messages), 0, None
+        self.is_resumed = False
+        if spec.depth == 0 and ctx.resume is not None and ctx.resume.checkpoints:
+            self._restore(ctx.resume)
+            self.message_bytes = system_bytes + sum(_message_bytes(m) for m in self.messages[1:])
+            self.counted = len(self.messages)
+
+    # --- checkpoints: the root agent's state, recorded so another replica can continue the run ---------------
+    def _state(self) -> dict[str, Any]:
+        ctx = self.ctx
+        return {"calls": self.calls, "partial": self.partial, "observed": self.observed,
+                "passages": {str(k): v for k, v in self.passages.items()}, "results": list(self.results),
+                "last_call": list(self.last_call) if self.last_call else None, "tool_errors": self.tool_errors,
+                "idle": self.idle, "detail": self.detail, "repairs": self.repairs, "failed_role": self.failed_role,
+                "answering": self.answering, "fallback": self.fallback, "final": self.final,
+                "pending": self.pending,
+                "ctx": {"tokens_used": ctx.tokens_used, "cost_micro_usd": ctx.cost_micro_usd,
+                        "models_used": ctx.models_used, "citations": ctx.citations.wire()}}
+
+    async def _checkpoint(self) -> None:
+        """Record what changed since the last checkpoint (append-only deltas: the prompt is rebuilt exactly)."""
+        if self.spec.depth != 0 or self.ctx.emit is None:
+            return
+        state = self._state()
+        sig = json.dumps([len(self.messages), len(self.steps), state], sort_keys=True, default=str)
+        if sig == self.mark_sig:
+            return
+        await self.ctx.emit({"type": "checkpoint", "messages": self.messages[self.mark_messages:],
+                             "steps": [st.wire() for st in self.steps[self.mark_steps:]], "state": state})
+        self.mark_messages, self.mark_steps, self.mark_sig = len(self.messages), len(self.steps), sig
+
+    def _restore(self, resume: Resume) -> None:
+        for cp in resume.checkpoints:
+            self.messages.extend(dict(m) for m in cp["messages"])
+            self.steps.extend(Step.from_wire(w) for w in cp["steps"])
+        st, ctx = resume.checkpoints[-1]["state"], self.ctx
+        self.calls, self.partial, self.observed = int(st["calls"]), st["partial"], bool(st["observed"])
+        self.passages = {int(k): v for k, v in st["passages"].items()}
+        self.results = list(st["results"])
+        self.last_call = tuple(st["last_call"]) if st.get("last_call") else None  # type: ignore[assignment]
+        self.tool_errors, self.idle, self.detail = int(st["tool_errors"]), int(st["idle"]), st["detail"]
+        self.repairs, self.failed_role = int(st["repairs"]), st.get("failed_role")
+        self.answering, self.final, self.pending = st.get("answering"), st.get("final"), st.get("pending")
+        self.fallback = st.get("fallback")
+        c = st["ctx"]
+        ctx.tokens_used, ctx.cost_micro_usd = int(c["tokens_used"]), int(c["cost_micro_usd"])
+        ctx.models_used = {k: dict(v) for k, v in c["models_used"].items()}
+        ctx.citations = CitationBook({w["id"]: Citation(int(w["n"]), w["id"], w["source"], w["title"],
+                                                        tuple(w["headings"]), float(w["score"]))
+                                      for w in c["citations"]})
+        self.mark_messages, self.mark_steps = len(self.messages), len(self.steps)
+        self.is_resumed = True
+
+    def _is_idempotent(self, tool: str) -> bool:
+        """Whether an interrupted call of `tool` may run again: delegation is, when every sub-agent's tools are."""
+        safe = self.ctx.idempotent_tools
+        if tool == DELEGATE_NAME:
+            return all(set(a.tools) <= safe for a in self.ctx.sub_agents.values())
+        return tool in safe
 
     # --- one model call under the caps and the budget ----------------------------------------------------
     def _check_caps(self) -> None:
@@ -371,26 +489,47 @@ class _Agent:
             hold = await self.budget.reserve(step.role, prompt_tokens=prompt_bound, max_tokens=max_tokens)  # type: ignore[arg-type]
         except BudgetExhausted as e:
             raise _Stop("budget_exhausted", str(e)) from None
+        # Every exit path settles: the call is charged what the engine reported producing (the meter, kept current
+        # by the ModelCall as the answer streams, over all its attempts), the rest of the hold goes back; a call
+        # that produced nothing is released. Ledger writes are shielded so a cancellation cannot cut them off.
+        meter = Meter()
         try:
             async with asyncio.timeout(timeout_s):
                 c = await ctx.model(step.role, list(messages), response_format=fmt,  # type: ignore[arg-type]
                                     max_tokens=max_tokens, session_id=self.session_id, timeout_s=timeout_s,
-                                    on_delta=self.on_delta if stream else None,
+                                    on_delta=self.on_delta if stream else None, meter=meter,
                                     **({"stop": tuple(stop)} if stop else {}))
         except BaseException as e:
-            await asyncio.shield(self.budget.release(hold))
+            if meter.has_output:  # client gone, deadline, cancel or failure after the engine produced tokens
+                prompt, completion = meter.charge(prompt_bound)
+                await self._settle(step, hold, Completion("", prompt, completion, meter.model or step.role,
+                                                          attempts=meter.attempts), started)
+            else:
+                await asyncio.shield(self.budget.release(hold))
             # The call's timeout is the task's remaining time, so a timed-out call is the deadline.
             if isinstance(e, (asyncio.TimeoutError, TimeoutError, UpstreamTimeout)):
                 raise _Stop("deadline", f"reached the deadline ({limits.deadline_seconds}s)") from None
             raise
-        if c.prompt_tokens <= 0:  # a server that reports no usage is charged the bound, never nothing
-            c = Completion(c.text, prompt_bound, c.completion_tokens or max_tokens, c.model, c.tool_calls)
-        cost = await self.budget.settle(hold, step.role, prompt_tokens=c.prompt_tokens,  # type: ignore[arg-type]
-                                        completion_tokens=c.completion_tokens)
-        ctx.record(c, cost)
-        step.model, step.prompt_tokens, step.completion_tokens = c.model, c.prompt_tokens, c.completion_tokens
-        step.cost_micro_usd, step.seconds = cost, ctx.clock() - started
+        if meter.attempts:
+            prompt, completion = meter.charge(prompt_bound)
+        elif c.prompt_tokens > 0:  # a ModelCall that keeps no meter: its own counts
+            prompt, completion = c.prompt_tokens, c.completion_tokens
+        else:  # ... and one that reports no usage is charged the bound, never nothing
+            prompt, completion = prompt_bound, c.completion_tokens or max_tokens
+        c = Completion(c.text, prompt, completion, c.model, c.tool_calls, c.attempts, c.note)
+        if c.attempts > 1 or c.note:
+            step.route_reason = "; ".join(x for x in (step.route_reason, f"{c.attempts} attempts", c.note) if x)
+        await self._settle(step, hold, c, started)
         return c
+
+    async def _settle(self, step: Step, hold: Any, c: Completion, started: float) -> None:
+        """Charge a call's hold with what `c` says the engine produced, and record it on the task and the step."""
+        cost = await asyncio.shield(self.budget.settle(hold, step.role,  # type: ignore[arg-type]
+                                                       prompt_tokens=c.prompt_tokens,
+                                                       completion_tokens=c.completion_tokens))
+        self.ctx.record(c, cost)
+        step.model, step.prompt_tokens, step.completion_tokens = c.model, c.prompt_tokens, c.completion_tokens
+        step.cost_micro_usd, step.seconds = cost, self.ctx.clock() - started
 
     def _route(self, kind: StepKind, failed_role: ModelRole | None) -> tuple[ModelRole, str]:
         if self.budget.is_degraded:
@@ -411,22 +550,36 @@ class _Agent:
             return AgentResult(self.spec.name, self.partial, stop.reason, stop.detail, self.steps)
 
     async def _loop(self) -> str:
-        await self._retrieve_first()
-        failed_role: ModelRole | None = None
-        repairs = 0
+        if self.final is not None:  # resumed after the answer was written: nothing left to do
+            return self.final
+        if not self.is_resumed:
+            await self._retrieve_first()
+        elif self.pending is not None:  # resumed while a tool ran: run it again only if that is safe
+            step, pending = self.steps[-1], self.pending
+            action = Action(pending["tool"], pending["arguments"])
+            await self._complete_tool(step, action, pending["call_id"],
+                                      interrupted=not self._is_idempotent(action.tool))
+        if self.answering == "":
+            return await self._write_answer(fallback=self.fallback)
+        if self.answering is not None:
+            return await self._answer_now(self.answering)
+        if self.is_resumed and (why := self._tool_use_over()):
+            return await self._answer_now(why)
         while True:
+            await self._checkpoint()
             self._check_caps()
             kind: StepKind = "plan" if not self.calls else "tool_format"
-            role, why = self._route(kind, failed_role)
-            step = Step(len(self.steps) + 1, self.spec.name, "repair" if repairs else kind, role, route_reason=why)
+            role, why = self._route(kind, self.failed_role)
+            step = Step(len(self.steps) + 1, self.spec.name, "repair" if self.repairs else kind, role,
+                        route_reason=why)
             self.steps.append(step)
             try:
                 c = await self._call(step, fmt=self.schema, max_tokens=ACTION_MAX_TOKENS)
             except UpstreamError as e:
                 step.error = f"{type(e).__name__}: {e}"
                 await self._emit(step)
-                if role == "small" and failed_role is None and self._escalates():
-                    failed_role = "small"
+                if role == "small" and self.failed_role is None and self._escalates():
+                    self.failed_role = "small"
                     continue
                 raise _Stop("model_error", f"the {role} model failed: {e}") from None
             action = parse_action(c.text, self.tools, c.tool_calls)
@@ -438,14 +591,14 @@ class _Agent:
                 self.messages.append({"role": "assistant", "content": c.text})
                 self.messages.append({"role": "user", "content": f"That reply was not a valid action: "
                                                                  f"{action.reason}. {PROTOCOL}"})
-                repairs += 1
-                if repairs == 1:
+                self.repairs += 1
+                if self.repairs == 1:
                     continue
-                if role == "small" and failed_role is None and self._escalates():
-                    failed_role, repairs = "small", 1
+                if role == "small" and self.failed_role is None and self._escalates():
+                    self.failed_role, self.repairs = "small", 1
                     continue
                 raise _Stop("malformed_action", f"no valid action after a repair attempt: {action.reason}")
-            repairs = 0
+            self.repairs = 0
             step.action = action.tool
             if action.is_final:
                 return await self._finish(step, role, action, c)
@@ -457,10 +610,16 @@ class _Agent:
                 await self._emit(step)
                 return await self._answer_now(f"the model repeated its {action.tool} call (step {step.n})")
             await self._act(step, action, c.text)
-            if self.tool_errors >= self.ctx.max_tool_errors:
-                return await self._answer_now(f"{self.tool_errors} tool errors in a row (last: {step.error})")
-            if self.idle >= self.ctx.max_tool_errors:
-                return await self._answer_now(f"{self.idle} searches in a row found no new passages")
+            if why := self._tool_use_over():
+                return await self._answer_now(why)
+
+    def _tool_use_over(self) -> str | None:
+        if self.tool_errors >= self.ctx.max_tool_errors:
+            last = next((s.error for s in reversed(self.steps) if s.error), None)
+            return f"{self.tool_errors} tool errors in a row (last: {last})"
+        if self.idle >= self.ctx.max_tool_errors:
+            return f"{self.idle} searches in a row found no new passages"
+        return None
 
     def _escalates(self) -> bool:
         routing = self.ctx.routing or RoutingSpec()
@@ -488,8 +647,19 @@ class _Agent:
         self.messages.append({"role": "assistant", "content": content, "tool_calls": [
             {"id": call_id, "type": "function",
              "function": {"name": action.tool, "arguments": json.dumps(action.arguments, ensure_ascii=False)}}]})
+        # Recorded before the tool runs: a replica that takes the run over knows the call may have happened.
+        self.pending = {"tool": action.tool, "arguments": dict(action.arguments), "call_id": call_id, "n": step.n}
+        await self._checkpoint()
+        await self._complete_tool(step, action, call_id)
+
+    async def _complete_tool(self, step: Step, action: Action, call_id: str, *, interrupted: bool = False) -> None:
+        """Run the tool (or, for a call interrupted by a replica's death that is not safe to repeat, record that it
+        was interrupted for the model to handle) and append its result."""
         timeout_s = min(float(self.ctx.limits.tool_timeout_seconds), max(self.ctx.remaining_s(), 0.0))
         try:
+            if interrupted:
+                raise ToolFailed(f"interrupted: the replica running {action.tool} stopped before it returned, so it "
+                                 f"may or may not have taken effect; it was not run again")
             if action.tool == DELEGATE_NAME:  # sub-agents run under the task's deadline, not the tool timeout
                 observation = await asyncio.wait_for(self._delegate(step, action), max(self.ctx.remaining_s(), 0))
             else:
@@ -513,6 +683,8 @@ class _Agent:
             args = ", ".join(f"{k}={v}" for k, v in action.arguments.items()) if action.tool != DELEGATE_NAME else ""
             self.results.append(f"{action.tool}({args}): {observation}" if args else f"{action.tool}: {observation}")
         self.messages.append({"role": "tool", "tool_call_id": call_id, "name": action.tool, "content": observation})
+        self.pending = None
+        await self._checkpoint()
         await self._emit(step)
 
     async def _tool(self, action: Action) -> str:
@@ -568,17 +740,23 @@ class _Agent:
     async def _finish(self, step: Step, role: ModelRole, action: Action, c: Completion) -> str:
         answer_role, _ = self._route("answer", None)
         self.partial = action.answer
-        await self._emit(step)
         if answer_role == role:
+            self.final = action.answer
+            await self._checkpoint()
+            await self._emit(step)
             if self.on_delta is not None:
                 await self.on_delta(action.answer)
             return action.answer
         # Cheap-first: the small model decided it can answer; the large one writes the answer (streamed).
+        self.answering, self.fallback = "", action.answer
+        await self._checkpoint()
+        await self._emit(step)
         return await self._write_answer(fallback=action.answer)
 
     async def _answer_now(self, why: str) -> str:
         """Tool use is over (a stuck model): the answer step writes the answer from what was gathered."""
-        self.detail = f"tool use stopped: {why}"
+        self.answering, self.detail = why, f"tool use stopped: {why}"
+        await self._checkpoint()
         return await self._write_answer(fallback=None)
 
     async def _write_answer(self, *, fallback: str | None) -> str:
@@ -602,17 +780,17 @@ class _Agent:
             await self._emit(final)
             if fallback is None:
                 raise _Stop("model_error", f"the {answer_role} model failed to write the answer: {e}") from None
-            self.partial = fallback  # the small model's answer stands
+            self.partial = self.final = fallback  # the small model's answer stands
+            await self._checkpoint()
             if self.on_delta is not None:
                 await self.on_delta(fallback)
             return fallback
+        text = c.text.strip() or fallback or ""
+        self.partial = self.final = text
+        await self._checkpoint()
         await self._emit(final)
-        text = c.text.strip()
-        if not text and fallback:
-            text = fallback
-            if self.on_delta is not None:
-                await self.on_delta(fallback)
-        self.partial = text
+        if not c.text.strip() and fallback and self.on_delta is not None:
+            await self.on_delta(fallback)
         return text
 
 

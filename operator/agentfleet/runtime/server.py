@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -18,19 +20,25 @@ from aiohttp import web
 from ..api.runtime_config import RuntimeConfig
 from ..errors import AgentfleetError, InvalidRequest, UpstreamError, http_error
 from ..retrieval.filters import Principal
+from ..state import open_store
+from .budget_status import publish_budget_status
 from .identity import Identity
 from .llm import ModelClient
 from .metrics import CONTENT_TYPE_LATEST, RuntimeMetrics
 from .protocol import ChatRequest, RunRequest, chunk, completion_body, finish_reason, history_of, parse_body
-from .runs import RegistryFull, RunRegistry
-from .serving import Retrieval, Runtime, TaskOutcome, new_task_id
+from .runs import RunRecord, RunStore
+from .serving import Retrieval, Runtime, TaskOutcome
+from .tasks import CLIENT_EVENTS, RunManager, lease_seconds
 
 __all__ = ["build_app", "build_runtime", "serve", "RUNTIME_KEY"]
 
 log = logging.getLogger("agentfleet.runtime")
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 CLIENT_KEY: web.AppKey[ModelClient] = web.AppKey("client", ModelClient)
-RUNS_KEY: web.AppKey[RunRegistry] = web.AppKey("runs", RunRegistry)
+RUNS_KEY: web.AppKey[RunManager] = web.AppKey("runs", RunManager)
+MAX_RUNS_KEY: web.AppKey[int] = web.AppKey("max_runs", int)
+EVENTS_POLL_S = 0.25
+SHUTDOWN_TIMEOUT_S = 25.0
 WEB_DIR = Path(__file__).with_name("web")
 KEY_RELOAD_S = 5.0
 BUDGET_REFRESH_S = 5.0
@@ -108,25 +116,69 @@ def _pieces(text: str) -> list[str]:
 
 # --- chat completions -------------------------------------------------------------------------------------------
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidRequest(f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters without spaces",
+                             param=IDEMPOTENCY_HEADER)
+    return key
+
+
 async def _chat(request: web.Request) -> web.StreamResponse:
-    rt = request.app[RUNTIME_KEY]
+    rt, runs = request.app[RUNTIME_KEY], request.app[RUNS_KEY]
     principal = _principal(request)
     req: ChatRequest = parse_body(ChatRequest, await _json(request))
     history = history_of(req.messages)
-    task_id = new_task_id()
-    budget = await rt.admit(principal, task_id)  # 429 here, before any stream starts
+    # A chat completion is a run too: recorded step by step, and a retry with the same Idempotency-Key gets the
+    # answer of the first request instead of paying for a second one. 429 here, before any stream starts.
+    run, budget = await runs.admit(principal, history, kind="chat", idempotency_key=_idempotency_key(request),
+                                   answer_max_tokens=req.max_completion_tokens or req.max_tokens)
     model_name = rt.config.app
-    completion_id = "chatcmpl-" + task_id.removeprefix("task-")
+    completion_id = "chatcmpl-" + run.id.removeprefix("run-")
+    if budget is None:  # a retry: answer from the first request's run once it is done
+        return await _chat_replay(request, runs, run, principal, req, completion_id, model_name)
     if not req.stream:
-        try:
-            outcome = await rt.run_task(principal, history, task_id=task_id, budget=budget,
-                                        answer_max_tokens=req.max_completion_tokens or req.max_tokens)
-        except asyncio.CancelledError:
-            raise
+        outcome = await runs.execute(run, budget)
         _raise_if_empty_failure(outcome)
         return web.json_response(completion_body(completion_id=completion_id, model=model_name,
                                                  answer=outcome.result.answer, summary=outcome.summary()))
-    return await _chat_stream(request, rt, req, principal, history, task_id, budget, completion_id, model_name)
+    return await _chat_stream(request, runs, req, run, budget, completion_id, model_name)
+
+
+async def _chat_replay(request: web.Request, runs: RunManager, run: RunRecord, principal: Principal,
+                       req: ChatRequest, completion_id: str, model_name: str) -> web.StreamResponse:
+    deadline_s = max(run.deadline_s - time.time(), 0.0) + 5.0
+    done = await runs.wait(run.id, principal, wait_s=deadline_s)
+    if done is None or not done.is_done:
+        raise UpstreamError("the first request with this Idempotency-Key is still running; retry later")
+    if done.result is None:
+        err = done.error or {}
+        raise UpstreamError(f"the first request with this Idempotency-Key ended {done.status}: "
+                            f"{err.get('message', 'no answer')}")
+    answer, summary = done.result.get("answer", ""), done.result.get("agentfleet", {})
+    if not req.stream:
+        return web.json_response(completion_body(completion_id=completion_id, model=model_name, answer=answer,
+                                                 summary=summary))
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    created = int(done.created_s)
+    for piece in [{"role": "assistant", "content": ""}] + [{"content": p} for p in _pieces(answer)]:
+        await resp.write(_sse(chunk(completion_id=completion_id, model=model_name, created=created, delta=piece)))
+    await resp.write(_sse(chunk(completion_id=completion_id, model=model_name, created=created,
+                                finish=finish_reason(summary.get("stop_reason", "answered")), extra=summary)))
+    await resp.write(_sse("[DONE]"))
+    return resp
+
+
+def _sse(obj: dict[str, Any] | str) -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
 
 
 def _raise_if_empty_failure(outcome: TaskOutcome) -> None:
@@ -136,25 +188,19 @@ def _raise_if_empty_failure(outcome: TaskOutcome) -> None:
         raise UpstreamError(f"the model failed before any answer: {r.detail}")
 
 
-async def _chat_stream(request: web.Request, rt: Runtime, req: ChatRequest, principal: Principal,
-                       history: list[dict[str, Any]], task_id: str, budget: Any, completion_id: str,
-                       model_name: str) -> web.StreamResponse:
+async def _chat_stream(request: web.Request, runs: RunManager, req: ChatRequest, run: RunRecord, budget: Any,
+                       completion_id: str, model_name: str) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
-    try:
-        await resp.prepare(request)
-    except BaseException:  # the client left before the task started: give its reservation back now
-        await asyncio.shield(budget.abandon())
-        raise
     created = int(time.time())
     streamed: list[str] = []
 
     async def send(obj: dict[str, Any] | str) -> None:
-        data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        await resp.write(f"data: {data}\n\n".encode())
+        await resp.write(_sse(obj))
 
-    async def emit(event: dict[str, Any]) -> None:
-        await send(chunk(completion_id=completion_id, model=model_name, created=created, extra=event))
+    async def forward(event: dict[str, Any]) -> None:
+        if event.get("type") == "step":
+            await send(chunk(completion_id=completion_id, model=model_name, created=created, extra=event))
 
     async def on_delta(text: str) -> None:
         for piece in _pieces(text) if len(text) > ANSWER_CHUNK_CHARS else [text]:
@@ -163,19 +209,20 @@ async def _chat_stream(request: web.Request, rt: Runtime, req: ChatRequest, prin
                              delta={"content": piece}))
 
     try:
+        await resp.prepare(request)
         await send(chunk(completion_id=completion_id, model=model_name, created=created,
                          delta={"role": "assistant", "content": ""}))
-    except BaseException:
+    except BaseException:  # the client left before the task started: give its reservation back now
         await asyncio.shield(budget.abandon())
+        await asyncio.shield(runs.abandon(run))
         raise
     try:
-        outcome = await rt.run_task(principal, history, task_id=task_id, budget=budget, emit=emit,
-                                    on_delta=on_delta, answer_max_tokens=req.max_completion_tokens or req.max_tokens)
+        outcome = await runs.execute(run, budget, forward=forward, on_delta=on_delta)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as e:  # the stream is open: report in-band, as OpenAI does
         if not isinstance(e, AgentfleetError):
-            log.exception("task %s failed", task_id)
+            log.exception("task %s failed", run.id)
         await send({"error": http_error(e).body["error"]})
         await send("[DONE]")
         return resp
@@ -202,63 +249,67 @@ async def _chat_stream(request: web.Request, rt: Runtime, req: ChatRequest, prin
 # --- runs -------------------------------------------------------------------------------------------------------
 
 async def _run_create(request: web.Request) -> web.Response:
-    rt, runs = request.app[RUNTIME_KEY], request.app[RUNS_KEY]
+    runs = request.app[RUNS_KEY]
     principal = _principal(request)
     req: RunRequest = parse_body(RunRequest, await _json(request))
-    task_id = new_task_id()
-    budget = await rt.admit(principal, task_id)
-    try:
-        run = runs.add("run-" + task_id.removeprefix("task-"), principal)
-    except RegistryFull as e:
-        await budget.abandon()
-        return web.json_response({"error": {"message": str(e), "type": "server_error", "param": None,
+    if len(runs.local) >= request.app[MAX_RUNS_KEY]:
+        return web.json_response({"error": {"message": f"{len(runs.local)} runs are in progress on this replica; "
+                                            "retry later", "type": "server_error", "param": None,
                                             "code": "too_many_runs"}}, status=429, headers={"Retry-After": "5"})
-
-    async def emit(event: dict[str, Any]) -> None:
-        if event.get("type") == "step":
-            run.steps.append(event["step"])
-
-    async def work() -> None:
-        run.status = "running"
-        try:
-            outcome = await rt.run_task(principal, [{"role": "user", "content": req.input}], task_id=task_id,
-                                        budget=budget, emit=emit)
-        except asyncio.CancelledError:
-            run.status = "cancelled"
-            raise
-        except Exception as e:  # noqa: BLE001 - recorded on the run, never raised into the loop
-            if not isinstance(e, AgentfleetError):
-                log.exception("run %s failed", run.id)
-            run.status, run.error = "failed", http_error(e).body["error"]
-            return
-        run.steps = outcome.steps
-        run.result = {"answer": outcome.result.answer, "agentfleet": outcome.summary()}
-        run.status = "completed" if outcome.result.is_complete else "incomplete"
-
-    run.task = asyncio.get_running_loop().create_task(work(), name=run.id)
-    return web.json_response(run.wire(), status=202)
+    run, budget = await runs.admit(principal, [{"role": "user", "content": req.input}], kind="run",
+                                   idempotency_key=_idempotency_key(request))
+    if budget is None:  # the same Idempotency-Key again: the same run
+        return web.json_response(run.wire(await runs.steps(run)), status=200)
+    runs.spawn(run, budget)
+    return web.json_response(run.wire([]), status=202)
 
 
-def _own_run(request: web.Request) -> Any:
-    run = request.app[RUNS_KEY].get(request.match_info["run_id"], _principal(request))
+async def _own_run(request: web.Request) -> RunRecord:
+    run = await request.app[RUNS_KEY].get(request.match_info["run_id"], _principal(request))
     if run is None:  # unknown and someone else's look the same
         raise web.HTTPNotFound(reason="no such run")
     return run
 
 
 async def _run_get(request: web.Request) -> web.Response:
-    return web.json_response(_own_run(request).wire())
+    run = await _own_run(request)
+    return web.json_response(run.wire(await request.app[RUNS_KEY].steps(run)))
 
 
 async def _run_cancel(request: web.Request) -> web.Response:
-    run = _own_run(request)
-    if run.task is not None and not run.task.done():
-        run.task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(run.task), 5)
-        except (asyncio.CancelledError, asyncio.TimeoutError):
-            pass
-    return web.json_response(run.wire())
+    runs = request.app[RUNS_KEY]
+    run = await runs.cancel(request.match_info["run_id"], _principal(request))
+    if run is None:
+        raise web.HTTPNotFound(reason="no such run")
+    return web.json_response(run.wire(await runs.steps(run)))
+
+
+async def _run_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events of one run from a cursor (`?after=N`, or the Last-Event-ID header): status changes and
+    steps as they are recorded, by whichever replica executes the run; ends after its final status."""
+    runs = request.app[RUNS_KEY]
+    run = await _own_run(request)
+    raw = request.query.get("after") or request.headers.get("Last-Event-ID") or "0"
+    if not raw.isdigit() or len(raw) > 12:
+        raise InvalidRequest("after must be a non-negative integer (an event's seq)", param="after")
+    after = int(raw)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    give_up = time.monotonic() + max(run.deadline_s - time.time(), 0.0) + 60.0
+    while True:
+        events = await runs.events(run.id, after=after)
+        for ev in events:
+            after = ev["seq"]
+            if ev.get("type") in CLIENT_EVENTS:
+                await resp.write(f"id: {ev['seq']}\ndata: {json.dumps(ev, separators=(',', ':'))}\n\n".encode())
+        if not events:
+            run = await runs.get(run.id, run.principal) or run
+            if run.is_done or time.monotonic() > give_up:
+                break
+            await asyncio.sleep(EVENTS_POLL_S)
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
 
 
 # --- probes -------------------------------------------------------------------------------------------------
@@ -269,6 +320,8 @@ async def _healthz(_: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     rt, client = request.app[RUNTIME_KEY], request.app[CLIENT_KEY]
+    if request.app[RUNS_KEY].is_draining:
+        return web.json_response({"ready": False, "checks": {"draining": "shutting down"}}, status=503)
     checks = await rt.readiness(client.probe)
     ready = all(v is None for v in checks.values())
     return web.json_response({"ready": ready, "checks": {k: v or "ok" for k, v in checks.items()}},
@@ -286,16 +339,34 @@ async def _index(_: web.Request) -> web.Response:
 
 # --- assembly -------------------------------------------------------------------------------------------------
 
-def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000,
-              key_reload_s: float = KEY_RELOAD_S, budget_refresh_s: float = BUDGET_REFRESH_S) -> web.Application:
-    """The aiohttp application. The client starts and closes with it; so do the key reload timer and the runs."""
+def open_run_store(config: RuntimeConfig, *, state_dir: str | os.PathLike[str] | None = None,
+                   lease_s: float | None = None) -> RunStore:
+    """The runs' store: the ledger's backend (SQLite file `runs.db` beside `ledger.db`, or the same Redis)."""
+    base = Path(state_dir or os.environ.get("AGENTFLEET_STATE_DIR") or ".")
+    store = open_store(config.ledger.backend, sqlite_path=base / "runs.db", redis_url=config.ledger.redis_url,
+                       prefix=f"agentfleet:runs:{config.namespace}/{config.app}:")
+    return RunStore(store, lease_s=lease_seconds() if lease_s is None else lease_s)
+
+
+def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, run_store: RunStore | None = None,
+              replica: str | None = None, key_reload_s: float = KEY_RELOAD_S,
+              budget_refresh_s: float = BUDGET_REFRESH_S) -> web.Application:
+    """The aiohttp application. The client starts and closes with it; so do the key reload timer and the runs.
+    Without `run_store` the runs go to a SQLite file in a new temporary directory (tests; `serve` passes the
+    durable one)."""
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=1 << 20)
     app[RUNTIME_KEY] = runtime
     app[CLIENT_KEY] = client
-    app[RUNS_KEY] = RunRegistry(max_runs=max_runs)
+    if run_store is None:
+        run_store = open_run_store(runtime.config, state_dir=tempfile.mkdtemp(prefix="agentfleet-runs-"))
+    runs = RunManager(runtime, run_store, replica=replica)
+    app[RUNS_KEY] = runs
+    app[MAX_RUNS_KEY] = max_runs
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/runs", _run_create)
     app.router.add_get("/v1/runs/{run_id}", _run_get)
+    app.router.add_get("/v1/runs/{run_id}/events", _run_events)
+    app.router.add_post("/v1/runs/{run_id}/cancel", _run_cancel)
     app.router.add_delete("/v1/runs/{run_id}", _run_cancel)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -309,17 +380,23 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000,
             await refresh()
         reload = asyncio.get_running_loop().create_task(_reload_keys(runtime.identity, key_reload_s))
         budget = asyncio.get_running_loop().create_task(_refresh_budget(runtime, budget_refresh_s))
+        spend = asyncio.get_running_loop().create_task(publish_budget_status(runtime))
+        runs.start()
         yield
         reload.cancel()
         budget.cancel()
-        for run in app[RUNS_KEY].running():
-            if run.task is not None:
-                run.task.cancel()
-        await asyncio.gather(*(r.task for r in app[RUNS_KEY].running() if r.task), return_exceptions=True)
+        spend.cancel()
+        await runs.close()
+        run_store.close()
         await client.close()
         runtime.close()
 
+    async def drain(app: web.Application) -> None:
+        # SIGTERM: the listener is closed; runs move to another replica now, chat completions in flight finish.
+        await runs.drain()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(drain)
     return app
 
 
@@ -383,11 +460,15 @@ def build_runtime(config: RuntimeConfig, *, state_dir: str | None = None,
 
 def serve(config: RuntimeConfig, *, host: str, port: int, state_dir: str | None = None) -> None:
     runtime, client = build_runtime(config, state_dir=state_dir)
-    app = build_app(runtime, client)
+    app = build_app(runtime, client, run_store=open_run_store(config, state_dir=state_dir))
     loop = _event_loop()
-    log.info("agentfleet runtime %s/%s on http://%s:%d (%s)", config.namespace, config.app, host, port,
-             type(loop).__module__.split(".")[0])
-    web.run_app(app, host=host, port=port, handler_cancellation=True, access_log=None, print=None, loop=loop)
+    log.info("agentfleet runtime %s/%s on http://%s:%d (%s, replica %s)", config.namespace, config.app, host, port,
+             type(loop).__module__.split(".")[0], app[RUNS_KEY].replica)
+    # On SIGTERM, runs are handed to another replica at once; a chat completion in flight gets this long to finish
+    # (the pod's terminationGracePeriodSeconds is longer).
+    shutdown_s = float(os.environ.get("AGENTFLEET_SHUTDOWN_TIMEOUT_S", SHUTDOWN_TIMEOUT_S))
+    web.run_app(app, host=host, port=port, handler_cancellation=True, access_log=None, print=None, loop=loop,
+                shutdown_timeout=shutdown_s)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

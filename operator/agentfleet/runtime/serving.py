@@ -24,16 +24,17 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from ..api.agentapp import ModelRole
 from ..api.runtime_config import RuntimeConfig
-from ..errors import BudgetExhausted, ReservationClosed, UpstreamError
+from ..errors import BudgetExhausted, ReservationClosed, StateUnavailable, UpstreamError
 from ..ledger import Account, Amount, Ledger, Reservation, budget_applies, open_ledger
 from ..retrieval.filters import Principal
-from .agent import AgentResult, AgentSpec, CallBudget, ExternalTools, ModelCall, TaskContext, run_agent
+from .agent import AgentResult, AgentSpec, CallBudget, ExternalTools, ModelCall, Resume, TaskContext, run_agent
 from .identity import Identity
 from .metrics import RuntimeMetrics
 from .pricing import ModelPrice, call_cost, call_estimate, price_for
 from .routing import endpoint_for
+from .runs import IDEMPOTENT_TOOLS
 
-__all__ = ["Runtime", "TaskBudget", "TaskOutcome", "new_task_id", "Retrieval"]
+__all__ = ["Runtime", "TaskBudget", "TaskOutcome", "new_task_id", "Retrieval", "until_available"]
 
 log = logging.getLogger("agentfleet.runtime")
 
@@ -46,18 +47,44 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+# A task's ledger writes wait out a state store outage this long (a Redis restart) instead of losing a settle:
+# tokens the engine produced are charged once the store is back. Admission does not wait (503 + Retry-After).
+STATE_OUTAGE_WAIT_S = 60.0
+
+
+async def until_available(pool: concurrent.futures.Executor | None, call: Callable[[], Any], *,
+                          wait_s: float = STATE_OUTAGE_WAIT_S) -> Any:
+    """Run a blocking state-store call in `pool`, retrying while the store is unreachable (StateUnavailable)."""
+    loop = asyncio.get_running_loop()
+    give_up, pause = time.monotonic() + wait_s, 0.1
+    while True:
+        try:
+            return await loop.run_in_executor(pool, call)
+        except StateUnavailable:
+            if time.monotonic() + pause > give_up:
+                raise
+            log.warning("state store unreachable; retrying in %.1fs", pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
 class TaskBudget:
     """An agent's slice of the task's reservation (or no ledger at all when no Budget covers the caller: costs are
     still computed and reported)."""
 
     def __init__(self, *, ledger: Ledger | None, account: Account | None, prices: Mapping[str, ModelPrice],
-                 task_id: str, hold: Reservation | None, is_degraded: bool = False,
+                 task_id: str, hold: Reservation | str | None, is_degraded: bool = False,
                  pool: concurrent.futures.Executor | None = None):
         self.ledger, self.account, self.prices, self.task_id = ledger, account, prices, task_id
         self.hold, self.is_degraded, self.pool = hold, is_degraded, pool
+        self.is_handed_off = False  # set when the run moves to another replica: abandon() keeps the reservation
+
+    @property
+    def hold_id(self) -> str | None:
+        return self.hold if isinstance(self.hold, str) or self.hold is None else self.hold.id
 
     async def _ledger(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+        return await until_available(self.pool, functools.partial(fn, *args, **kwargs))
 
     def _price(self, role: ModelRole) -> ModelPrice:
         return self.prices.get(role) or self.prices["large"]
@@ -101,7 +128,8 @@ class TaskBudget:
                 pass
 
     async def abandon(self) -> None:
-        if self.ledger is not None and self.hold is not None:
+        # A run handed to another replica keeps its reservation: the new owner draws on it and closes it.
+        if self.ledger is not None and self.hold is not None and not self.is_handed_off:
             await self._ledger(self.ledger.release, self.hold, now=_now())
 
 
@@ -185,6 +213,8 @@ class Runtime:
         table = budget_spec.prices if budget_spec else []
         self.prices = {role: price_for(endpoint_for(role, config.models), table) for role in ("large", "small")}
         self.sub_agents = {s.name: s for s in config.sub_agents}
+        self.idempotent_tools = IDEMPOTENT_TOOLS | {m.name for m in config.tools.mcp_servers
+                                                    if getattr(m, "idempotent", False)}
         self.budget_seen: dict[str, Any] = {}
         # SQLite admits one writer at a time and a waiting writer sleeps in growing steps (its busy handler), so
         # threads of this process queue here instead: one thread for SQLite, a few for Redis's round trips.
@@ -197,7 +227,6 @@ class Runtime:
             return None
         base = Path(state_dir or os.environ.get("AGENTFLEET_STATE_DIR") or ".")
         return open_ledger(config.ledger, sqlite_path=base / "ledger.db",
-                           redis_prefix=f"agentfleet:ledger:{config.namespace}/{config.app}:",
                            hold_ttl_s=config.limits.deadline_seconds + 300)
 
     async def _ledger(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -233,30 +262,62 @@ class Runtime:
         assert self.ledger is not None and self.config.budget is not None
         est = self.task_estimate(account)
         ttl = self.config.limits.deadline_seconds + 60.0
+        ledger, degrade = self.ledger, self.config.budget.spec.on_exhausted == "degrade"
+
+        def reserve() -> tuple[Reservation, bool]:
+            try:
+                return ledger.reserve(account, est, task_id=task_id, now=_now(), ttl_s=ttl), False
+            except BudgetExhausted as e:
+                if not degrade or not e.what.startswith("window"):
+                    raise
+                return ledger.reserve(account, est, task_id=task_id, now=_now(), ttl_s=ttl, degraded=True), True
+
+        # The reservation is taken in a worker thread, which a cancellation (the client went away) cannot stop:
+        # the reserve runs shielded, and when the awaiting task is cancelled what it took is released at once
+        # instead of waiting for its TTL.
+        taken = asyncio.get_running_loop().run_in_executor(self.ledger_pool, reserve)
         try:
-            hold = await self._ledger(self.ledger.reserve, account, est, task_id=task_id, now=_now(), ttl_s=ttl)
-            degraded = False
-        except BudgetExhausted as e:
-            if self.config.budget.spec.on_exhausted != "degrade" or not e.what.startswith("window"):
-                self.metrics.errors.labels("budget_exhausted").inc()
-                raise
-            hold = await self._ledger(self.ledger.reserve, account, est, task_id=task_id, now=_now(), ttl_s=ttl,
-                                      degraded=True)
-            degraded = True
+            hold, degraded = await asyncio.shield(taken)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._undo_admission(taken))
+            raise
+        except BudgetExhausted:
+            self.metrics.errors.labels("budget_exhausted").inc()
+            raise
         return TaskBudget(ledger=self.ledger, account=account, prices=self.prices, task_id=task_id, hold=hold,
                           is_degraded=degraded, pool=self.ledger_pool)
 
+    async def _undo_admission(self, taken: asyncio.Future[tuple[Reservation, bool]]) -> None:
+        """Release the reservation an abandoned admission took (nothing when it took none)."""
+        try:
+            hold, _ = await taken
+        except BaseException:  # noqa: BLE001 - it took nothing (rejected, or the ledger failed)
+            return
+        assert self.ledger is not None
+        await self._ledger(self.ledger.release, hold, now=_now())
+
     # --- one task -----------------------------------------------------------------------------------------------
+    def resumed_budget(self, principal: Principal, task_id: str, hold_id: str | None, *,
+                       is_degraded: bool) -> TaskBudget:
+        """The budget of a run taken over from another replica: its root reservation, carried over as it is."""
+        account = self.account_for(principal) if hold_id is not None else None
+        return TaskBudget(ledger=self.ledger if account else None, account=account, prices=self.prices,
+                          task_id=task_id, hold=hold_id if account else None, is_degraded=is_degraded,
+                          pool=self.ledger_pool)
+
     async def run_task(self, principal: Principal, history: Sequence[Mapping[str, Any]], *, task_id: str,
                        budget: TaskBudget, emit: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
                        on_delta: Callable[[str], Awaitable[None]] | None = None,
-                       answer_max_tokens: int | None = None) -> TaskOutcome:
+                       answer_max_tokens: int | None = None, resume: Resume | None = None,
+                       deadline_in_s: float | None = None) -> TaskOutcome:
         """Run the agent for an admitted task. Always closes the root reservation: settled when the task ends,
-        released when it is cancelled or fails."""
+        released when it is cancelled or fails (kept when it was handed to another replica). `resume` continues a
+        recorded run; `deadline_in_s` is what is left of its deadline (a run keeps the one it was admitted with)."""
         cfg = self.config
         started = self.clock()
+        left_s = cfg.limits.deadline_seconds if deadline_in_s is None else deadline_in_s
         ctx = TaskContext(principal=principal, task_id=task_id, limits=cfg.limits, model=self.model,
-                          deadline_s=started + cfg.limits.deadline_seconds,
+                          deadline_s=started + left_s, resume=resume, idempotent_tools=self.idempotent_tools,
                           routing=cfg.budget.spec.routing if cfg.budget else None,
                           retrieve=self.retrieval if self.retrieval is not None and
                           "retrieve" in cfg.tools.builtin else None,
