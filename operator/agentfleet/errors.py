@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Problem", "AgentfleetError", "SpecError", "DependencyMissing", "UpstreamError", "UpstreamTimeout",
-           "BudgetExhausted", "AuthenticationFailed", "InvalidRequest", "LedgerError", "StateUnavailable", "ReservationNotFound",
+           "BudgetExhausted", "AuthenticationFailed", "InvalidRequest", "LedgerError", "StateUnavailable", "Draining", "ReservationNotFound",
            "ReservationClosed", "HttpError", "http_error"]
 
 
@@ -116,6 +116,12 @@ class StateUnavailable(AgentfleetError):
     reason = "StateUnavailable"
 
 
+class Draining(AgentfleetError):
+    """This replica is shutting down and takes no new work (503: another replica takes the retry)."""
+
+    reason = "Draining"
+
+
 class ReservationNotFound(LedgerError):
     reason = "ReservationNotFound"
 
@@ -154,6 +160,8 @@ def http_error(exc: BaseException) -> HttpError:
         return HttpError(504, _body(str(exc), "server_error", "upstream_timeout"))
     if isinstance(exc, UpstreamError):
         return HttpError(502, _body(str(exc), "server_error", "upstream_error"))
+    if isinstance(exc, Draining):
+        return HttpError(503, _body(str(exc), "server_error", "draining"), {"Retry-After": "1"})
     if isinstance(exc, StateUnavailable):
         return HttpError(503, _body(str(exc), "server_error", "state_unavailable"), {"Retry-After": "2"})
     if isinstance(exc, DependencyMissing):

@@ -46,6 +46,7 @@ from ..retrieval.filters import Principal
 from .actions import FINAL, Action, Malformed, ToolSchema, action_schema, parse_action, response_format
 from .pricing import prompt_token_bound
 from .routing import StepKind, choose_role
+from .runs import is_idempotent
 from .tools import CALCULATOR, RETRIEVE, CalculatorError, Citation, CitationBook, calculate, format_hits
 
 __all__ = ["StopReason", "Completion", "Meter", "ModelCall", "CallBudget", "ExternalTools", "ToolFailed",
@@ -452,8 +453,8 @@ class _Agent:
         """Whether an interrupted call of `tool` may run again: delegation is, when every sub-agent's tools are."""
         safe = self.ctx.idempotent_tools
         if tool == DELEGATE_NAME:
-            return all(set(a.tools) <= safe for a in self.ctx.sub_agents.values())
-        return tool in safe
+            return all(is_idempotent(t, safe) for a in self.ctx.sub_agents.values() for t in a.tools)
+        return is_idempotent(tool, safe)
 
     # --- one model call under the caps and the budget ----------------------------------------------------
     def _check_caps(self) -> None:

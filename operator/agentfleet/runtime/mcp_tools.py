@@ -15,11 +15,12 @@ from typing import Any, Mapping, Sequence
 from ..api.agentapp import MCPServer
 from .actions import ToolSchema
 from .agent import ToolFailed
+from .runs import MCP_SEPARATOR
 
 __all__ = ["McpTool", "McpTools", "McpError", "SEPARATOR"]
 
 log = logging.getLogger("agentfleet.runtime.mcp")
-SEPARATOR = "__"
+SEPARATOR = MCP_SEPARATOR  # "<server>__<tool>", one spelling with the runs rules
 LIST_TIMEOUT_S = 10.0
 MAX_RESULT_CHARS = 6000
 

@@ -23,7 +23,7 @@ from ..retrieval.filters import Principal
 from ..state.txn import Store, Txn
 
 __all__ = ["RunRecord", "RunStore", "LeaseLost", "RunNotFound", "TERMINAL", "RETAIN_S", "principal_wire",
-           "principal_of", "IDEMPOTENT_TOOLS"]
+           "principal_of", "IDEMPOTENT_TOOLS", "MCP_SEPARATOR", "is_idempotent"]
 
 T = TypeVar("T")
 
@@ -34,6 +34,11 @@ LEASES = "leases"
 # Tools whose interrupted call a replica taking a run over may run again (no side effects outside the task).
 # MCP tools are not, unless the AgentApp declares them idempotent.
 IDEMPOTENT_TOOLS = frozenset({"retrieve", "calculator"})
+MCP_SEPARATOR = "__"  # an MCP tool's name is "<server>__<tool>" (mcp_tools.py); "<server>__" covers a server
+
+
+def is_idempotent(tool: str, safe: frozenset[str]) -> bool:
+    return tool in safe or (MCP_SEPARATOR in tool and tool.split(MCP_SEPARATOR, 1)[0] + MCP_SEPARATOR in safe)
 
 
 class LeaseLost(Exception):

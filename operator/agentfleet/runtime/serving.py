@@ -32,7 +32,7 @@ from .identity import Identity
 from .metrics import RuntimeMetrics
 from .pricing import ModelPrice, call_cost, call_estimate, price_for
 from .routing import endpoint_for
-from .runs import IDEMPOTENT_TOOLS
+from .runs import IDEMPOTENT_TOOLS, MCP_SEPARATOR
 
 __all__ = ["Runtime", "TaskBudget", "TaskOutcome", "new_task_id", "Retrieval", "until_available"]
 
@@ -213,8 +213,9 @@ class Runtime:
         table = budget_spec.prices if budget_spec else []
         self.prices = {role: price_for(endpoint_for(role, config.models), table) for role in ("large", "small")}
         self.sub_agents = {s.name: s for s in config.sub_agents}
-        self.idempotent_tools = IDEMPOTENT_TOOLS | {m.name for m in config.tools.mcp_servers
-                                                    if getattr(m, "idempotent", False)}
+        # An MCP server's tools are named "<server>__<tool>": a server declared idempotent covers them all.
+        self.idempotent_tools = IDEMPOTENT_TOOLS | {f"{m.name}{MCP_SEPARATOR}" for m in config.tools.mcp_servers
+                                                    if m.idempotent}
         self.budget_seen: dict[str, Any] = {}
         # SQLite admits one writer at a time and a waiting writer sleeps in growing steps (its busy handler), so
         # threads of this process queue here instead: one thread for SQLite, a few for Redis's round trips.

@@ -22,13 +22,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
-from ..errors import AgentfleetError, StateUnavailable, http_error
+from ..errors import AgentfleetError, Draining, StateUnavailable, http_error
 from ..retrieval.filters import Principal
 from .agent import Resume
 from .runs import LeaseLost, RunRecord, RunStore
 from .serving import Runtime, TaskBudget, TaskOutcome, until_available
 
-__all__ = ["RunManager", "Draining", "replica_id", "LEASE_ENV", "REPLICA_ENV", "CLIENT_EVENTS"]
+__all__ = ["RunManager", "replica_id", "LEASE_ENV", "REPLICA_ENV", "CLIENT_EVENTS"]
 
 log = logging.getLogger("agentfleet.runtime")
 
@@ -37,12 +37,6 @@ LEASE_ENV = "AGENTFLEET_RUN_LEASE_S"
 DEFAULT_LEASE_S = 15.0
 # The events a client sees (checkpoints are the runtime's own: the transcript and loop state).
 CLIENT_EVENTS = frozenset({"status", "step", "taken_over", "handed_back"})
-
-
-class Draining(AgentfleetError):
-    """This replica is shutting down and takes no new work (503: another replica will)."""
-
-    reason = "Draining"
 
 
 def replica_id() -> str:

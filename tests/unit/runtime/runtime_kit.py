@@ -95,8 +95,9 @@ class Served:
     runner: web.AppRunner
     session: aiohttp.ClientSession
 
-    async def post(self, path: str, body: Any, key: str | None = ALICE, **kw: Any) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async def post(self, path: str, body: Any, key: str | None = ALICE, *, headers: dict[str, str] | None = None,
+                   **kw: Any) -> tuple[int, Any]:
+        headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
         async with self.session.post(self.url + path, json=body, headers=headers, **kw) as r:
             return r.status, await r.json(content_type=None)
 
@@ -143,7 +144,8 @@ class Served:
 @contextlib.asynccontextmanager
 async def serve(config: RuntimeConfig, tmp: Path, *, retriever: Any = None, ledger: Any = None,
                 with_ledger: bool = True, key_reload_s: float = 5.0,
-                external: Any = None) -> AsyncIterator[Served]:
+                external: Any = None, run_store: Any = None, replica: str | None = None) -> AsyncIterator[Served]:
+    """`run_store` and `ledger` shared by several `serve`s make them replicas of one app."""
     metrics = RuntimeMetrics()
     client = ModelClient(config.models)
     if ledger is None and with_ledger:
@@ -152,7 +154,7 @@ async def serve(config: RuntimeConfig, tmp: Path, *, retriever: Any = None, ledg
                           metrics=metrics) if retriever is not None else None
     rt = Runtime(config, model=client, identity=Identity(config.api_keys_file), ledger=ledger,
                  retrieval=retrieval, metrics=metrics, external=external)
-    app = build_app(rt, client, key_reload_s=key_reload_s)
+    app = build_app(rt, client, key_reload_s=key_reload_s, run_store=run_store, replica=replica)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     await runner.setup()
     port = free_port()
