@@ -82,7 +82,7 @@ class RunRecord:
     created_s: float
     deadline_s: float  # wall clock: a run taken over keeps the deadline it was admitted with
     request: dict[str, Any]  # what the agent starts from: {"history": [...], "answer_max_tokens": n}
-    status: str = "queued"  # queued | running | completed | incomplete | failed | cancelled
+    status: str = "running"  # running | completed | incomplete | failed | cancelled (queued: none wait today)
     owner: str | None = None
     lease_until: float = 0.0
     cancel: bool = False
@@ -228,18 +228,14 @@ class RunStore:
 
         return self._tx(fn, now_s)
 
-    def append(self, run_id: str, owner: str, event: dict[str, Any], *, now_s: float,
-               status: str | None = None, **fields: Any) -> int:
-        """Append an event as the run's owner (fenced); optionally move its status or set record fields."""
+    def append(self, run_id: str, owner: str, events: list[dict[str, Any]], *, now_s: float) -> int:
+        """Append events as the run's owner (fenced), in one transaction; returns the last seq."""
         def fn(txn: Txn) -> int:
             run = _owned(txn, run_id, owner)
-            if status is not None:
-                run.status = status
-            for k, v in fields.items():
-                setattr(run, k, v)
-            seq = _append(txn, run, event, now_s)
+            for event in events:
+                _append(txn, run, event, now_s)
             _save(txn, run)
-            return seq
+            return run.events
 
         return self._tx(fn, now_s)
 
@@ -264,12 +260,15 @@ class RunStore:
         return self._tx(fn, now_s) if ids else {}
 
     def finish(self, run_id: str, owner: str, *, status: str, now_s: float, result: dict[str, Any] | None = None,
-               error: dict[str, Any] | None = None) -> RunRecord:
+               error: dict[str, Any] | None = None, events: list[dict[str, Any]] = ()) -> RunRecord:  # type: ignore[assignment]
+        """End the run (with the events not yet written, in the same transaction)."""
         if status not in TERMINAL:
             raise ValueError(f"not a terminal status: {status}")
 
         def fn(txn: Txn) -> RunRecord:
             run = _owned(txn, run_id, owner)
+            for event in events:
+                _append(txn, run, event, now_s)
             run.status, run.result, run.error, run.finished_s = status, result, error, now_s
             _append(txn, run, {"type": "status", "status": status}, now_s)
             _save(txn, run)

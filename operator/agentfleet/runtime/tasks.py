@@ -35,6 +35,8 @@ log = logging.getLogger("agentfleet.runtime")
 REPLICA_ENV = "AGENTFLEET_REPLICA"
 LEASE_ENV = "AGENTFLEET_RUN_LEASE_S"
 DEFAULT_LEASE_S = 15.0
+PRUNE_EVERY_S = 3600.0
+FLUSH_S = 0.5
 # The events a client sees (checkpoints are the runtime's own: the transcript and loop state).
 CLIENT_EVENTS = frozenset({"status", "step", "taken_over", "handed_back"})
 
@@ -49,6 +51,59 @@ def lease_seconds() -> float:
         return max(float(os.environ.get(LEASE_ENV, DEFAULT_LEASE_S)), 0.5)
     except ValueError:
         return DEFAULT_LEASE_S
+
+
+class _EventLog:
+    """A run's events on their way to the store. A checkpoint taken before a tool runs is written at once (a
+    replica taking the run over must know the call may have happened); the others are written together, at most
+    FLUSH_S later or with the run's final status, so a one-step chat completion costs two store transactions
+    (create, finish), not six. A replica that dies loses at most FLUSH_S of steps, which the next owner redoes."""
+
+    def __init__(self, manager: RunManager, run: RunRecord, budget: TaskBudget):
+        self.manager, self.run, self.budget = manager, run, budget
+        self.pending: list[dict[str, Any]] = []
+        self.lock = asyncio.Lock()
+        self.timer: asyncio.TimerHandle | None = None
+        self.task = asyncio.current_task()
+
+    async def add(self, event: dict[str, Any]) -> None:
+        self.pending.append(event)
+        if event.get("type") == "checkpoint" and event["state"].get("pending") is not None:
+            await self.flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(FLUSH_S, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self.timer = None
+        flusher = asyncio.get_running_loop().create_task(self.flush())
+        flusher.add_done_callback(self._flushed)
+
+    def _flushed(self, t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and isinstance(t.exception(), LeaseLost) and self.task is not None:
+            self.task.cancel()  # the run is someone else's now; flush() marked the reservation handed off
+
+    async def flush(self) -> None:
+        async with self.lock:
+            if not self.pending:
+                return
+            events, self.pending = self.pending, []
+            try:
+                await self.manager._db_wait(self.manager.store.append, self.run.id, self.manager.replica, events,
+                                            now_s=self.manager.wall())
+            except LeaseLost:
+                self.budget.is_handed_off = True  # the run is someone else's now: so is its reservation
+                raise
+
+    def take(self) -> list[dict[str, Any]]:
+        """The events not yet written (they go with the final status)."""
+        self.close()
+        events, self.pending = self.pending, []
+        return events
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 @dataclass
@@ -82,7 +137,8 @@ class RunManager:
         lease = self.store.lease_s
         loop = asyncio.get_running_loop()
         self._timers = [loop.create_task(self._every(lease / 3, self._renew), name="run-leases"),
-                        loop.create_task(self._every(lease / 3, self._take_over, jitter=True), name="run-takeover")]
+                        loop.create_task(self._every(lease / 3, self._take_over, jitter=True), name="run-takeover"),
+                        loop.create_task(self._every(PRUNE_EVERY_S, self._prune, jitter=True), name="state-prune")]
 
     async def _every(self, period_s: float, fn: Callable[[], Awaitable[None]], *, jitter: bool = False) -> None:
         while True:
@@ -150,7 +206,7 @@ class RunManager:
         run = RunRecord(id="run-" + hexid, principal=principal, kind=kind, created_s=now,
                         deadline_s=now + self.runtime.config.limits.deadline_seconds,
                         request={"history": list(history), "answer_max_tokens": answer_max_tokens},
-                        owner=self.replica, hold=budget.hold_id, degraded=budget.is_degraded,
+                        status="running", owner=self.replica, hold=budget.hold_id, degraded=budget.is_degraded,
                         resumable=kind == "run" or idempotency_key is not None)
         try:
             got, created = await asyncio.shield(self._db(self.store.create, run, idempotency_key=idempotency_key,
@@ -190,20 +246,15 @@ class RunManager:
                        on_delta: Callable[[str], Awaitable[None]] | None = None) -> TaskOutcome:
         run, budget, rt = loc.run, loc.budget, self.runtime
         task_id = "task-" + run.id.removeprefix("run-")
+        log_ = _EventLog(self, run, budget)
 
         async def record(event: dict[str, Any]) -> None:
-            try:
-                await self._db_wait(self.store.append, run.id, self.replica, event, now_s=self.wall())
-            except LeaseLost:
-                budget.is_handed_off = True  # the run is someone else's now: so is its reservation
-                raise
+            await log_.add(event)
             if forward is not None and event.get("type") in CLIENT_EVENTS:
                 await forward(event)
 
         try:
             try:
-                await self._db_wait(self.store.append, run.id, self.replica, {"type": "status", "status": "running"},
-                                    now_s=self.wall(), status="running")
                 outcome = await rt.run_task(run.principal, run.request["history"], task_id=task_id, budget=budget,
                                             emit=record, on_delta=on_delta,
                                             answer_max_tokens=run.request.get("answer_max_tokens"), resume=resume,
@@ -214,25 +265,27 @@ class RunManager:
             except asyncio.CancelledError:
                 if not budget.is_handed_off:
                     await asyncio.shield(self._finish(run, "cancelled", error={
-                        "message": "cancelled", "type": "cancelled", "param": None, "code": "cancelled"}))
+                        "message": "cancelled", "type": "cancelled", "param": None, "code": "cancelled"},
+                        events=log_.take()))
                 raise
             except Exception as e:  # noqa: BLE001 - recorded on the run, never raised into the loop
                 if not isinstance(e, AgentfleetError):
                     log.exception("run %s failed", run.id)
-                await self._finish(run, "failed", error=http_error(e).body["error"])
+                await self._finish(run, "failed", error=http_error(e).body["error"], events=log_.take())
                 raise
             status = "completed" if outcome.result.is_complete else "incomplete"
             await self._finish(run, status, result={"answer": outcome.result.answer, "agentfleet": outcome.summary(),
-                                                    "steps": outcome.steps})
+                                                    "steps": outcome.steps}, events=log_.take())
             return outcome
         finally:
+            log_.close()
             self.local.pop(run.id, None)
 
     async def _finish(self, run: RunRecord, status: str, *, result: dict[str, Any] | None = None,
-                      error: dict[str, Any] | None = None) -> None:
+                      error: dict[str, Any] | None = None, events: list[dict[str, Any]] | None = None) -> None:
         try:
             await self._db_wait(self.store.finish, run.id, self.replica, status=status, now_s=self.wall(),
-                                result=result, error=error)
+                                result=result, error=error, events=events or [])
         except LeaseLost:
             pass  # taken over meanwhile: the new owner records how it ends
 
@@ -265,6 +318,14 @@ class RunManager:
             log.info("run %s taken over from a lapsed lease (%d checkpoint(s))", run.id, len(checkpoints))
             self.runtime.metrics.errors.labels("run_taken_over").inc()
             self.spawn(run, budget, resume=Resume(checkpoints) if checkpoints else None)
+
+    async def _prune(self) -> None:
+        """SQLite keeps expired records until they are deleted (Redis expires its own keys)."""
+        ledger = self.runtime.ledger
+        for store in (self.store.store, ledger.store if ledger is not None else None):
+            prune = getattr(store, "prune", None)
+            if prune is not None:
+                await self._db(prune, now_s=self.wall())
 
     # --- reads and cancellation ------------------------------------------------------------------------------
     async def get(self, run_id: str, principal: Principal) -> RunRecord | None:

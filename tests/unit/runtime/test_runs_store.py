@@ -57,7 +57,7 @@ def test_idempotency_key_returns_the_same_run(stores, second_principal, second_k
 def test_a_lapsed_lease_is_claimed_once_and_fences_the_old_owner(stores):
     a, b = stores
     a.create(_run("run-1"), idempotency_key=None, now_s=T0)
-    a.append("run-1", "a", {"type": "checkpoint", "n": 1}, now_s=T0 + 1, status="running")
+    a.append("run-1", "a", [{"type": "checkpoint", "n": 1}], now_s=T0 + 1)
     assert b.claim("b", now_s=T0 + LEASE - 1) == []  # the owner's lease still holds
     assert a.renew(["run-1"], "a", now_s=T0 + 5) == {"run-1": "ok"}
     assert b.claim("b", now_s=T0 + 5 + LEASE - 1) == []  # renewed
@@ -65,7 +65,7 @@ def test_a_lapsed_lease_is_claimed_once_and_fences_the_old_owner(stores):
     assert [(r.id, r.owner, r.takeovers, r.status) for r in claimed] == [("run-1", "b", 1, "running")]
     assert a.claim("a", now_s=T0 + 5 + LEASE + 2) == []  # nobody claims it twice
     with pytest.raises(LeaseLost):
-        a.append("run-1", "a", {"type": "step"}, now_s=T0 + 17)
+        a.append("run-1", "a", [{"type": "step"}], now_s=T0 + 17)
     with pytest.raises(LeaseLost):
         a.finish("run-1", "a", status="completed", now_s=T0 + 17)
     assert a.renew(["run-1"], "a", now_s=T0 + 17) == {"run-1": "lost"}
@@ -92,7 +92,7 @@ def test_cancel_reaches_a_live_owner_at_renewal_and_ends_an_ownerless_run_at_onc
     a.create(_run("run-2"), idempotency_key=None, now_s=T0)
     assert b.request_cancel("run-1", FRANK, now_s=T0 + 1) is None  # not Frank's
     flagged = b.request_cancel("run-1", ALICE, now_s=T0 + 1)
-    assert flagged.status == "queued" and flagged.cancel
+    assert flagged.status == "running" and flagged.cancel
     assert a.renew(["run-1"], "a", now_s=T0 + 2) == {"run-1": "cancel"}
     lapsed = b.request_cancel("run-2", ALICE, now_s=T0 + LEASE + 1)  # its replica is gone
     assert (lapsed.status, lapsed.error["code"]) == ("cancelled", "cancelled")
@@ -110,9 +110,9 @@ def test_hand_back_lets_another_replica_claim_at_once(stores):
 def test_finish_ends_the_lease_and_events_stream_from_a_cursor(stores):
     a, b = stores
     a.create(_run("run-1"), idempotency_key=None, now_s=T0)
-    for n in range(3):
-        a.append("run-1", "a", {"type": "step", "step": {"n": n + 1}}, now_s=T0 + n)
-    done = a.finish("run-1", "a", status="completed", now_s=T0 + 4, result={"answer": "42"})
+    a.append("run-1", "a", [{"type": "step", "step": {"n": 1}}, {"type": "step", "step": {"n": 2}}], now_s=T0)
+    done = a.finish("run-1", "a", status="completed", now_s=T0 + 4, result={"answer": "42"},
+                    events=[{"type": "step", "step": {"n": 3}}])
     assert done.is_done and b.claim("b", now_s=T0 + 1000) == []
     seqs = [(e["seq"], e["type"]) for e in b.events("run-1", after=2, now_s=T0 + 5)]
     assert seqs == [(3, "step"), (4, "step"), (5, "status")]
