@@ -321,15 +321,29 @@ class RunStore:
 
         return self._tx(fn, now_s) if ids else []
 
-    def claim(self, owner: str, *, now_s: float, limit: int = 4) -> list[RunRecord]:
+    def claim(self, owner: str, *, now_s: float, limit: int = 4, running_here: Iterable[str] = ()
+              ) -> list[RunRecord]:
         """Take over runs whose lease lapsed (their replica died or handed them back). A run that cannot be resumed
         (a chat completion without an Idempotency-Key: nobody can come back for its answer) or is past its
-        deadline or was asked to cancel is finished here instead, with the reason."""
+        deadline or was asked to cancel is finished here instead, with the reason. `running_here`: runs this
+        replica executes now; their leases lapsed only because the store was away, so they are renewed, not
+        claimed (claiming one would start a second execution of it)."""
+        mine = set(running_here)
+
         def fn(txn: Txn) -> list[RunRecord]:
             claimed: list[RunRecord] = []
             for run_id in txn.due(LEASES, now_s):
                 if len(claimed) >= limit:
                     break
+                if run_id in mine:
+                    try:
+                        run = _owned(txn, run_id, owner)
+                    except (LeaseLost, RunNotFound):
+                        continue
+                    run.lease_until = now_s + self.lease_s
+                    _save(txn, run)
+                    txn.schedule(LEASES, run_id, run.lease_until)
+                    continue
                 try:
                     run = _load(txn, run_id)
                 except RunNotFound:

@@ -65,7 +65,7 @@ async def until_available(pool: concurrent.futures.Executor | None, call: Callab
                 raise
             log.warning("state store unreachable; retrying in %.1fs", pause)
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)
+            pause = min(pause * 2, 0.5)  # a store back from an outage is used within half a second
 
 
 class TaskBudget:

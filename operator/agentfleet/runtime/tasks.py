@@ -123,6 +123,9 @@ class RunManager:
         self.is_draining = False
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="runs")
         self._timers: list[asyncio.Task[None]] = []
+        # When this replica last failed to reach the store. After an outage every lease has lapsed, live owners'
+        # included: claims wait one lease period of a reachable store, so the owners renew first.
+        self.store_failed_at: float | None = None
 
     # --- store calls (blocking: in the pool) -----------------------------------------------------------------
     async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -146,6 +149,7 @@ class RunManager:
             try:
                 await fn()
             except StateUnavailable as e:
+                self.store_failed_at = time.monotonic()
                 log.warning("run store: %s", e)
             except Exception:  # noqa: BLE001 - a timer must survive any one failure
                 log.exception("run timer %s", getattr(fn, "__name__", fn))
@@ -271,6 +275,7 @@ class RunManager:
             except Exception as e:  # noqa: BLE001 - recorded on the run, never raised into the loop
                 if not isinstance(e, AgentfleetError):
                     log.exception("run %s failed", run.id)
+                await asyncio.shield(budget.abandon())  # closed already unless it failed before the task ran
                 await self._finish(run, "failed", error=http_error(e).body["error"], events=log_.take())
                 raise
             status = "completed" if outcome.result.is_complete else "incomplete"
@@ -298,7 +303,11 @@ class RunManager:
     async def _renew(self) -> None:
         if not self.local:
             return
-        verdicts = await self._db(self.store.renew, list(self.local), self.replica, now_s=self.wall())
+        try:
+            verdicts = await self._db(self.store.renew, list(self.local), self.replica, now_s=self.wall())
+        except StateUnavailable:
+            self.store_failed_at = time.monotonic()
+            raise
         for rid, verdict in verdicts.items():
             loc = self.local.get(rid)
             if loc is None or loc.task is None or verdict == "ok":
@@ -310,7 +319,9 @@ class RunManager:
     async def _take_over(self) -> None:
         if self.is_draining:
             return
-        for run in await self._db(self.store.claim, self.replica, now_s=self.wall()):
+        if self.store_failed_at is not None and time.monotonic() - self.store_failed_at < self.store.lease_s:
+            return
+        for run in await self._db(self.store.claim, self.replica, now_s=self.wall(), running_here=list(self.local)):
             events = await self._db(self.store.events, run.id, after=0, now_s=self.wall())
             checkpoints = tuple(e for e in events if e.get("type") == "checkpoint")
             budget = self.runtime.resumed_budget(run.principal, "task-" + run.id.removeprefix("run-"), run.hold,

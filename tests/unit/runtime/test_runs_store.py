@@ -119,3 +119,14 @@ def test_finish_ends_the_lease_and_events_stream_from_a_cursor(stores):
     assert b.get("run-1", ALICE, now_s=T0 + 5).wire()["answer"] == "42"
     with pytest.raises(ValueError):
         a.finish("run-1", "a", status="running", now_s=T0 + 6)
+
+
+def test_a_lapsed_lease_of_a_run_still_executing_here_is_renewed_not_claimed(stores):
+    """After a store outage longer than the lease, the owner's own takeover pass must not start a second execution
+    of a run it is still executing (found by the chaos bench: the tool ran twice and was charged twice)."""
+    a, b = stores
+    a.create(_run("run-1"), idempotency_key=None, now_s=T0)
+    assert a.claim("a", now_s=T0 + LEASE + 5, running_here=["run-1"]) == []
+    got = b.get("run-1", ALICE, now_s=T0 + LEASE + 5)
+    assert (got.owner, got.takeovers, got.lease_until) == ("a", 0, T0 + LEASE + 5 + LEASE)
+    assert b.claim("b", now_s=T0 + LEASE + 6) == []  # renewed: nobody else takes it either
