@@ -91,7 +91,19 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                 response.headers["x-agentfleet-route"] = choice.reason
                 await response.prepare(request)
                 # Token by token: each chunk vLLM flushes (an SSE event) is written on as it arrives.
-                async for chunk in upstream.content.iter_any():
+                chunks = upstream.content.iter_any()
+                while True:
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionResetError) as err:
+                        # The replica broke off after the first byte: out of the ring until its health check
+                        # passes, and the client sees a truncated answer (it may retry; its session re-hashes).
+                        fleet.failed_mid_stream(name)
+                        log.warning("replica failed mid-stream", extra={"replica": name, "error": repr(err)})
+                        _abort(request)
+                        return response
                     await response.write(chunk)
                 await response.write_eof()
                 return response
@@ -100,6 +112,13 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         finally:
             fleet.finished(name)
     return _error(503, f"no replica could take the request: {last_error}", "no_replica_available")
+
+
+def _abort(request: web.Request) -> None:
+    """Close the client's connection without ending the chunked body, so the client reads a truncated answer
+    (as it would from the engine itself) rather than a complete one."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 async def _models(request: web.Request) -> web.StreamResponse:
@@ -150,10 +169,14 @@ async def _probe_loop(app: web.Application) -> None:
         fleet.set_health(name, ok)
 
     async def load(name: str, url: str) -> None:
+        # The pool does not decompress (the proxy passes bodies through as they are), and llm-d-inference-sim
+        # gzips /metrics when asked to: ask for plain text. A page that still cannot be read is skipped, never
+        # allowed to end this loop (it also runs the health checks).
         try:
-            async with session.get(url + "/metrics", timeout=timeout) as r:
+            async with session.get(url + "/metrics", timeout=timeout,
+                                   headers={"Accept-Encoding": "identity"}) as r:
                 text = await r.text() if r.status == 200 else ""
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
             return
         if text:
             fleet.set_load(name, *parse_load(text))

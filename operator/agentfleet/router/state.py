@@ -32,6 +32,7 @@ class Endpoint:
     requests: int = 0
     retries: int = 0  # requests that failed here before their first byte and were retried elsewhere
     failures: int = 0
+    mid_stream_failures: int = 0  # answers that broke off after the first byte (not retried here: the client's)
 
 
 def parse_prometheus_text(text: str) -> dict[str, float]:
@@ -157,6 +158,17 @@ class FleetState:
         if is_connection_error:
             ep.is_healthy = False
 
+    def failed_mid_stream(self, name: str) -> None:
+        """The replica's connection broke while it was answering (engine killed, connection reset): it is taken
+        out until its health check passes again, so the client's retry of the same session re-hashes to a live
+        replica instead of landing here again."""
+        ep = self.endpoints.get(name)
+        if ep is None:
+            return
+        ep.failures += 1
+        ep.mid_stream_failures += 1
+        ep.is_healthy = False
+
     # -- /metrics ---------------------------------------------------------------------------------------
     def render_metrics(self) -> str:
         lines = []
@@ -172,6 +184,9 @@ class FleetState:
         family("agentfleet_router_retries_total", "counter",
                "Requests that failed on a replica before the first byte and were retried on another.",
                [(f'{{replica="{e.name}"}}', e.retries) for e in eps])
+        family("agentfleet_router_mid_stream_failures_total", "counter",
+               "Answers that broke off on a replica after the first byte (the replica is taken out).",
+               [(f'{{replica="{e.name}"}}', e.mid_stream_failures) for e in eps])
         family("agentfleet_router_in_flight", "gauge", "Requests in flight per replica.",
                [(f'{{replica="{e.name}"}}', e.in_flight) for e in eps])
         family("agentfleet_router_replica_healthy", "gauge", "1 when the replica takes new requests.",

@@ -501,12 +501,15 @@ class _Agent:
                                     on_delta=self.on_delta if stream else None, meter=meter,
                                     **({"stop": tuple(stop)} if stop else {}))
         except BaseException as e:
-            if meter.has_output:  # client gone, deadline, cancel or failure after the engine produced tokens
-                prompt, completion = meter.charge(prompt_bound)
-                await self._settle(step, hold, Completion("", prompt, completion, meter.model or step.role,
-                                                          attempts=meter.attempts), started)
-            else:
-                await asyncio.shield(self.budget.release(hold))
+            try:
+                if meter.has_output:  # client gone, deadline, cancel or failure after the engine produced tokens
+                    prompt, completion = meter.charge(prompt_bound)
+                    await self._settle(step, hold, Completion("", prompt, completion, meter.model or step.role,
+                                                              attempts=meter.attempts), started)
+                else:
+                    await asyncio.shield(self.budget.release(hold))
+            except Exception as ledger_error:  # noqa: BLE001 - the call's own exit stands; the hold expires
+                e.add_note(f"closing the call's budget hold failed: {ledger_error!r}")
             # The call's timeout is the task's remaining time, so a timed-out call is the deadline.
             if isinstance(e, (asyncio.TimeoutError, TimeoutError, UpstreamTimeout)):
                 raise _Stop("deadline", f"reached the deadline ({limits.deadline_seconds}s)") from None

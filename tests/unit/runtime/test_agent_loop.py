@@ -306,8 +306,10 @@ def test_nested_delegation_with_one_slot_does_not_deadlock(tmp_path):
 
 def test_streamed_answer_step_passes_the_models_deltas_through(tmp_path):
     def large(body, headers):
+        # Every call streams from the engine (the runtime meters usage as it arrives), also the action steps.
+        assert body.get("stream") is True
+        assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
         if body.get("response_format") is None:
-            assert body.get("stream") is True and body["stream_options"] == {"include_usage": True}
             return "The answer is four, as computed."
         return action("calculator", expression="2+2")
 
