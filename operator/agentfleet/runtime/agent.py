@@ -165,6 +165,7 @@ class CallBudget(Protocol):
     """One agent's slice of the task's budget (serving.TaskBudget over the ledger)."""
 
     is_degraded: bool
+    is_budget_capped: bool  # the Budget's per-task caps bound the task (else its own maxTokens does)
 
     async def reserve(self, role: ModelRole, *, prompt_tokens: int, max_tokens: int) -> Any: ...
     async def settle(self, hold: Any, role: ModelRole, *, prompt_tokens: int, completion_tokens: int) -> int: ...
@@ -489,6 +490,10 @@ class _Agent:
         try:
             hold = await self.budget.reserve(step.role, prompt_tokens=prompt_bound, max_tokens=max_tokens)  # type: ignore[arg-type]
         except BudgetExhausted as e:
+            if e.what == "parent" and self.spec.depth == 0 and not self.budget.is_budget_capped:
+                # The task's own reservation is its maxTokens bound: running out of it is that cap, not the Budget.
+                raise _Stop("max_tokens", f"reached maxTokens ({limits.max_tokens}): the next call could need "
+                                          f"more than the task has left") from None
             raise _Stop("budget_exhausted", str(e)) from None
         # Every exit path settles: the call is charged what the engine reported producing (the meter, kept current
         # by the ModelCall as the answer streams, over all its attempts), the rest of the hold goes back; a call

@@ -78,6 +78,9 @@ class TaskBudget:
         self.ledger, self.account, self.prices, self.task_id = ledger, account, prices, task_id
         self.hold, self.is_degraded, self.pool = hold, is_degraded, pool
         self.is_handed_off = False  # set when the run moves to another replica: abandon() keeps the reservation
+        # Whether the Budget's per-task caps (not the app's maxTokens) bound the task's reservation: running out of
+        # it is then the Budget's stop (budget_exhausted), else the task's own cap (max_tokens).
+        self.is_budget_capped = False
 
     @property
     def hold_id(self) -> str | None:
@@ -247,12 +250,19 @@ class Runtime:
 
     def task_estimate(self, account: Account) -> Amount:
         """The whole task's bound: maxTokens at the dearer rate of the dearer model, within the per-task caps."""
-        tokens = self.config.limits.max_tokens
-        rate = max(max(p.input_micro_per_m, p.output_micro_per_m) for p in self.prices.values())
-        est = call_cost(ModelPrice(rate, rate), prompt_tokens=tokens, completion_tokens=0)
+        est = self._max_tokens_estimate()
         lim = account.limits
         return Amount(min(est.tokens, lim.task_tokens or est.tokens),
                       min(est.micro_usd, lim.task_micro_usd if lim.task_micro_usd is not None else est.micro_usd))
+
+    def _max_tokens_estimate(self) -> Amount:
+        rate = max(max(p.input_micro_per_m, p.output_micro_per_m) for p in self.prices.values())
+        return call_cost(ModelPrice(rate, rate), prompt_tokens=self.config.limits.max_tokens, completion_tokens=0)
+
+    def _budget_task_bound(self, budget: TaskBudget) -> TaskBudget:
+        if budget.account is not None:
+            budget.is_budget_capped = self.task_estimate(budget.account) != self._max_tokens_estimate()
+        return budget
 
     async def admit(self, principal: Principal, task_id: str) -> TaskBudget:
         """The task's root budget, or BudgetExhausted (429) when the Budget rejects; with onExhausted: degrade a
@@ -285,8 +295,9 @@ class Runtime:
         except BudgetExhausted:
             self.metrics.errors.labels("budget_exhausted").inc()
             raise
-        return TaskBudget(ledger=self.ledger, account=account, prices=self.prices, task_id=task_id, hold=hold,
-                          is_degraded=degraded, pool=self.ledger_pool)
+        return self._budget_task_bound(TaskBudget(ledger=self.ledger, account=account, prices=self.prices,
+                                                  task_id=task_id, hold=hold, is_degraded=degraded,
+                                                  pool=self.ledger_pool))
 
     async def _undo_admission(self, taken: asyncio.Future[tuple[Reservation, bool]]) -> None:
         """Release the reservation an abandoned admission took (nothing when it took none)."""
@@ -302,9 +313,9 @@ class Runtime:
                        is_degraded: bool) -> TaskBudget:
         """The budget of a run taken over from another replica: its root reservation, carried over as it is."""
         account = self.account_for(principal) if hold_id is not None else None
-        return TaskBudget(ledger=self.ledger if account else None, account=account, prices=self.prices,
-                          task_id=task_id, hold=hold_id if account else None, is_degraded=is_degraded,
-                          pool=self.ledger_pool)
+        return self._budget_task_bound(TaskBudget(
+            ledger=self.ledger if account else None, account=account, prices=self.prices, task_id=task_id,
+            hold=hold_id if account else None, is_degraded=is_degraded, pool=self.ledger_pool))
 
     async def run_task(self, principal: Principal, history: Sequence[Mapping[str, Any]], *, task_id: str,
                        budget: TaskBudget, emit: Callable[[dict[str, Any]], Awaitable[None]] | None = None,

@@ -123,6 +123,22 @@ def test_per_task_cap_ends_the_task_with_its_reason(echo_sim, tmp_path):
     assert usage.spent == Amount() and usage.reserved == Amount()
 
 
+def test_the_apps_own_max_tokens_ends_the_task_as_max_tokens_not_as_the_budget(echo_sim, tmp_path):
+    """The task's reservation is its maxTokens bound when no per-task cap of the Budget is smaller: running out of it
+    is the task's cap (found by the chaos bench, which reported a roomy Budget as exhausted)."""
+    cfg = make_config(tmp_path, large_url=echo_sim, budget={"window": "day", "limits": {"tokens": 100000}},
+                      app={"limits": {"maxSteps": 6, "maxTokens": 300, "deadlineSeconds": 20}})
+
+    async def go():
+        async with serve(cfg, tmp_path) as s:
+            return await s.chat(final("x")), await asyncio.to_thread(_usage, s.runtime)
+
+    (status, body), usage = asyncio.run(go())
+    assert status == 200 and body["agentfleet"]["stop_reason"] == "max_tokens"
+    assert body["agentfleet"]["detail"].startswith("reached maxTokens (300)")
+    assert usage.reserved == Amount()
+
+
 def test_sub_agents_draw_on_the_tasks_reservation(tmp_path):
     def reply(body, headers):
         msgs = body["messages"]
