@@ -11,6 +11,7 @@ import yaml
 
 from . import __version__
 from .bench import autoscale as bench_autoscale
+from .bench import chaos as bench_chaos
 from .bench import httpclient as bench_httpclient
 from .bench import routing as bench_routing
 from .bench import runtime as bench_runtime
@@ -52,6 +53,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .errors import SpecError
 
     bad = checked = 0
+    parsed: list[tuple[str, int, dict[str, Any], Any]] = []
     for path in args.file:
         try:
             docs = load_documents(path)
@@ -64,15 +66,37 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 continue
             checked += 1
             try:
-                parse(doc)
+                parsed.append((path, i, doc, parse(doc)))
             except SpecError as err:
                 bad += 1
                 for problem in err.problems:
                     print(f"{_label(path, i, doc)}: {problem}")
+    bad += _cross_check(parsed)
     if bad:
         return 1
     print(f"{checked} agentfleet document(s) valid")
     return 0
+
+
+def _cross_check(parsed: list[tuple[str, int, dict[str, Any], Any]]) -> int:
+    """What only the documents together tell: a Budget price row that matches no fleet of the AgentApps (in these
+    files) that reference the Budget is an error; a fleet they use with no price at all is a warning. Returns
+    the number of documents in error."""
+    from .api import AgentApp, Budget, ModelFleet
+    from .render import price_problems
+
+    objs = [o for *_, o in parsed]
+    bad = 0
+    for path, i, doc, obj in parsed:
+        if not isinstance(obj, Budget):
+            continue
+        apps = [o for o in objs if isinstance(o, AgentApp) and o.namespace == obj.namespace]
+        fleets = {o.name: o for o in objs if isinstance(o, ModelFleet) and o.namespace == obj.namespace}
+        problems = price_problems(obj, apps=apps, fleets=fleets)
+        for p in problems:
+            print(f"{_label(path, i, doc)}: {'' if p.is_error else 'warning: '}{p.path}: {p.message}")
+        bad += any(p.is_error for p in problems)
+    return bad
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -110,7 +134,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 _PLUGGED: list = [retrieval_cli, router_command, local_cli, runtime_cli, evaluation_cli]
 """Modules with `add_parsers(sub)`: top-level commands owned by other rooms (ingest, search, router, ...)."""
-_BENCH_PLUGGED: list = [retrieval_cli, bench_routing, bench_httpclient, bench_autoscale, bench_runtime, bench_eval]
+_BENCH_PLUGGED: list = [retrieval_cli, bench_routing, bench_httpclient, bench_autoscale, bench_runtime, bench_chaos,
+                      bench_eval]
 """Modules with `add_bench_parsers(bench_sub)`: `agentfleet bench <name>` benchmarks (see bench/)."""
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Problem", "AgentfleetError", "SpecError", "DependencyMissing", "UpstreamError", "UpstreamTimeout",
-           "BudgetExhausted", "AuthenticationFailed", "InvalidRequest", "LedgerError", "StateUnavailable", "Draining", "ReservationNotFound",
+           "BudgetExhausted", "AuthenticationFailed", "InvalidRequest", "RequestTooLarge",
+           "UnsupportedMediaType", "RequestTimeout", "TooManyFailedAttempts", "LedgerError", "StateUnavailable", "Draining", "ReservationNotFound",
            "ReservationClosed", "HttpError", "http_error"]
 
 
@@ -104,6 +105,35 @@ class InvalidRequest(AgentfleetError):
         super().__init__(message)
 
 
+class RequestTooLarge(InvalidRequest):
+    """The body is larger than the endpoint takes (HTTP 413)."""
+
+    reason = "RequestTooLarge"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """The body's Content-Type names a charset or encoding the server does not read (HTTP 415)."""
+
+    reason = "UnsupportedMediaType"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client did not send its body within the bound (HTTP 408)."""
+
+    reason = "RequestTimeout"
+
+
+class TooManyFailedAttempts(AgentfleetError):
+    """Failed authentication from this client address (or for this key prefix) is over its limit (HTTP 429).
+    The message never names the key."""
+
+    reason = "TooManyFailedAttempts"
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class LedgerError(AgentfleetError):
     """The ledger was used wrongly (a programming error in the runtime, not the user's): maps to a 500."""
 
@@ -154,6 +184,16 @@ def http_error(exc: BaseException) -> HttpError:
     if isinstance(exc, AuthenticationFailed):
         return HttpError(401, _body(str(exc), "invalid_request_error", "invalid_api_key"),
                          {"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, TooManyFailedAttempts):
+        return HttpError(429, _body(str(exc), "invalid_request_error", "too_many_failed_attempts"),
+                         {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+    if isinstance(exc, RequestTooLarge):
+        return HttpError(413, _body(str(exc), "invalid_request_error", "request_too_large", exc.param))
+    if isinstance(exc, UnsupportedMediaType):
+        return HttpError(415, _body(str(exc), "invalid_request_error", "unsupported_media_type", exc.param))
+    if isinstance(exc, RequestTimeout):
+        return HttpError(408, _body(str(exc), "invalid_request_error", "request_timeout", exc.param),
+                         {"Connection": "close"})
     if isinstance(exc, InvalidRequest):
         return HttpError(400, _body(str(exc), "invalid_request_error", "invalid_request", exc.param))
     if isinstance(exc, UpstreamTimeout):

@@ -8,7 +8,8 @@ __all__ = [
     "ANNOTATION_PREFIX", "CONFIG_HASH_ANNOTATION", "SPEC_HASH_LABEL", "MANAGED_BY", "LABEL_NAME", "LABEL_INSTANCE",
     "LABEL_COMPONENT", "LABEL_MANAGED_BY", "LABEL_PART_OF", "ENGINE_PORT", "ROUTER_PORT", "RUNTIME_PORT",
     "engine_name", "router_name", "fleet_url", "milvus_uri", "ingest_job_name",
-    "milvus_name", "app_config_name",
+    "milvus_name", "app_config_name", "REDIS_URL_ENV", "SERVICE_ACCOUNT_DIR", "app_state_claim_name",
+    "app_budget_role_name",
 ]
 
 GROUP = "agentfleet.io"
@@ -37,6 +38,22 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 ENGINE_PORT = 8000
 ROUTER_PORT = 8000
 RUNTIME_PORT = 8080
+
+# The runtime reads the ledger's Redis URL from this variable when its configuration carries none (an AgentApp's
+# ledger.redisUrlSecretRef is rendered into it).
+REDIS_URL_ENV = "AGENTFLEET_REDIS_URL"
+# Where a pod's service-account token, CA and namespace are mounted (the runtime publishes its Budget's spend).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def app_state_claim_name(app: str) -> str:
+    """The PersistentVolumeClaim of an AgentApp's SQLite ledger."""
+    return f"{app}-state"
+
+
+def app_budget_role_name(app: str) -> str:
+    """The Role (and RoleBinding) letting an AgentApp's runtime patch its Budget's status."""
+    return f"{app}-budget-status"
 
 
 def engine_name(fleet: str) -> str:

@@ -7,19 +7,23 @@ import datetime as dt
 from typing import Any
 
 import json
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from .api import AgentApp, Budget, Condition, EvaluationGate, EvaluationStatus, ModelFleet, VectorIndex
 from .conditions import DEGRADED, EVALUATED, PROGRESSING, READY, Status, remove, set_condition
 from .errors import AgentfleetError
-from .names import RUNTIME_PORT, SPEC_HASH_LABEL, fleet_url
+from .names import RUNTIME_PORT, SPEC_HASH_LABEL, engine_name, fleet_url
 from .render.evaluation import EVAL_CONTAINER
 from .render.meta import selector_labels
-from .render.modelfleet import ENGINE_APP
+from .pods import worst_problem
+from .render.cluster import Capabilities
+from .render.modelfleet import ENGINE_APP, engine_workload_kind
+from .render.prices import PRICE_MATCHES_NO_FLEET, PriceProblem
 
 __all__ = ["Verdict", "conditions_for", "failed", "modelfleet", "vectorindex", "agentapp", "budget",
            "window_bounds", "selector_string", "EvalSummary", "eval_summary", "gate_failures", "evaluation",
-           "SUMMARY_METRICS"]
+           "SUMMARY_METRICS", "BUDGET_EXHAUSTED", "PRICED", "RUNTIME_BUDGET_FIELDS", "LEDGER_NOT_SHARED",
+           "unshared_ledgers", "METRICS_AVAILABLE"]
 
 Verdict = tuple[Status, str, str]
 """(Ready status, reason, message)."""
@@ -67,8 +71,49 @@ def _int(obj: dict[str, Any] | None, *path: str) -> int:
     return int(cur or 0)
 
 
+METRICS_AVAILABLE = "MetricsAvailable"
+
+
+def _metrics_condition(fleet: ModelFleet, *, discovery: str, prometheus_url: str | None) -> Verdict | None:
+    """MetricsAvailable from the autoscaler's last evaluation; None when nothing reads metrics."""
+    if not fleet.spec.autoscaling.enabled or fleet.spec.base_url:
+        return None
+    memo = fleet.status.autoscaler
+    if memo is None or memo.last_reason is None:
+        return None  # not evaluated yet: no claim either way
+    if memo.last_reason != "MetricsMissing":
+        return ("True", "MetricsFlowing", f"vLLM metrics read from {prometheus_url or 'Prometheus'}")
+    if discovery == "PodMonitor":
+        how = (f"PodMonitor {engine_name(fleet.name)} is rendered: check that the Prometheus' podMonitorSelector "
+               f"and podMonitorNamespaceSelector select it (spec.autoscaling.podMonitorLabels)")
+    else:
+        how = ("only prometheus.io/* pod annotations are rendered (the Prometheus Operator's PodMonitor CRD is not "
+               "installed): Prometheus needs a kubernetes_sd pod scrape job that honours them")
+    return ("False", "MetricsMissing",
+            f"no vLLM metrics for namespace={fleet.namespace}, pod=~{engine_name(fleet.name)}-N at "
+            f"{prometheus_url or 'Prometheus'}; {how}; the autoscaler holds the replica count until they appear")
+
+
+def _fit_problem(fleet: ModelFleet, capabilities: Capabilities | None) -> str | None:
+    """Why one replica's pod cannot fit any node that exists now (None: it fits, or the nodes are unknown or
+    offer none of the resource yet, e.g. a node group scaling from zero)."""
+    eng = fleet.spec.engine
+    largest = capabilities.gpus_per_node(eng.gpu.resource_name) if capabilities else None
+    if not largest or eng.gpus_per_pod <= largest:
+        return None
+    hint = (f"set engine.gpu.perNode: {largest} to spread each replica over {-(-eng.gpus // largest)} pods "
+            f"(LeaderWorkerSet)" if eng.gpus % largest == 0 else
+            f"choose tensor x pipeline parallel sizes whose product is a multiple of {largest}")
+    return (f"one replica needs {eng.gpus_per_pod} {eng.gpu.resource_name} in one pod, the largest node offers "
+            f"{largest}: {hint}")
+
+
 def modelfleet(fleet: ModelFleet, *, statefulset: dict[str, Any] | None, router: dict[str, Any] | None,
-               now: str) -> dict[str, Any]:
+               now: str, pods: Sequence[dict[str, Any]] = (), capabilities: Capabilities | None = None,
+               prometheus_url: str | None = None) -> dict[str, Any]:
+    """`statefulset`: the engine workload as read back (a StatefulSet, or a LeaderWorkerSet for multi-node
+    replicas; both report replicas and readyReplicas). `pods`: the engine pods, read for failure reasons.
+    `capabilities`: what the cluster offers (None: unknown)."""
     gen = fleet.metadata.generation
     ready = _int(statefulset, "status", "readyReplicas")
     current = _int(statefulset, "status", "replicas")
@@ -78,24 +123,59 @@ def modelfleet(fleet: ModelFleet, *, statefulset: dict[str, Any] | None, router:
         return {
             "observedGeneration": gen, "replicas": 0, "readyReplicas": 0, "selector": selector_string(fleet),
             "endpoint": fleet.spec.base_url, "servedModelName": fleet.served_model_name,
-            "conditions": conditions_for(fleet.status.conditions,
+            "conditions": conditions_for(remove(fleet.status.conditions, METRICS_AVAILABLE),
                                          ("True", "External", f"served by {fleet.spec.base_url}"),
                                          generation=gen, now=now),
         }
-    if statefulset is None:
-        verdict: Verdict = ("False", "Creating", "creating the vLLM StatefulSet")
+    eng = fleet.spec.engine
+    workload = engine_workload_kind(fleet)
+    discovery = "PodMonitor" if capabilities is not None and capabilities.pod_monitor else "Annotations"
+    stamp = dt.datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    stuck = worst_problem(pods, now=stamp, min_since_s=eng.progress_deadline_seconds)
+    pending = stuck or worst_problem(pods, now=stamp)
+    if capabilities is not None and capabilities.gpus_per_node(eng.gpu.resource_name) == 0:
+        # No node advertises the resource at all: the likely cause, named where the scheduler's message is shown.
+        hint = (f"; no node advertises {eng.gpu.resource_name}: is the GPU operator / device plugin installed "
+                f"(or a GPU node group able to scale up)?")
+        stuck, pending = (p._replace(message=p.message + hint) if p is not None and p.reason == "Unschedulable"
+                          else p for p in (stuck, pending))
+    fit = _fit_problem(fleet, capabilities)
+    degraded: tuple[str, str] | None = None
+    if workload == "LeaderWorkerSet" and capabilities is not None and not capabilities.leader_worker_set:
+        msg = (f"each replica needs {eng.gpus} GPUs over {eng.pods_per_replica} pods: a LeaderWorkerSet, whose "
+               f"CRD (leaderworkerset.x-k8s.io/v1) is not installed; install LeaderWorkerSet or fit a replica "
+               f"on one node (engine.gpu.perNode)")
+        verdict: Verdict = ("False", "LeaderWorkerSetMissing", msg)
+        degraded = ("LeaderWorkerSetMissing", msg)
+    elif fit and ready == 0 and desired > 0:
+        verdict = ("False", "ReplicaDoesNotFit", fit)
+        degraded = ("ReplicaDoesNotFit", fit)
+    elif statefulset is None:
+        verdict = ("False", "Creating", f"creating the vLLM {workload}")
     elif desired == 0 and current == 0:
         verdict = ("True", "ScaledToZero", "scaled to zero replicas")
     elif desired == 0:
         verdict = ("True", "Scaling", f"{ready} replicas ready, {current} running, 0 desired")
+    elif ready == 0 and stuck is not None:
+        verdict = ("False", stuck.reason, f"0 of {desired} desired replicas ready: {stuck.describe()}")
     elif ready == 0:
-        verdict = ("False", "ReplicasNotReady", f"0 of {desired} desired replicas ready (loading the model?)")
+        why = (f": {pending.describe()} (Degraded after {eng.progress_deadline_seconds}s)" if pending
+               else " (loading the model?)")
+        verdict = ("False", "ReplicasNotReady", f"0 of {desired} desired replicas ready{why}")
     elif router_ready == 0:
         verdict = ("False", "RouterNotReady", f"{ready} of {desired} desired replicas ready, router not ready")
     elif ready != desired or current != desired:
         verdict = ("True", "Scaling", f"{ready} replicas ready, {current} running, {desired} desired")
     else:
         verdict = ("True", "Ready", f"{ready} of {desired} replicas ready")
+    if degraded is None and stuck is not None:
+        degraded = (stuck.reason, f"{stuck.describe()} (for {int(stuck.since_s)}s, deadline "
+                                  f"{eng.progress_deadline_seconds}s)")
+    conds = conditions_for(fleet.status.conditions, verdict, generation=gen, now=now, degraded=degraded)
+    metrics = _metrics_condition(fleet, discovery=discovery, prometheus_url=prometheus_url)
+    parsed = [Condition.model_validate(c) for c in conds]
+    parsed = (remove(parsed, METRICS_AVAILABLE) if metrics is None else
+              set_condition(parsed, METRICS_AVAILABLE, *metrics, generation=gen, now=now))
     return {
         "observedGeneration": gen,
         "replicas": current,
@@ -103,7 +183,12 @@ def modelfleet(fleet: ModelFleet, *, statefulset: dict[str, Any] | None, router:
         "selector": selector_string(fleet),
         "endpoint": fleet_url(fleet.name, fleet.namespace),
         "servedModelName": fleet.served_model_name,
-        "conditions": conditions_for(fleet.status.conditions, verdict, generation=gen, now=now),
+        "gpusPerReplica": eng.gpus,
+        "podsPerReplica": eng.pods_per_replica,
+        "workload": workload,
+        "metricsDiscovery": discovery,
+        "adapters": [a.name for a in fleet.spec.adapters],
+        "conditions": [c.wire() for c in parsed],
     }
 
 
@@ -397,34 +482,81 @@ def _iso(t: dt.datetime | None) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def budget(b: Budget, *, now: dt.datetime) -> dict[str, Any]:
-    """Window and remaining allowance. One writer per field: spentUsd/spentTokens belong to the runtime's ledger
-    (which resets them when its window turns); the operator only derives remaining and Exhausted from them."""
+BUDGET_EXHAUSTED = "BudgetExhausted"
+PRICED = "Priced"
+RUNTIME_BUDGET_FIELDS = ("spentTokens", "spentUsd", "windowStart", "windowEnd")
+"""Budget status fields the runtime writes (runtime/budget_status.py, from its ledger); the operator never does."""
+
+
+def _priced_condition(problems: Sequence[PriceProblem], *, is_referenced: bool) -> tuple[Status, str, str]:
+    if not is_referenced:
+        return "Unknown", "NotReferenced", "no AgentApp references this Budget"
+    errors = [p for p in problems if p.is_error]
+    worst = errors or list(problems)
+    if not worst:
+        return "True", "AllFleetsPriced", "every fleet of the apps using this Budget is priced"
+    return "False", worst[0].reason, "; ".join(f"{p.path}: {p.message}" for p in worst)
+
+
+LEDGER_NOT_SHARED = "LedgerNotShared"
+
+
+def unshared_ledgers(b: Budget, apps: Sequence[AgentApp]) -> str | None:
+    """Why the AgentApps using `b` do not draw on one counter, or None: in a cluster a SQLite ledger lives on its
+    app's own claim, so two apps (one of them on SQLite) each count the Budget's spend apart."""
+    users = sorted(a.name for a in apps if a.namespace == b.namespace and a.spec.budget_ref is not None
+                   and a.spec.budget_ref.name == b.name)
+    local = sorted(a.name for a in apps if a.name in users and a.spec.ledger.backend == "sqlite")
+    if len(users) < 2 or not local:
+        return None
+    return (f"AgentApps {', '.join(users)} use this Budget but {', '.join(local)} keep"
+            f"{'s' if len(local) == 1 else ''} a SQLite ledger of their own: each counts spend apart, so together they "
+            "may spend more than the limits; give them all ledger.backend redis on one Redis (redisUrlSecretRef)")
+
+
+def budget(b: Budget, *, now: dt.datetime, prices: Sequence[PriceProblem] = (),
+           is_referenced: bool = True, unshared: str | None = None) -> dict[str, Any]:
+    """Remaining allowance and conditions. One writer per field: spentTokens, spentUsd, windowStart and windowEnd
+    (RUNTIME_BUDGET_FIELDS) belong to the runtime, which publishes its ledger's current window; the operator
+    derives the rest from them and the spec, so a raised limit shows at once and spend from a window that has
+    turned since (no runtime publishing) counts as nothing. Exhausted: Ready stays True (the Budget is enforced)
+    with reason Exhausted, Degraded is True (BudgetExhausted). `prices`: problems of the price table against the
+    apps that reference the Budget (render.price_problems); a row matching no fleet makes it not Ready.
+    `unshared`: unshared_ledgers() of those apps, Degraded (LedgerNotShared) when set."""
     gen = b.metadata.generation
-    start, end = window_bounds(b.spec.window, now)
-    same_window = b.status.window_start in (None, _iso(start))
+    start, _ = window_bounds(b.spec.window, now)
+    same_window = b.status.window_start in (None, _iso(start))  # None: a `total` window
     spent_usd = b.status.spent_usd if same_window else 0.0
     spent_tokens = b.status.spent_tokens if same_window else 0
     lim = b.spec.limits
     remaining_usd = None if lim.cost_usd is None else max(0.0, round(lim.cost_usd - spent_usd, 6))
     remaining_tokens = None if lim.tokens is None else max(0, lim.tokens - spent_tokens)
     exhausted = remaining_usd == 0 or remaining_tokens == 0
-    stamp = _iso(now)
+    stamp = _iso(now) or ""
+    priced = _priced_condition(prices, is_referenced=is_referenced)
+    exhausted_msg = ""
     if exhausted:
         what = "money" if remaining_usd == 0 else "tokens"
         action = "rejecting requests" if b.spec.on_exhausted == "reject" else "degrading to the small model"
-        verdict: Verdict = ("True", "Exhausted", f"{what} exhausted for this {b.spec.window}; {action}")
+        exhausted_msg = f"{what} exhausted for this {b.spec.window}; {action}"
+    if priced[1] == PRICE_MATCHES_NO_FLEET:
+        verdict: Verdict = ("False", PRICE_MATCHES_NO_FLEET, priced[2])
+    elif exhausted:
+        verdict = ("True", "Exhausted", exhausted_msg)
     else:
         verdict = ("True", "Ready", "within budget")
+    degraded = ((BUDGET_EXHAUSTED, exhausted_msg) if exhausted
+                else (PRICE_MATCHES_NO_FLEET, priced[2]) if priced[1] == PRICE_MATCHES_NO_FLEET
+                else (LEDGER_NOT_SHARED, unshared) if unshared else None)
     conds = [Condition.model_validate(c)
-             for c in conditions_for(b.status.conditions, verdict, generation=gen, now=stamp or "")]
+             for c in conditions_for(b.status.conditions, verdict, generation=gen, now=stamp, degraded=degraded,
+                                     degraded_stalls=False)]
     conds = set_condition(conds, "Exhausted", "True" if exhausted else "False",
-                          "Exhausted" if exhausted else "WithinBudget", verdict[2] if exhausted else "",
-                          generation=gen, now=stamp or "")
+                          "Exhausted" if exhausted else "WithinBudget", exhausted_msg,
+                          generation=gen, now=stamp)
+    conds = set_condition(conds, PRICED, *priced, generation=gen, now=stamp)
     return {
         "observedGeneration": gen,
-        "windowStart": _iso(start),
-        "windowEnd": _iso(end),
         "remainingUsd": remaining_usd,
         "remainingTokens": remaining_tokens,
         "conditions": [c.wire() for c in conds],

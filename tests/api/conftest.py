@@ -66,6 +66,16 @@ class Kubectl:
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
+    def bind_state_volume(self, app: str) -> None:
+        """A hostPath PersistentVolume pre-bound to AgentApp `app`'s SQLite ledger claim (`<app>-state`): there is
+        no provisioner here, and a pod whose claim stays unbound is never scheduled."""
+        self.cluster.apply({"apiVersion": "v1", "kind": "PersistentVolume",
+                            "metadata": {"name": f"state-{self.ns}-{app}"},
+                            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                                     "persistentVolumeReclaimPolicy": "Retain",
+                                     "claimRef": {"namespace": self.ns, "name": f"{app}-state"},
+                                     "hostPath": {"path": f"/tmp/agentfleet-state-{self.ns}-{app}"}}})
+
     def condition(self, kind: str, name: str, type_: str = "Ready") -> dict | None:
         obj = self.get(kind, name) or {}
         return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)

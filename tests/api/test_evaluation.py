@@ -92,6 +92,7 @@ def test_example_app_evaluation_reaches_status_and_gates_the_app(kubectl, operat
                            "spec": {"capacity": {"storage": "50Gi"}, "accessModes": ["ReadWriteOnce"],
                                     "persistentVolumeReclaimPolicy": "Delete",
                                     "hostPath": {"path": f"/tmp/agentfleet-pv-{kubectl.ns}"}}})
+    kubectl.bind_state_volume("assistant")  # the example app's SQLite ledger claim
     kubectl("apply", "-f", "-", input=EXAMPLE.read_text())
     ev_spec = next(d for d in yaml.safe_load_all(EXAMPLE.read_text())
                    if d and d["kind"] == "AgentApp")["spec"]["evaluation"]

@@ -105,6 +105,7 @@ def test_example_app_reconciles_to_ready(kubectl, operator):
                            "spec": {"capacity": {"storage": "50Gi"}, "accessModes": ["ReadWriteOnce"],
                                     "persistentVolumeReclaimPolicy": "Delete",
                                     "hostPath": {"path": f"/tmp/agentfleet-pv-{kubectl.ns}"}}})
+    kubectl.bind_state_volume("assistant")  # the example app's SQLite ledger claim
     kubectl("apply", "-f", "-", input=text)
     docs = [d for d in yaml.safe_load_all(text) if d and d["apiVersion"] == API]
     for d in docs:
@@ -153,6 +154,7 @@ def test_a_spec_that_slips_past_the_schema_becomes_invalid_spec(kubectl, operato
 def test_a_missing_dependency_resolves_by_itself(kubectl, operator):
     apply(kubectl, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"},
                     "stringData": {"keys.yaml": "k1: {user: u, tenant: t, groups: [g]}\n"}})
+    kubectl.bind_state_volume("assistant")
     apply(kubectl, app("assistant"))
     cond = kubectl.wait_for("DependencyMissing", lambda: (
         c if (c := kubectl.condition("app", "assistant")) and c["reason"] == "DependencyMissing" else None))
@@ -218,6 +220,7 @@ def test_changed_ingestion_spec_replaces_the_job(kubectl, operator):
 def test_deleting_an_app_garbage_collects_its_children(kubectl, operator):
     apply(kubectl, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"},
                     "stringData": {"keys.yaml": "{}\n"}})
+    kubectl.bind_state_volume("gone")
     apply(kubectl, fleet("big"), fleet("tiny"), index("docs"), budget("daily"), app("gone"))
     kubectl("wait", "--for=condition=Ready", "app/gone", "--timeout=90s", timeout=100)
     kubectl("delete", "app", "gone", "--wait=true", timeout=60)
@@ -225,7 +228,8 @@ def test_deleting_an_app_garbage_collects_its_children(kubectl, operator):
     kubectl.wait_for("children collected", lambda: all(
         kubectl.get(kind, name) is None
         for kind, name in (("deployment", "gone"), ("service", "gone"), ("configmap", "gone-config"),
-                           ("serviceaccount", "gone"))), timeout=120, interval=2)
+                           ("serviceaccount", "gone"), ("pvc", "gone-state"), ("role", "gone-budget-status"),
+                           ("rolebinding", "gone-budget-status"))), timeout=120, interval=2)
     assert kubectl.get("fleet", "big") is not None
 
 

@@ -41,6 +41,7 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("apps/v1", "StatefulSet"), ("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"),
     ("v1", "ServiceAccount"), ("batch/v1", "Job"), ("policy/v1", "PodDisruptionBudget"),
     ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("v1", "PersistentVolumeClaim"),
 )
 CR_KINDS: tuple[tuple[str, str], ...] = tuple((API, k) for k in AGENTFLEET_KINDS)
 
@@ -205,8 +206,19 @@ def milvus_volume(namespace: str) -> dict:
                      "hostPath": {"path": f"/tmp/agentfleet-e2e-pv/{namespace}"}}}
 
 
+def state_volume(namespace: str, app: str = "assistant") -> dict:
+    """A hostPath PersistentVolume pre-bound to an AgentApp's SQLite ledger claim (`<app>-state`)."""
+    return {"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"e2e-{namespace}-{app}-state", "labels": {"agentfleet-e2e": "state"}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain",
+                     "claimRef": {"namespace": namespace, "name": f"{app}-state"},
+                     "hostPath": {"path": f"/tmp/agentfleet-e2e-pv/{namespace}-{app}-state"}}}
+
+
 def apply_example(k: Kubectl) -> list[tuple[str, str]]:
     k.in_ns(None).apply(milvus_volume(k.ns))
+    k.in_ns(None).apply(state_volume(k.ns))
     k("apply", "-f", str(EXAMPLE))
     return example_crs()
 

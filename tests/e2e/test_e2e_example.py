@@ -25,7 +25,7 @@ def test_example_app_reconciles_to_ready(ns, operator):
     expected = expected_children()
     found = {}
     for kind in ("StatefulSet", "Deployment", "Service", "ConfigMap", "ServiceAccount", "Job",
-                 "PodDisruptionBudget", "Role", "RoleBinding"):
+                 "PodDisruptionBudget", "Role", "RoleBinding", "PersistentVolumeClaim"):
         for item in ns.items(kind.lower()):
             owners = [r for r in item["metadata"].get("ownerReferences") or [] if r.get("controller")]
             if owners:

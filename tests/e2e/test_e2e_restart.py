@@ -31,9 +31,12 @@ CHILD_KIND_NAMES = {k for _, k in CHILD_KINDS}
 def owned_part(obj: dict) -> dict:
     """What the operator renders into a child (everything but status and server/controller-written metadata)."""
     meta = obj["metadata"]
-    return {"generation": meta.get("generation"), "labels": meta.get("labels"),
-            "ownerReferences": meta.get("ownerReferences"),
-            **{k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}}
+    out = {"generation": meta.get("generation"), "labels": meta.get("labels"),
+           "ownerReferences": meta.get("ownerReferences"),
+           **{k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}}
+    if obj.get("kind") == "PersistentVolumeClaim":  # the volume binder writes spec.volumeName, not the operator
+        out["spec"] = {k: v for k, v in (out.get("spec") or {}).items() if k != "volumeName"}
+    return out
 
 
 def changed(events, e) -> str:

@@ -82,6 +82,13 @@ INVALID = [
     ("external-without-uri", with_(INDEX, "spec.milvus", {"mode": "external"}), "spec.milvus.uri",
      "uri is required"),
     ("replicas-on-sqlite", with_(APP, "spec.replicas", 3), "spec.replicas", "ledger.backend redis"),
+    ("redis-without-url", with_(APP, "spec.ledger", {"backend": "redis"}), "spec.ledger.redisUrlSecretRef",
+     "backend redis needs redisUrlSecretRef"),
+    ("redis-url-twice", with_(APP, "spec.ledger", {"backend": "redis", "redisUrl": "redis://r:6379",
+                                                   "redisUrlSecretRef": {"name": "redis", "key": "url"}}),
+     "spec.ledger.redisUrl", "set one of redisUrl and redisUrlSecretRef"),
+    ("ledger-size-not-a-quantity", with_(APP, "spec.ledger", {"storage": {"size": "lots"}}),
+     "spec.ledger.storage.size", "should match pattern"),
     ("retrieve-without-index", with_(APP, "spec.index", None), "spec.index", "the retrieve tool needs an index"),
     ("missing-auth", with_(APP, "spec.auth", None), "spec.auth", "required field is missing"),
     ("bad-tool", with_(APP, "spec.tools", {"builtin": ["shell"]}), "spec.tools.builtin[0]", "'shell'"),
@@ -107,6 +114,16 @@ def test_a_document_with_several_problems_reports_each():
     with pytest.raises(SpecError) as info:
         parse(doc)
     assert {p.path for p in info.value.problems} == {"spec.router.policy", "spec.engine.tensorParallelSize"}
+
+
+@pytest.mark.parametrize(("ledger", "replicas"), [
+    pytest.param({"backend": "redis", "redisUrlSecretRef": {"name": "redis", "key": "url"}}, 3, id="redis-secret"),
+    pytest.param({"backend": "redis", "redisUrl": "rediss://u:p@redis:6380/0"}, 2, id="redis-url-local-use"),
+    pytest.param({"storage": {"size": "2Gi", "storageClassName": "fast"}}, 1, id="sqlite-one-replica-claim"),
+])
+def test_ledger_specs_that_parse(ledger, replicas):
+    app = parse(with_(with_(APP, "spec.ledger", ledger), "spec.replicas", replicas))
+    assert app.spec.ledger.wire() == {"backend": "sqlite", "storage": {"size": "1Gi"}, **ledger}
 
 
 def test_status_tolerates_fields_it_does_not_know():

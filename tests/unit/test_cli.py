@@ -54,6 +54,40 @@ def test_validate_reports_one_line_per_problem(tmp_path, capsys):
     ]
 
 
+def _example_with_prices(prices):
+    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    budget = next(d for d in docs if d["kind"] == "Budget")
+    budget["spec"]["prices"] = prices
+    return docs, budget["metadata"]["name"]
+
+
+def test_validate_rejects_a_price_row_that_matches_no_fleet(tmp_path, capsys):
+    """Former bug: a row naming no fleet (a typo) was ignored and the fleet it meant ran at its own price or free."""
+    docs, name = _example_with_prices([
+        {"model": "small", "inputPerMTokensUsd": 0.02, "outputPerMTokensUsd": 0.04},
+        {"model": "lrage", "inputPerMTokensUsd": 0.6, "outputPerMTokensUsd": 1.2}])
+    f = tmp_path / "app.yaml"
+    f.write_text(yaml.safe_dump_all(docs))
+    assert main(["validate", "-f", str(f)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    index = next(i for i, d in enumerate(docs) if d["kind"] == "Budget") + 1
+    assert lines[0].startswith(f"{f}: document {index} (Budget default/{name}): spec.prices[1].model: 'lrage' "
+                               "matches no fleet of the apps using this Budget (AgentApp assistant)")
+    assert "large, small" in lines[0] and "qwen2.5-32b-instruct" in lines[0]
+    assert len(lines) == 1  # `large` lost its row but has spec.pricing of its own: no warning
+
+
+def test_validate_warns_about_a_fleet_priced_nowhere_but_accepts_it(tmp_path, capsys):
+    docs, _ = _example_with_prices([{"model": "small", "inputPerMTokensUsd": 0.02, "outputPerMTokensUsd": 0.04}])
+    next(d for d in docs if d["kind"] == "ModelFleet" and d["metadata"]["name"] == "large")["spec"].pop("pricing")
+    f = tmp_path / "app.yaml"
+    f.write_text(yaml.safe_dump_all(docs))
+    assert main(["validate", "-f", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: spec.prices: ModelFleet large (AgentApp assistant, large) has no price row" in out
+    assert "document(s) valid" in out
+
+
 def test_validate_reports_unreadable_yaml(tmp_path, capsys):
     f = tmp_path / "broken.yaml"
     f.write_text("kind: [unclosed\n")

@@ -65,12 +65,16 @@ def rules(kind):
 
 @pytest.mark.parametrize(("kind", "rule", "field_path"), [
     ("ModelFleet", "self.minReplicas <= self.maxReplicas", ".minReplicas"),
-    ("ModelFleet", "!has(self.gpu.count) || self.gpu.count >= self.tensorParallelSize", ".gpu.count"),
+    ("ModelFleet", "!has(self.gpu.count) || self.gpu.count >= (has(self.parallelism.tensor) ? "
+                   "self.parallelism.tensor : self.tensorParallelSize) * self.parallelism.pipeline", ".gpu.count"),
     ("ModelFleet", "self.metadata.name.size() <= 40", None),
     ("VectorIndex", "self.overlapTokens < self.sizeTokens", ".overlapTokens"),
     ("AgentApp", "self.replicas <= 1 || self.ledger.backend == 'redis'", ".replicas"),
+    ("AgentApp", "self.backend != 'redis' || has(self.redisUrlSecretRef) || has(self.redisUrl)",
+     ".redisUrlSecretRef"),
     ("Budget", "has(self.tokens) || has(self.costUsd)", None),
-], ids=["fleet-min-max", "fleet-gpu-tp", "name-length", "index-overlap", "app-ledger", "budget-limits"])
+], ids=["fleet-min-max", "fleet-gpu-tp", "name-length", "index-overlap", "app-ledger", "app-redis-url",
+        "budget-limits"])
 def test_cel_rules_come_from_the_models(kind, rule, field_path):
     found = [r for r in rules(kind) if r["rule"] == rule]
     assert found, rules(kind)

@@ -10,8 +10,10 @@ import yaml
 from agentfleet import render
 from agentfleet.api import RuntimeConfig
 from agentfleet.errors import DependencyMissing, SpecError
-from agentfleet.names import CONFIG_HASH_ANNOTATION, RUNTIME_PORT, app_config_name, fleet_url, milvus_uri
-from agentfleet.render.agentapp import CONFIG_DIR, KEYS_DIR
+from agentfleet.names import (
+    CONFIG_HASH_ANNOTATION, REDIS_URL_ENV, RUNTIME_PORT, SERVICE_ACCOUNT_DIR, app_config_name, fleet_url, milvus_uri,
+)
+from agentfleet.render.agentapp import CONFIG_DIR, KEYS_DIR, STATE_DIR
 from agentfleet.render.vectorindex import MILVUS_TOKEN_ENV
 
 NS = "team-a"
@@ -305,22 +307,105 @@ def test_missing_references_are_all_named(kit, app_spec, drop, missing):
 
 # --- what every child carries ----------------------------------------------------------------------------------
 
+BASE_KINDS = ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+REDIS = {"ledger": {"backend": "redis", "redisUrlSecretRef": {"name": "redis", "key": "url"}}}
+
+
 @pytest.mark.parametrize(
-    "name, uid, has_owner",
+    "name, uid, has_owner, app_spec, with_budget, extra_kinds",
     [
-        pytest.param("assistant", UID, True, id="with-uid"),
-        pytest.param("assistant", None, False, id="offline-no-uid"),
-        pytest.param("n" * 38 + "-z", "u-1", True, id="longest-name"),
+        pytest.param("assistant", UID, True, {}, False, ["PersistentVolumeClaim"], id="with-uid"),
+        pytest.param("assistant", None, False, {}, False, ["PersistentVolumeClaim"], id="offline-no-uid"),
+        pytest.param("n" * 38 + "-z", "u-1", True, {}, True, ["PersistentVolumeClaim", "Role", "RoleBinding"],
+                     id="longest-name-with-budget"),
+        pytest.param("assistant", UID, True, REDIS, False, [], id="redis-no-claim"),
+        pytest.param("assistant", UID, True, REDIS, True, ["Role", "RoleBinding"], id="redis-with-budget"),
     ],
 )
-def test_every_child_is_owned_labelled_and_named(kit, name, uid, has_owner):
-    app, related = _world(kit, app_name=name, uid=uid, labels=kit.owner_labels)
+def test_every_child_is_owned_labelled_and_named(kit, name, uid, has_owner, app_spec, with_budget, extra_kinds):
+    app, related = _world(kit, app_spec, app_name=name, uid=uid, labels=kit.owner_labels, with_budget=with_budget)
     children = _render(kit, app, related)
 
     assert kit.child_problems(children, app) == []
     assert all(("ownerReferences" in c["metadata"]) is has_owner for c in children)
     assert {(c["apiVersion"], c["kind"]) for c in children} <= set(render.CHILD_KINDS["AgentApp"])
-    assert sorted(c["kind"] for c in children) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    assert sorted(c["kind"] for c in children) == sorted(BASE_KINDS + extra_kinds)
+
+
+# --- state that outlives a pod: the ledger ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "ledger, replicas, claim, strategy, redis_env",
+    [
+        pytest.param({}, 1, {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                     "Recreate", None, id="sqlite-default-claim"),
+        pytest.param({"storage": {"size": "5Gi", "storageClassName": "fast-ssd"}}, 1,
+                     {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
+                      "storageClassName": "fast-ssd"}, "Recreate", None, id="sqlite-sized-class"),
+        pytest.param({}, 0, {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                     "Recreate", None, id="sqlite-scaled-to-zero-keeps-its-claim"),
+        pytest.param({"backend": "redis", "redisUrlSecretRef": {"name": "redis", "key": "url"}}, 3, None,
+                     "RollingUpdate", {"secretKeyRef": {"name": "redis", "key": "url"}}, id="redis-secret"),
+        pytest.param({"backend": "redis", "redisUrl": "redis://redis.local:6379/0"}, 2, None, "RollingUpdate",
+                     None, id="redis-plain-url-local-use"),
+    ],
+)
+def test_ledger_state_survives_pod_restarts(kit, ledger, replicas, claim, strategy, redis_env):
+    """Former bug: ledger.db on an emptyDir, so every rollout zeroed the day's spend."""
+    app, related = _world(kit, {"ledger": ledger, "replicas": replicas})
+    children = _render(kit, app, related)
+    dep = kit.one(children, "Deployment")
+    c = kit.container(dep)
+    claims = [x for x in children if x["kind"] == "PersistentVolumeClaim"]
+
+    assert [x["spec"] for x in claims] == ([claim] if claim else [])
+    assert [x["metadata"]["name"] for x in claims] == (["assistant-state"] if claim else [])
+    assert kit.volume(dep, "state") == ({"name": "state", "persistentVolumeClaim": {"claimName": "assistant-state"}}
+                                        if claim else {"name": "state", "emptyDir": {}})
+    assert kit.mount(c, "state") == {"name": "state", "mountPath": STATE_DIR}
+    assert kit.env(c, "AGENTFLEET_STATE_DIR") == {"name": "AGENTFLEET_STATE_DIR", "value": STATE_DIR}
+    assert dep["spec"]["strategy"]["type"] == strategy
+    # A fresh claim's root belongs to root: the pod's fsGroup (the image's group) lets the non-root runtime write.
+    assert dep["spec"]["template"]["spec"].get("securityContext") == (
+        {"fsGroup": 10001, "fsGroupChangePolicy": "OnRootMismatch"} if claim else None)
+    assert ("rollingUpdate" in dep["spec"]["strategy"]) is (strategy == "RollingUpdate")
+    assert (kit.env(c, REDIS_URL_ENV) or {}).get("valueFrom") == redis_env
+    cfg = _config(kit, children)
+    # The URL from the Secret never lands in the ConfigMap; the reference does (the runtime reads the env).
+    assert cfg.ledger == app.spec.ledger
+    assert ("redisUrl:" in kit.one(children, "ConfigMap")["data"]["runtime.yaml"]) is ("redisUrl" in ledger)
+
+
+@pytest.mark.parametrize(
+    "with_budget, budget_name",
+    [pytest.param(True, "spend", id="with-budget"), pytest.param(False, None, id="no-budget")],
+)
+def test_runtime_may_patch_only_its_budgets_status(kit, with_budget, budget_name):
+    app, related = _world(kit, with_budget=with_budget)
+    children = _render(kit, app, related)
+    dep = kit.one(children, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    roles = [x for x in children if x["kind"] == "Role"]
+    bindings = [x for x in children if x["kind"] == "RoleBinding"]
+
+    # No token unless there is a Budget to publish to, and never an automounted one.
+    assert pod["automountServiceAccountToken"] is False
+    if not with_budget:
+        assert roles == [] and bindings == [] and kit.volume(dep, "kube-api-access") is None
+        return
+    (role,), (binding,) = roles, bindings
+    assert role["rules"] == [{"apiGroups": ["agentfleet.io"], "resources": ["budgets/status"],
+                              "resourceNames": [budget_name], "verbs": ["get", "patch"]}]
+    assert role["metadata"]["name"] == binding["metadata"]["name"] == "assistant-budget-status"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "assistant-budget-status"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": NS}]
+    sources = kit.volume(dep, "kube-api-access")["projected"]["sources"]
+    assert [next(iter(s)) for s in sources] == ["serviceAccountToken", "configMap", "downwardAPI"]
+    assert sources[0]["serviceAccountToken"]["path"] == "token"
+    assert sources[1]["configMap"] == {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert kit.mount(kit.container(dep), "kube-api-access") == {
+        "name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}
 
 
 def test_pod_template_does_not_follow_the_owner_labels(kit):

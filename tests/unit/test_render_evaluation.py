@@ -52,7 +52,9 @@ def test_nothing_is_rendered_without_evaluation_or_its_suite(kit, evaluation, su
     app, related = _world(kit, evaluation)
     children = _children(kit, app, related, suite)
     assert _evals(children) == []
-    assert {c["kind"] for c in children} == {"ServiceAccount", "ConfigMap", "Deployment", "Service"}
+    # the runtime alone (its SQLite ledger's claim included): no Job, no CronJob
+    assert {c["kind"] for c in children} == {"ServiceAccount", "ConfigMap", "Deployment", "Service",
+                                             "PersistentVolumeClaim"}
 
 
 def test_the_job_runs_eval_against_the_apps_service_with_the_suite_and_keys_mounted(kit):

@@ -197,7 +197,8 @@ def test_model_credentials(kit, model, hf_token, env_from):
     assert c.get("envFrom") == env_from
     assert kit.env(c, "MODEL_STORE_TOKEN") is None
     assert kit.env(c, "HF_HOME") == {"name": "HF_HOME", "value": "/cache/huggingface"}
-    assert [e["name"] for e in c["env"]] == ["HF_HOME", *(["HF_TOKEN"] if hf_token else [])]
+    assert [e["name"] for e in c["env"] if e["name"].startswith("HF_")] == [
+        "HF_HOME", *(["HF_TOKEN"] if hf_token else [])]
 
 
 def test_headless_service_selects_the_statefulset_pods(kit):
@@ -262,9 +263,9 @@ def test_router_has_a_writable_tmp_on_a_read_only_root(kit):
     c = kit.container(dep)
 
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
-    assert kit.volume(dep, "tmp") == {"name": "tmp", "emptyDir": {}}
+    assert kit.volume(dep, "tmp") == {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
     assert kit.mount(c, "tmp") == {"name": "tmp", "mountPath": "/tmp"}
-    assert dep["spec"]["template"]["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+    assert dep["spec"]["template"]["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
 
 

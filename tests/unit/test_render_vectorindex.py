@@ -15,7 +15,7 @@ from agentfleet.errors import DependencyMissing
 from agentfleet.names import fleet_url, milvus_uri
 from agentfleet.render.meta import stable_hash
 from agentfleet.render.vectorindex import (
-    EMBED_ETCD, MILVUS_APP, MILVUS_TOKEN_ENV, REINGEST_ANNOTATION, SOURCE_MOUNT,
+    EMBED_ETCD, MILVUS_APP, MILVUS_TOKEN_ENV, REINGEST_ANNOTATION, SOURCE_MOUNT, client_env,
 )
 
 
@@ -213,10 +213,10 @@ def test_source_mount(kit, source, arg, volume, mount):
 @pytest.mark.parametrize(
     "milvus, kinds, uri, token",
     [
-        pytest.param({}, ["ConfigMap", "Service", "StatefulSet", "Job"], milvus_uri("docs", "team-a"), None,
-                     id="embedded-default"),
+        pytest.param({}, ["ConfigMap", "Service", "StatefulSet", "NetworkPolicy", "Job"],
+                     milvus_uri("docs", "team-a"), None, id="embedded-default"),
         pytest.param({"mode": "embedded", "collection": "kb", "tokenSecretRef": {"name": "milvus", "key": "t"}},
-                     ["ConfigMap", "Service", "StatefulSet", "Job"], milvus_uri("docs", "team-a"),
+                     ["ConfigMap", "Service", "StatefulSet", "NetworkPolicy", "Job"], milvus_uri("docs", "team-a"),
                      {"name": "milvus", "key": "t"}, id="embedded-named-collection-token"),
         pytest.param({"mode": "external", "uri": "https://milvus.example.test:19530",
                       "tokenSecretRef": {"name": "milvus", "key": "token"}},
@@ -438,3 +438,251 @@ def test_children_share_no_mutable_objects(kit, mode):
 
     assert kit.aliased(render.vectorindex(kit.index(spec={"milvus": milvus}, labels=kit.owner_labels),
                                           kit.defaults)) == []
+
+
+# --- issue 13: URL sources, Retain, storageSize, the store wait, Milvus auth, NetworkPolicy, restricted pods ------
+
+@pytest.mark.parametrize(
+    "source, ingestion, args, env, env_from, volume, sa",
+    [
+        pytest.param({"url": "s3://corpus/docs"}, {}, {"--max-object-mb": "64", "--max-total-mb": "4096"}, {},
+                     None, None, None, id="s3-default-chain"),
+        pytest.param({"url": "s3://corpus/docs", "endpoint": "http://minio.storage.svc:9000", "region": "eu-west-1",
+                      "credentialsSecretRef": {"name": "s3-keys"}, "maxObjectMib": 8, "maxTotalMib": 100}, {},
+                     {"--endpoint-url": "http://minio.storage.svc:9000", "--region": "eu-west-1",
+                      "--max-object-mb": "8", "--max-total-mb": "100"}, {}, [{"secretRef": {"name": "s3-keys"}}],
+                     None, None, id="s3-compatible-with-keys"),
+        pytest.param({"url": "s3://corpus/docs"}, {"serviceAccountName": "ingest-irsa"}, {}, {}, None, None,
+                     "ingest-irsa", id="s3-irsa"),
+        pytest.param({"url": "gs://kb/docs", "credentialsSecretRef": {"name": "gcs-key"}}, {}, {},
+                     {"GOOGLE_APPLICATION_CREDENTIALS": "/var/run/agentfleet/source-credentials/credentials.json"},
+                     None, {"name": "source-credentials", "secret": {"secretName": "gcs-key", "items": [
+                         {"key": "credentials.json", "path": "credentials.json"}]}}, None, id="gs-key-file"),
+        pytest.param({"url": "gs://kb/docs"}, {"serviceAccountName": "ingest-wi"}, {}, {}, None, None, "ingest-wi",
+                     id="gs-workload-identity"),
+        pytest.param({"url": "https://files.example/corpus.tar.gz", "credentialsSecretRef": {"name": "web"}}, {},
+                     {}, {}, [{"secretRef": {"name": "web"}}], None, None, id="https-archive-header-secret"),
+        pytest.param({"configMap": {"name": "corpus"}}, {}, {"--max-object-mb": None, "--endpoint-url": None}, {},
+                     None, None, None, id="configmap-no-url-flags"),
+    ],
+)
+def test_url_source_reaches_the_ingest_job(kit, source, ingestion, args, env, env_from, volume, sa):
+    index = kit.index("docs", {"source": {"configMap": None, **source}, "ingestion": ingestion})
+    job = _job(kit, render.vectorindex(index, kit.defaults))
+    pod = job["spec"]["template"]["spec"]
+    c = kit.container(job)
+
+    assert kit.flag(c["args"], "--source") == (source.get("url") or SOURCE_MOUNT)
+    for flag, value in args.items():
+        assert kit.flag(c["args"], flag) == value, flag
+    for name, value in env.items():
+        assert kit.env(c, name) == {"name": name, "value": value}
+    assert c.get("envFrom") == env_from
+    assert kit.volume(job, "source-credentials") == volume
+    if volume:
+        assert kit.mount(c, "source-credentials") == {"name": "source-credentials", "readOnly": True,
+                                                      "mountPath": "/var/run/agentfleet/source-credentials"}
+    assert pod.get("serviceAccountName") == sa
+
+
+@pytest.mark.parametrize(
+    "source, field, message",
+    [
+        pytest.param({"configMap": {"name": "c"}, "endpoint": "http://minio:9000"}, "spec.source",
+                     "apply to a url source only", id="endpoint-without-url"),
+        pytest.param({"url": "gs://kb/docs", "region": "eu-west-1"}, "spec.source.region", "s3:// url only",
+                     id="region-on-gs"),
+        pytest.param({"url": "s3://kb/docs", "maxObjectMib": 500, "maxTotalMib": 100}, "spec.source.maxObjectMib",
+                     "must not exceed", id="object-over-total"),
+    ],
+)
+def test_url_source_fields_are_checked(kit, source, field, message):
+    from agentfleet.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        kit.index("docs", {"source": {"configMap": None, **source}})
+    assert any(p.path == field and message in p.message for p in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize(
+    "milvus, ingestion, wait",
+    [
+        pytest.param({}, {}, "900", id="embedded-waits"),
+        pytest.param({"mode": "managed"}, {"storeWaitSeconds": 1800}, "1800", id="managed-waits-longer"),
+        pytest.param({"mode": "external", "uri": "http://milvus:19530"}, {}, None, id="external-does-not"),
+        pytest.param({}, {"storeWaitSeconds": 0}, None, id="turned-off"),
+    ],
+)
+def test_ingest_job_waits_for_the_store_it_created(kit, milvus, ingestion, wait):
+    index = kit.index("docs", {"milvus": milvus, "ingestion": ingestion})
+    c = kit.container(_job(kit, render.vectorindex(index, kit.defaults)))
+    assert kit.flag(c["args"], "--wait-for-store") == wait
+
+
+@pytest.mark.parametrize(
+    "milvus, owned, policy, pvc_deletion, size",
+    [
+        pytest.param({}, True, "Delete", True, "20Gi", id="delete-default"),
+        pytest.param({"deletionPolicy": "Retain"}, False, "Retain", False, "20Gi", id="retain"),
+        pytest.param({"deletionPolicy": "Retain", "managed": {"storageSize": "500Gi"}}, False, "Retain", False,
+                     "500Gi", id="retain-sized"),
+        pytest.param({"managed": {"mode": "cluster", "storageSize": "2Ti"}}, True, "Delete", True, "2Ti",
+                     id="cluster-delete-sized"),
+    ],
+)
+def test_managed_milvus_honours_deletion_policy_and_storage_size(kit, milvus, owned, policy, pvc_deletion, size):
+    index = kit.index("docs", {"milvus": {"mode": "managed", **milvus}})
+    cr = kit.one(render.vectorindex(index, kit.defaults), "Milvus")
+    deps = cr["spec"]["dependencies"]
+    expected_deps = {"storage", "etcd"} | ({"pulsar"} if index.spec.milvus.managed.mode == "cluster" else set())
+
+    assert ("ownerReferences" in cr["metadata"]) is owned
+    if owned:
+        assert cr["metadata"]["ownerReferences"][0]["uid"] == kit.uid
+    assert set(deps) == expected_deps
+    for name in expected_deps:
+        assert deps[name]["inCluster"]["deletionPolicy"] == policy, name
+        assert deps[name]["inCluster"]["pvcDeletion"] is pvc_deletion, name
+    assert deps["storage"]["inCluster"]["values"] == {"persistence": {"size": size}}
+
+
+def test_embedded_retain_keeps_the_claim(kit):
+    sts = kit.one(render.vectorindex(kit.index("docs", {"milvus": {"deletionPolicy": "Retain"}}), kit.defaults),
+                  "StatefulSet")
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+
+
+AUTH = {"name": "milvus-auth", "key": "password"}
+
+
+@pytest.mark.parametrize("mode", ["embedded", "managed"])
+def test_milvus_auth_from_a_secret(kit, mode):
+    index = kit.index("docs", {"milvus": {"mode": mode, "authSecretRef": AUTH}})
+    children = render.vectorindex(index, kit.defaults)
+    job = _job(kit, children)
+    c = kit.container(job)
+    secret = {"secretKeyRef": AUTH}
+    client = [{"name": "MILVUS_ROOT_PASSWORD", "valueFrom": secret},
+              {"name": MILVUS_TOKEN_ENV, "value": "root:$(MILVUS_ROOT_PASSWORD)"}]
+
+    # Clients: the token is built from the password by the kubelet; $(VAR) needs VAR defined before it.
+    assert c["env"][:2] == client
+    assert client_env(index) == client
+    assert render.connection(index).token_env == MILVUS_TOKEN_ENV
+    assert kit.container(render.drop_job(index, kit.defaults))["env"] == client
+    if mode == "embedded":
+        env = kit.container(kit.one(children, "StatefulSet"))["env"]
+        assert {"name": "COMMON_SECURITY_AUTHORIZATIONENABLED", "value": "true"} in env
+        assert {"name": "COMMON_SECURITY_DEFAULTROOTPASSWORD", "valueFrom": secret} in env
+    else:
+        cr = kit.one(children, "Milvus")
+        assert cr["spec"]["config"] == {"common": {"security": {"authorizationEnabled": True}}}
+        assert cr["spec"]["components"]["env"] == [{"name": "COMMON_SECURITY_DEFAULTROOTPASSWORD",
+                                                    "valueFrom": secret}]
+        assert "password" not in json.dumps(cr["spec"]["config"])
+
+
+@pytest.mark.parametrize(
+    "milvus, field",
+    [
+        pytest.param({"mode": "external", "uri": "http://m:19530", "authSecretRef": AUTH}, "spec.milvus.authSecretRef",
+                     id="external-takes-a-token"),
+        pytest.param({"authSecretRef": AUTH, "tokenSecretRef": AUTH}, "spec.milvus.tokenSecretRef", id="both"),
+    ],
+)
+def test_milvus_auth_rules(kit, milvus, field):
+    from agentfleet.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        kit.index("docs", {"milvus": milvus})
+    assert any(p.path == field for p in info.value.problems), info.value.problems
+
+
+def test_network_policy_admits_only_runtimes_and_this_indexs_ingestion(kit):
+    index = kit.index("docs")
+    children = render.vectorindex(index, kit.defaults)
+    pol = kit.one(children, "NetworkPolicy", "docs-milvus")
+    milvus_pods = kit.one(children, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    ingest_pods = _job(kit, children)["spec"]["template"]["metadata"]["labels"]
+    drop_pods = render.drop_job(index, kit.defaults)["spec"]["template"]["metadata"]["labels"]
+    other_ingest = _job(kit, render.vectorindex(kit.index("other"), kit.defaults))["spec"]["template"]["metadata"][
+        "labels"]
+    app_children = render.render(kit.app("assistant", {"fleets": {"large": "llm"}}),
+                                 related=kit.related(kit.fleet("llm"), index), defaults=kit.defaults)
+    runtime_pods = kit.one(app_children, "Deployment", "assistant")["spec"]["template"]["metadata"]["labels"]
+
+    def admitted(labels, port):
+        return any(any(p["port"] == port for p in rule["ports"]) and any(
+            "namespaceSelector" not in peer and peer["podSelector"]["matchLabels"].items() <= labels.items()
+            for peer in rule["from"]) for rule in pol["spec"]["ingress"])
+
+    assert pol["spec"]["podSelector"]["matchLabels"].items() <= milvus_pods.items()
+    assert pol["spec"]["policyTypes"] == ["Ingress"]
+    assert admitted(ingest_pods, 19530) and admitted(drop_pods, 19530) and admitted(runtime_pods, 19530)
+    assert not admitted(other_ingest, 19530), "another index's ingestion pods"
+    assert not admitted(milvus_pods, 19530) and not admitted({"app": "anything"}, 19530)
+    assert not admitted(runtime_pods, 9091), "metrics: Prometheus only"
+
+
+_PSS_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
+                "secret"}
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    """The `restricted` Pod Security Standard's checks (as the API server's PodSecurity admission applies them)."""
+    out = []
+    psc = pod.get("securityContext") or {}
+    for v in pod.get("volumes") or []:
+        kinds = set(v) - {"name"}
+        if not kinds <= _PSS_VOLUMES:
+            out.append(f"volume {v['name']}: {kinds}")
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            out.append(flag)
+    for c in (pod.get("initContainers") or []) + pod["containers"]:
+        sc = c.get("securityContext") or {}
+        name = c["name"]
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation")
+        if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+            out.append(f"{name}: capabilities.drop ALL")
+        if set((sc.get("capabilities") or {}).get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: capabilities.add")
+        if not sc.get("runAsNonRoot", psc.get("runAsNonRoot")):
+            out.append(f"{name}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{name}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile {seccomp}")
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            out.append(f"{name}: hostPort")
+    return out
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param({}, id="embedded"),
+        pytest.param({"milvus": {"authSecretRef": AUTH, "deletionPolicy": "Retain"}}, id="embedded-auth-retain"),
+        pytest.param({"milvus": {"mode": "managed"}}, id="managed"),
+        pytest.param({"milvus": {"mode": "external", "uri": "http://m:19530"}}, id="external"),
+        pytest.param({"source": {"configMap": None, "url": "gs://kb/d", "credentialsSecretRef": {"name": "k"}}},
+                     id="gs-source"),
+        pytest.param({"source": {"configMap": None, "persistentVolumeClaim": {"claimName": "docs", "path": "a"}}},
+                     id="pvc-source"),
+    ],
+)
+def test_every_pod_passes_the_restricted_pod_security_standard(kit, spec):
+    index = kit.index("docs", spec)
+    children = render.vectorindex(index, kit.defaults) + [render.drop_job(index, kit.defaults)]
+    pods = [(c["kind"], c["spec"]["template"]["spec"]) for c in children if c["kind"] in ("Job", "StatefulSet")]
+
+    assert pods, "every mode renders at least the ingestion Job"
+    assert {kind: restricted_violations(pod) for kind, pod in pods} == {kind: [] for kind, _ in pods}
+    sts = [pod for kind, pod in pods if kind == "StatefulSet"]
+    for pod in sts:
+        # Milvus's image runs as root unless told otherwise: a numeric non-root UID that owns the volume.
+        assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["fsGroup"] != 0

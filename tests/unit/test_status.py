@@ -77,7 +77,8 @@ def test_modelfleet_verdict(kit, desired, sts, router, ready, reason, message, p
     assert out["endpoint"] == fleet_url("llm", kit.ns)
     assert out["servedModelName"] == "chat"
     assert set(out) == {"observedGeneration", "replicas", "readyReplicas", "selector", "endpoint",
-                        "servedModelName", "conditions"}
+                        "servedModelName", "conditions", "gpusPerReplica", "podsPerReplica", "workload",
+                        "metricsDiscovery", "adapters"}
 
 
 def test_modelfleet_selector_selects_the_engine_pods(kit):
@@ -256,7 +257,8 @@ def test_window_bounds(window, now, start, end):
 TODAY = "2025-03-14T00:00:00Z"
 YESTERDAY = "2025-03-13T00:00:00Z"
 BUDGET_NOW = _t("2025-03-14T10:00:00+00:00")
-BUDGET_KEYS = {"observedGeneration", "windowStart", "windowEnd", "remainingUsd", "remainingTokens", "conditions"}
+# One writer per field: spent*, windowStart and windowEnd belong to the runtime (status.RUNTIME_BUDGET_FIELDS).
+BUDGET_KEYS = {"observedGeneration", "remainingUsd", "remainingTokens", "conditions"}
 
 
 @pytest.mark.parametrize(
@@ -307,26 +309,29 @@ def test_budget_remaining(kit, spec, prior, remaining_usd, remaining_tokens, exh
     conds = _by_type(out["conditions"])
     exhausted = exhausted_message is not None
 
-    # One writer per field: spentUsd/spentTokens belong to the runtime's ledger.
-    assert set(out) == BUDGET_KEYS
+    # One writer per field: spentUsd/spentTokens and the window belong to the runtime's ledger.
+    assert set(out) == BUDGET_KEYS and not set(out) & set(status.RUNTIME_BUDGET_FIELDS)
     assert (out["remainingUsd"], out["remainingTokens"]) == (remaining_usd, remaining_tokens)
     assert (conds["Exhausted"]["status"], conds["Exhausted"]["reason"], conds["Exhausted"]["message"]) == (
         ("True", "Exhausted", exhausted_message) if exhausted else ("False", "WithinBudget", ""))
     assert (conds["Ready"]["status"], conds["Ready"]["reason"], conds["Ready"]["message"]) == (
         ("True", "Exhausted", exhausted_message) if exhausted else ("True", "Ready", "within budget"))
-    assert (conds["Progressing"]["status"], conds["Degraded"]["status"]) == ("False", "False")
-    assert [c["type"] for c in out["conditions"]] == ["Ready", "Progressing", "Degraded", "Exhausted"]
+    # Argo CD shows an exhausted Budget Degraded (manifests/argocd/health.lua reads Degraded first).
+    assert (conds["Degraded"]["status"], conds["Degraded"]["reason"], conds["Degraded"]["message"]) == (
+        ("True", "BudgetExhausted", exhausted_message) if exhausted else ("False", "AsExpected", ""))
+    assert conds["Progressing"]["status"] == "False"
+    assert (conds["Priced"]["status"], conds["Priced"]["reason"]) == ("True", "AllFleetsPriced")
+    assert [c["type"] for c in out["conditions"]] == ["Ready", "Progressing", "Degraded", "Exhausted", "Priced"]
     assert all(c["lastTransitionTime"] == NOW and c["observedGeneration"] == 5 for c in out["conditions"])
     assert out["observedGeneration"] == 5
-    start, end = status.window_bounds(b.spec.window, BUDGET_NOW)
-    assert out["windowStart"] == (start.strftime("%Y-%m-%dT%H:%M:%SZ") if start else None)
-    assert out["windowEnd"] == (end.strftime("%Y-%m-%dT%H:%M:%SZ") if end else None)
 
 
-def test_budget_window_written_is_the_one_read_back(kit):
-    """The window a status write records makes the next reconcile in that window keep the ledger's spend."""
-    first = status.budget(kit.budget("spend", {"limits": {"costUsd": 5}}), now=BUDGET_NOW)
-    b = kit.budget("spend", {"limits": {"costUsd": 5}}, status={**first, "spentUsd": 2.0})
+def test_budget_spend_counts_only_in_the_window_the_runtime_published_it_for(kit):
+    """The runtime publishes spent with its ledger's window; once that window has turned (and no runtime published
+    the new one yet) the spend counts as nothing."""
+    published = {"windowStart": TODAY, "windowEnd": "2025-03-15T00:00:00Z", "spentUsd": 2.0}
+    first = status.budget(kit.budget("spend", {"limits": {"costUsd": 5}}, status=published), now=BUDGET_NOW)
+    b = kit.budget("spend", {"limits": {"costUsd": 5}}, status={**published, **first})
 
     assert status.budget(b, now=BUDGET_NOW + dt.timedelta(hours=1))["remainingUsd"] == 3.0
     assert status.budget(b, now=BUDGET_NOW + dt.timedelta(days=1))["remainingUsd"] == 5.0
@@ -351,8 +356,7 @@ def test_budget_reads_any_clock_as_the_same_instant(kit, now):
     out = status.budget(b, now=now)
 
     assert out == status.budget(b, now=BUDGET_NOW)
-    assert (out["windowStart"], out["windowEnd"], out["remainingUsd"]) == (
-        "2025-03-14T10:00:00Z", "2025-03-14T11:00:00Z", 4.0)
+    assert out["remainingUsd"] == 4.0
     assert {c["lastTransitionTime"] for c in out["conditions"]} == {NOW}
 
 
@@ -364,7 +368,98 @@ def test_budget_exhaustion_flips_only_what_changed(kit):
 
     assert {c["type"]: (c["status"], c["reason"], c["lastTransitionTime"]) for c in out["conditions"]} == {
         "Ready": ("True", "Exhausted", NOW), "Progressing": ("False", "Stable", NOW),
-        "Degraded": ("False", "AsExpected", NOW), "Exhausted": ("True", "Exhausted", LATER)}
+        "Degraded": ("True", "BudgetExhausted", LATER), "Exhausted": ("True", "Exhausted", LATER),
+        "Priced": ("True", "AllFleetsPriced", NOW)}
+
+
+def test_raising_the_limit_keeps_the_spend_and_lifts_exhaustion(kit):
+    """A Budget edit changes the limits, not the spend: the runtime's spent stays, remaining follows the spec."""
+    spent = {"windowStart": TODAY, "spentUsd": 5.0, "spentTokens": 900}
+    before = status.budget(kit.budget("spend", {"limits": {"costUsd": 5}}, status=spent, generation=1),
+                           now=BUDGET_NOW)
+    after = status.budget(kit.budget("spend", {"limits": {"costUsd": 6}}, status={**spent, **before}, generation=2),
+                          now=BUDGET_NOW)
+
+    assert (before["remainingUsd"], _by_type(before["conditions"])["Exhausted"]["status"]) == (0.0, "True")
+    assert (after["remainingUsd"], _by_type(after["conditions"])["Exhausted"]["status"]) == (1.0, "False")
+    assert _by_type(after["conditions"])["Degraded"]["status"] == "False"
+    assert after["observedGeneration"] == 2 and not set(after) & set(status.RUNTIME_BUDGET_FIELDS)
+
+
+def _priced_world(kit, prices, *, limits=None, apps=("assistant",)):
+    b = kit.budget("spend", {"limits": limits or {"costUsd": 5}, "prices": prices}, generation=3)
+    fleets = {"large": kit.fleet("large", {"model": {"servedModelName": "qwen-32b"}}),
+              "small": kit.fleet("small", {"pricing": {"inputPerMTokensUsd": 0.1, "outputPerMTokensUsd": 0.2}})}
+    users = [kit.app(a, {"fleets": {"large": "large", "small": "small"}, "budgetRef": {"name": "spend"}})
+             for a in apps]
+    other = kit.app("other", {"fleets": {"large": "elsewhere"}})  # does not use the Budget: its fleet is no excuse
+    return b, [*users, other], {**fleets, "elsewhere": kit.fleet("elsewhere")}
+
+
+ROW = {"inputPerMTokensUsd": 1, "outputPerMTokensUsd": 2}
+
+
+@pytest.mark.parametrize(
+    "prices, limits, apps, ready, priced, degraded, paths",
+    [
+        pytest.param([{"model": "large", **ROW}], None, ("assistant",), ("True", "Ready"),
+                     ("True", "AllFleetsPriced"), ("False", "AsExpected"), [], id="row-by-fleet-name"),
+        pytest.param([{"model": "qwen-32b", **ROW}], None, ("assistant",), ("True", "Ready"),
+                     ("True", "AllFleetsPriced"), ("False", "AsExpected"), [], id="row-by-served-model-name"),
+        pytest.param([{"model": "large", **ROW}, {"model": "lrage", **ROW}], None, ("assistant",),
+                     ("False", "PriceMatchesNoFleet"), ("False", "PriceMatchesNoFleet"),
+                     ("True", "PriceMatchesNoFleet"), ["spec.prices[1].model"], id="typo-is-an-error"),
+        pytest.param([{"model": "elsewhere", **ROW}], None, ("assistant",), ("False", "PriceMatchesNoFleet"),
+                     ("False", "PriceMatchesNoFleet"), ("True", "PriceMatchesNoFleet"),
+                     ["spec.prices[0].model", "spec.prices"], id="fleet-of-an-app-not-using-it"),
+        pytest.param([], None, ("assistant",), ("True", "Ready"), ("False", "FleetUnpriced"),
+                     ("False", "AsExpected"), ["spec.prices"], id="unpriced-fleet-is-a-warning"),
+        pytest.param([], {"tokens": 1000, "costUsd": None}, ("assistant",), ("True", "Ready"), ("True", "AllFleetsPriced"),
+                     ("False", "AsExpected"), [], id="unpriced-fleet-without-money-limit"),
+        pytest.param([{"model": "anything", **ROW}], None, (), ("True", "Ready"), ("Unknown", "NotReferenced"),
+                     ("False", "AsExpected"), [], id="no-app-uses-it"),
+    ],
+)
+def test_budget_price_rows_are_checked_against_the_fleets_using_it(kit, prices, limits, apps, ready, priced,
+                                                                   degraded, paths):
+    b, all_apps, fleets = _priced_world(kit, prices, limits=limits, apps=apps)
+    problems = render.price_problems(b, apps=all_apps, fleets=fleets)
+    out = status.budget(b, now=BUDGET_NOW, prices=problems, is_referenced=bool(apps))
+    conds = _by_type(out["conditions"])
+
+    assert [p.path for p in problems] == paths
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ready
+    assert (conds["Priced"]["status"], conds["Priced"]["reason"]) == priced
+    assert (conds["Degraded"]["status"], conds["Degraded"]["reason"]) == degraded
+    for p in problems:
+        assert p.path in conds["Priced"]["message"] or not p.is_error
+    if ready[0] == "False":  # the message names the row and the fleets it could have named
+        assert "spec.prices[" in conds["Ready"]["message"] and "large, small" in conds["Ready"]["message"]
+        assert "qwen-32b" in conds["Ready"]["message"]
+
+
+@pytest.mark.parametrize(
+    "ledgers, degraded, names",
+    [
+        pytest.param({"a": "redis", "b": "redis"}, ("False", "AsExpected"), None, id="all-on-redis"),
+        pytest.param({"a": "sqlite"}, ("False", "AsExpected"), None, id="one-app-on-sqlite"),
+        pytest.param({"a": "sqlite", "b": "redis"}, ("True", "LedgerNotShared"), "AgentApps a, b use this Budget "
+                     "but a keeps a SQLite ledger", id="one-of-two-on-sqlite"),
+        pytest.param({"a": "sqlite", "b": "sqlite"}, ("True", "LedgerNotShared"), "but a, b keep a SQLite",
+                     id="both-on-sqlite"),
+    ],
+)
+def test_apps_that_cannot_share_a_budgets_counter_are_degraded(kit, ledgers, degraded, names):
+    """Former bug: two apps on one Budget each counted its spend apart (SQLite is per pod's claim)."""
+    redis = {"backend": "redis", "redisUrlSecretRef": {"name": "r", "key": "url"}}
+    apps = [kit.app(n, {"budgetRef": {"name": "spend"}, "ledger": redis if backend == "redis" else {}})
+            for n, backend in ledgers.items()]
+    b = kit.budget("spend")
+    why = status.unshared_ledgers(b, apps)
+    cond = _by_type(status.budget(b, now=BUDGET_NOW, unshared=why)["conditions"])["Degraded"]
+
+    assert (cond["status"], cond["reason"]) == degraded
+    assert (why is None) is (names is None) and (names is None or names in cond["message"])
 
 
 # --- failures --------------------------------------------------------------------------------------------------

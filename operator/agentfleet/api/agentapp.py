@@ -3,6 +3,7 @@ delegate to sub-agents, reflect) over retrieval that only returns what the calle
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import ClassVar, Literal, get_args
 
@@ -14,8 +15,8 @@ from .base import (
 )
 
 __all__ = [
-    "FleetRoles", "IndexRef", "MCPServer", "ToolsSpec", "SubAgent", "LoopLimits", "AuthSpec", "LedgerSpec",
-    "AgentAppSpec", "AgentAppStatus", "AgentApp", "BuiltinTool", "ModelRole", "ConfigMapKeyRef",
+    "FleetRoles", "IndexRef", "MCPServer", "ToolsSpec", "SubAgent", "LoopLimits", "AuthSpec", "FailedAttempts", "LedgerSpec",
+    "AgentAppSpec", "AgentAppStatus", "AgentApp", "BuiltinTool", "LedgerStorage", "ModelRole", "ConfigMapKeyRef",
     "EvaluationGate", "EvaluationSpec", "EvaluationStatus", "cron_problem",
 ]
 
@@ -48,6 +49,9 @@ class MCPServer(Model):
     url: str = Field(pattern=r"^https?://\S+$", description="Streamable HTTP endpoint of the MCP server.")
     headers_secret_ref: LocalRef | None = Field(default=None,
                                                 description="Secret whose keys become HTTP headers.")
+    idempotent: bool = Field(default=False, description=(
+        "Whether this server's tools are safe to call again: a call interrupted by a runtime replica's death is "
+        "re-run by the replica that takes the run over only when true, else recorded as interrupted."))
 
 
 class ToolsSpec(Model):
@@ -75,21 +79,76 @@ class LoopLimits(Model):
     max_parallel_sub_agents: int = Field(default=4, ge=1, le=64)
 
 
+class FailedAttempts(Model):
+    """Failed authentication allowed per minute before the runtime answers 429 with Retry-After (0: no limit)."""
+
+    per_address_per_minute: int = Field(default=30, ge=0, le=100000,
+                                        description="Failures from one client address.")
+    per_key_prefix_per_minute: int = Field(default=10, ge=0, le=100000,
+                                           description="Failures naming one key prefix (its first 8 characters).")
+
+
 class AuthSpec(Model):
     api_keys_secret_ref: SecretKeyRef = Field(
         description="Secret key holding YAML: API key -> {user, tenant, groups}.")
+    failed_attempts: FailedAttempts = Field(default_factory=FailedAttempts)
+    trusted_proxies: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="CIDRs of proxies (an ingress) whose X-Forwarded-For names the client; empty: the TCP peer is "
+                    "the client.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR") from None
+        return v
+
+
+class LedgerStorage(Model):
+    """The volume a SQLite ledger lives on in a cluster (a PersistentVolumeClaim `<app>-state`), so the day's
+    spend survives pod restarts and rollouts."""
+
+    __rules__: ClassVar = (
+        # A claim's storage class cannot change in place.
+        Rule("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || "
+             "self.storageClassName == oldSelf.storageClassName)",
+             "storageClassName of the ledger's volume cannot change once created", None, "storageClassName"),
+    )
+
+    size: str = Field(default="1Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
+                      description="Requested size of the claim; it can grow (when the class allows), not shrink.")
+    storage_class_name: str | None = Field(default=None, pattern=DNS1123_LABEL, max_length=253,
+                                           description="Storage class of the claim; the cluster's default if unset.")
 
 
 class LedgerSpec(Model):
-    """Where budget reservations live: SQLite for one replica, Redis shared by several."""
+    """Where budget reservations live: SQLite on a PersistentVolumeClaim for one replica, Redis shared by several
+    replicas and by every AgentApp that references the same Budget."""
 
     __rules__: ClassVar = (
-        Rule("self.backend != 'redis' || has(self.redisUrl)", "redisUrl is required when backend is redis",
-             lambda s: s.backend != "redis" or s.redis_url is not None, "redisUrl"),
+        Rule("self.backend != 'redis' || has(self.redisUrlSecretRef) || has(self.redisUrl)",
+             "backend redis needs redisUrlSecretRef (a Secret key holding the redis:// URL; redisUrl is for local "
+             "use only)",
+             lambda s: s.backend != "redis" or s.redis_url_secret_ref is not None or s.redis_url is not None,
+             "redisUrlSecretRef"),
+        Rule("!has(self.redisUrl) || !has(self.redisUrlSecretRef)", "set one of redisUrl and redisUrlSecretRef",
+             lambda s: s.redis_url is None or s.redis_url_secret_ref is None, "redisUrl"),
     )
 
     backend: Literal["sqlite", "redis"] = "sqlite"
-    redis_url: str | None = Field(default=None, pattern=r"^rediss?://\S+$")
+    redis_url_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the Redis URL (redis:// or rediss://, with credentials); "
+                                  "the runtime reads it from the environment variable AGENTFLEET_REDIS_URL.")
+    redis_url: str | None = Field(
+        default=None, pattern=r"^rediss?://\S+$",
+        description="The Redis URL in plain text: for `agentfleet up` and local use. In a cluster use "
+                    "redisUrlSecretRef, so credentials stay out of the spec and the runtime ConfigMap.")
+    storage: LedgerStorage = Field(default_factory=LedgerStorage,
+                                   description="backend sqlite in a cluster: the claim holding ledger.db.")
 
 
 class ConfigMapKeyRef(Model):
@@ -198,7 +257,8 @@ class EvaluationSpec(Model):
 class AgentAppSpec(Model):
     __rules__: ClassVar = (
         Rule("self.replicas <= 1 || self.ledger.backend == 'redis'",
-             "more than one replica needs ledger.backend redis (a SQLite ledger cannot be shared)",
+             "more than one replica needs ledger.backend redis with ledger.redisUrlSecretRef: a SQLite ledger lives "
+             "on one ReadWriteOnce volume and cannot be shared",
              lambda s: s.replicas <= 1 or s.ledger.backend == "redis", "replicas"),
         Rule("!self.tools.builtin.exists(t, t == 'retrieve') || has(self.index)",
              "the retrieve tool needs an index", lambda s: "retrieve" not in s.tools.builtin or s.index is not None,

@@ -63,13 +63,17 @@ class BudgetSpec(Model):
 
 
 class BudgetStatus(StatusModel):
+    """Two writers, one per field: the runtime publishes spentTokens, spentUsd, windowStart and windowEnd from its
+    ledger (within ~10 s of the spend); the operator derives observedGeneration, remaining* and the conditions
+    (Ready, Degraded, Exhausted, Priced) from them and the spec."""
+
     observed_generation: int | None = None
-    window_start: str | None = None
-    window_end: str | None = None
-    spent_tokens: int = 0
-    spent_usd: float = 0.0
-    remaining_tokens: int | None = None
-    remaining_usd: float | None = None
+    window_start: str | None = Field(default=None, description="Runtime: start of the window spent* belongs to.")
+    window_end: str | None = Field(default=None, description="Runtime: end of that window.")
+    spent_tokens: int = Field(default=0, description="Runtime: tokens settled in the window, from the ledger.")
+    spent_usd: float = Field(default=0.0, description="Runtime: US dollars settled in the window, from the ledger.")
+    remaining_tokens: int | None = Field(default=None, description="Operator: limits.tokens - spentTokens.")
+    remaining_usd: float | None = Field(default=None, description="Operator: limits.costUsd - spentUsd.")
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -81,6 +85,11 @@ class Budget(Resource):
             PrinterColumn("Spent-USD", ".status.spentUsd", "number"),
             PrinterColumn("Remaining-USD", ".status.remainingUsd", "number"),
             PrinterColumn("Spent-Tokens", ".status.spentTokens", "integer"),
+            PrinterColumn("Remaining-Tokens", ".status.remainingTokens", "integer", priority=1),
+            PrinterColumn("Window-Start", ".status.windowStart", priority=1,
+                          description="Start of the window the spend belongs to (published by the runtime)."),
+            PrinterColumn("Pricing", '.status.conditions[?(@.type=="Priced")].reason', priority=1,
+                          description="AllFleetsPriced, PriceMatchesNoFleet (error) or FleetUnpriced (warning)."),
             PrinterColumn("Status", '.status.conditions[?(@.type=="Ready")].reason'),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         ),

@@ -3,21 +3,38 @@ replicas scale on goodput and queue depth read from Prometheus; a prefix- and se
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from ..names import API_VERSION
 from .base import (
-    CRDInfo, Condition, Model, PrinterColumn, Resource, Rule, SecretKeyRef, StatusModel,
+    DNS1123_LABEL, CRDInfo, Condition, LocalRef, Model, PrinterColumn, Resource, Rule, SecretKeyRef, StatusModel,
 )
 
 __all__ = [
     "ModelSource", "GPUSpec", "ComputeResources", "EngineSpec", "AutoscalingSpec", "RouterSpec", "PricingSpec",
     "ModelFleetSpec", "ScalingDecision", "AutoscalerMemory", "ModelFleetStatus", "ModelFleet", "RouterPolicy",
+    "ParallelismSpec", "RouterResources", "DrainSpec", "WeightCacheSpec", "PodOptions", "NetworkPolicySpec",
+    "LoRAAdapter", "RESERVED_ENGINE_FLAGS",
 ]
 
 RouterPolicy = Literal["prefix-aware", "session", "least-load", "round-robin"]
+
+# vLLM flags that have a field of their own: in extraArgs they would change the GPU layout behind the renderer's
+# back (the GPU request, the pods per replica), so they are rejected in favour of the field.
+RESERVED_ENGINE_FLAGS = ("--pipeline-parallel-size", "--pipeline_parallel_size", "-pp",
+                         "--tensor-parallel-size", "--tensor_parallel_size", "-tp")
+
+
+def _reserved_flag(arg: str) -> bool:
+    return any(arg == f or arg.startswith(f + "=") for f in RESERVED_ENGINE_FLAGS)
+
+
+_RESERVED_CEL = " || ".join(f"a == '{f}' || a.startsWith('{f}=')" for f in RESERVED_ENGINE_FLAGS)
+# The effective tensor-parallel size and GPUs per replica, in CEL (the Python side: EngineSpec properties).
+_TP_CEL = "(has(self.parallelism.tensor) ? self.parallelism.tensor : self.tensorParallelSize)"
+_GPUS_CEL = f"(has(self.gpu.count) ? self.gpu.count : {_TP_CEL} * self.parallelism.pipeline)"
 
 
 class ModelSource(Model):
@@ -38,8 +55,103 @@ class ModelSource(Model):
 class GPUSpec(Model):
     resource_name: str = Field(default="nvidia.com/gpu", min_length=1,
                                description="Extended resource name of the accelerator.")
-    count: int | None = Field(default=None, ge=1, le=64,
-                              description="GPUs per replica; defaults to tensorParallelSize.")
+    count: int | None = Field(default=None, ge=1, le=512,
+                              description="GPUs per replica; defaults to tensor x pipeline parallel size.")
+    per_node: int | None = Field(
+        default=None, ge=1, le=64,
+        description="GPUs one node gives one pod (e.g. 8 on an 8-GPU node). A replica needing more is spread over "
+                    "GPUs/perNode pods of a LeaderWorkerSet (needs the LeaderWorkerSet controller); unset: one pod "
+                    "holds the whole replica.")
+
+
+class ParallelismSpec(Model):
+    """How one replica shards the model: GPUs per replica = tensor x pipeline."""
+
+    tensor: int | None = Field(default=None, ge=1, le=64,
+                               description="Tensor-parallel size; defaults to engine.tensorParallelSize.")
+    pipeline: int = Field(default=1, ge=1, le=64, description="Pipeline-parallel size (stages, usually one per node).")
+
+
+class DrainSpec(Model):
+    """Scale-down and rollout without cutting streams: the pod leaves the Service and the router first (preStop),
+    then vLLM stops taking requests and finishes the ones in flight (--shutdown-timeout, vLLM >= 0.18);
+    terminationGracePeriodSeconds covers both."""
+
+    pre_stop_seconds: int = Field(default=15, ge=0, le=600,
+                                  description="Sleep before SIGTERM so routers and Services stop sending new work.")
+    shutdown_timeout_seconds: int = Field(
+        default=120, ge=0, le=3600,
+        description="vLLM's --shutdown-timeout: how long in-flight requests may run after SIGTERM; 0 aborts them "
+                    "(and leaves the flag out, for images older than vLLM 0.18).")
+
+
+class WeightCacheSpec(Model):
+    """Where downloaded weights (HF_HOME) live. EmptyDir: per pod, bounded by `size`, downloaded again after a
+    restart. PerReplica: a PersistentVolumeClaim per replica (StatefulSet volumeClaimTemplate), kept across
+    restarts (single-node replicas: a LeaderWorkerSet has no claim templates, its pods use EmptyDir). Shared: an
+    existing claim (ReadWriteMany) named by claimName, mounted by every replica."""
+
+    __rules__: ClassVar = (
+        Rule("self.mode != 'Shared' || has(self.claimName)", "cache.claimName is required when mode is Shared",
+             lambda s: s.mode != "Shared" or s.claim_name is not None, "claimName"),
+        # A StatefulSet's volumeClaimTemplates cannot change: the apply would fail on every reconcile.
+        Rule("self.mode == oldSelf.mode || (self.mode != 'PerReplica' && oldSelf.mode != 'PerReplica')",
+             "cache.mode cannot change to or from PerReplica on an existing fleet (a StatefulSet's claim templates "
+             "are immutable): create a new ModelFleet", None, "mode"),
+        Rule("self.mode != 'PerReplica' || oldSelf.mode != 'PerReplica' || (self.size == oldSelf.size && "
+             "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || "
+             "self.storageClassName == oldSelf.storageClassName))",
+             "cache.size and cache.storageClassName cannot change on a PerReplica cache (a StatefulSet's claim "
+             "templates are immutable): create a new ModelFleet", None, "size"),
+    )
+
+    mode: Literal["EmptyDir", "PerReplica", "Shared"] = "EmptyDir"
+    size: str = Field(default="200Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
+                      description="The emptyDir sizeLimit, or the size of each per-replica claim.")
+    storage_class_name: str | None = Field(default=None, description="PerReplica: the claims' StorageClass.")
+    claim_name: str | None = Field(default=None, pattern=DNS1123_LABEL, description="Shared: the existing claim.")
+
+
+class PodOptions(Model):
+    """What platform teams set on every pod: scheduling, identity, pull secrets, metadata, environment and extra
+    volumes. Lists and objects are Kubernetes' own (core/v1) and passed through as written."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    image_pull_secrets: list[LocalRef] = Field(default_factory=list)
+    service_account_name: str | None = Field(
+        default=None, pattern=DNS1123_LABEL,
+        description="Engine: an existing ServiceAccount (IRSA / Workload Identity for s3:// and gs://). "
+                    "Router: ignored (the router runs under its own account, which reads EndpointSlices).")
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, description="Added to the pods; ours win on conflict.")
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    env_from: list[dict[str, Any]] = Field(default_factory=list)
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    security_context: dict[str, Any] | None = Field(
+        default=None, description="Laid over the pod securityContext we set (non-root uid 1000 for vLLM, "
+                                  "seccomp RuntimeDefault), e.g. runAsUser for an image built for another uid.")
+
+
+class NetworkPolicySpec(Model):
+    """Who may reach the engines and the router. Enabled: engines take traffic only from this fleet's router and
+    engines, AgentApp runtimes, ingestion and evaluation pods of the namespace and Prometheus (pods labelled
+    app.kubernetes.io/name=prometheus, any namespace); the router only from runtimes, ingestion, evaluation and
+    Prometheus. `allowFrom` adds NetworkPolicy peers (e.g. an ingress controller) to both."""
+
+    enabled: bool = True
+    allow_from: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class LoRAAdapter(Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$", max_length=128,
+                      description="The model name clients send to use this adapter.")
+    uri: str = Field(
+        pattern=r"^(hf://[^/\s]+/[^\s]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?|/[^\s]*)$",
+        description="hf://ORG/ADAPTER, pvc://CLAIM/PATH (mounted read-only) or an absolute path in the image.")
 
 
 class ComputeResources(Model):
@@ -47,17 +159,41 @@ class ComputeResources(Model):
     memory: str = Field(default="32Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 
 
+class RouterResources(Model):
+    cpu: str = Field(default="250m", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request.")
+    memory: str = Field(default="512Mi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+                        description="Memory request and limit.")
+
+
 class EngineSpec(Model):
     """The vLLM engine of one replica."""
 
     __rules__: ClassVar = (
-        Rule("!has(self.gpu.count) || self.gpu.count >= self.tensorParallelSize",
-             "gpu.count must be at least tensorParallelSize (one GPU per tensor-parallel shard)",
-             lambda s: s.gpu.count is None or s.gpu.count >= s.tensor_parallel_size, "gpu.count"),
+        Rule("!has(self.parallelism.tensor) || self.tensorParallelSize == 1 || "
+             "self.tensorParallelSize == self.parallelism.tensor",
+             "set parallelism.tensor or tensorParallelSize (deprecated), not both to different values",
+             lambda s: (s.parallelism.tensor is None or s.tensor_parallel_size == 1
+                        or s.tensor_parallel_size == s.parallelism.tensor), "parallelism.tensor"),
+        Rule(f"!has(self.gpu.count) || self.gpu.count >= {_TP_CEL} * self.parallelism.pipeline",
+             "gpu.count must be at least tensorParallelSize (or parallelism.tensor) x parallelism.pipeline: one GPU "
+             "per shard",
+             lambda s: s.gpu.count is None or s.gpu.count >= s.tp * s.pp, "gpu.count"),
+        Rule(f"!has(self.gpu.perNode) || {_GPUS_CEL} <= self.gpu.perNode || {_GPUS_CEL} % self.gpu.perNode == 0",
+             "a replica spread over several nodes needs a GPU count (tensor x pipeline) that is a multiple of "
+             "gpu.perNode",
+             lambda s: (s.gpu.per_node is None or s.gpus <= s.gpu.per_node or s.gpus % s.gpu.per_node == 0),
+             "gpu.perNode"),
+        Rule(f"!has(self.extraArgs) || !self.extraArgs.exists(a, {_RESERVED_CEL})",
+             "extraArgs must not set the tensor or pipeline parallel size: use parallelism.tensor and "
+             "parallelism.pipeline (they size the GPU request and the pods of a replica)",
+             lambda s: not any(_reserved_flag(a) for a in s.extra_args), "extraArgs"),
     )
 
     image: str | None = Field(default=None, description="vLLM image; defaults to the operator's pinned image.")
-    tensor_parallel_size: int = Field(default=1, ge=1, le=16, description="GPUs one replica shards the model over.")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=16,
+                                      description="Deprecated: parallelism.tensor. Kept for existing fleets; "
+                                                  "when both are set they must agree.")
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
     gpu: GPUSpec = Field(default_factory=GPUSpec)
     resources: ComputeResources = Field(default_factory=ComputeResources)
     enable_prefix_caching: bool = True
@@ -65,12 +201,44 @@ class EngineSpec(Model):
     max_model_len: int | None = Field(default=None, ge=128)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    extra_args: list[str] = Field(default_factory=list, description="Passed to vLLM verbatim, after ours.")
+    # Bounded so that the API server's CEL cost estimate of the extraArgs rule stays within its budget.
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=256, description="Passed to vLLM verbatim, after ours.")
     shm_size: str = Field(default="8Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
                           description="Size of the memory-backed /dev/shm (NCCL needs it for tensor parallelism).")
     startup_timeout_seconds: int = Field(default=1800, ge=60, le=86400,
                                          description="How long model download and loading may take.")
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    progress_deadline_seconds: int = Field(
+        default=600, ge=30, le=86400,
+        description="How long an engine pod may stay crash-looping, failing to pull its image, unschedulable or "
+                    "otherwise stuck before the fleet is Degraded with the pod's reason.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Merged with pod.nodeSelector.")
+    drain: DrainSpec = Field(default_factory=DrainSpec)
+    cache: WeightCacheSpec = Field(default_factory=WeightCacheSpec)
+    pod: PodOptions = Field(default_factory=PodOptions)
+
+    @property
+    def tp(self) -> int:
+        return self.parallelism.tensor or self.tensor_parallel_size
+
+    @property
+    def pp(self) -> int:
+        return self.parallelism.pipeline
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of one replica (all its pods together)."""
+        return self.gpu.count or self.tp * self.pp
+
+    @property
+    def pods_per_replica(self) -> int:
+        """1, or the LeaderWorkerSet group size when a replica needs more GPUs than one node gives."""
+        per_node = self.gpu.per_node
+        return 1 if per_node is None or self.gpus <= per_node else self.gpus // per_node
+
+    @property
+    def gpus_per_pod(self) -> int:
+        return self.gpus // self.pods_per_replica
 
 
 class AutoscalingSpec(Model):
@@ -103,6 +271,10 @@ class AutoscalingSpec(Model):
                                          description="Scale-up to ready (image pull, weights, warm-up): the horizon "
                                                      "of the predictive headroom for rising demand; 0 disables it.")
     prometheus_url: str | None = Field(default=None, description="Defaults to the operator's --prometheus-url.")
+    pod_monitor_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels on the rendered PodMonitor, for a Prometheus whose podMonitorSelector wants them "
+                    "(kube-prometheus-stack by default selects release: <its Helm release name>).")
 
 
 class RouterSpec(Model):
@@ -113,6 +285,8 @@ class RouterSpec(Model):
                                      description="A replica takes at most this times the mean load (bounded loads).")
     prefix_tokens: int = Field(default=256, ge=16, le=32768,
                                description="Prompt length hashed for prefix affinity, past the shared system prompt.")
+    resources: RouterResources = Field(default_factory=lambda: RouterResources())
+    pod: PodOptions = Field(default_factory=PodOptions)
 
 
 class PricingSpec(Model):
@@ -131,6 +305,11 @@ class ModelFleetSpec(Model):
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
     pricing: PricingSpec = Field(default_factory=PricingSpec)
+    adapters: list[LoRAAdapter] = Field(
+        default_factory=list, max_length=64,
+        description="LoRA adapters loaded next to the base model (vLLM --enable-lora --lora-modules); clients "
+                    "select one by sending its name as the model.")
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
     base_url: str | None = Field(
         default=None, pattern=r"^https?://\S+$",
         description="An OpenAI-compatible server (ending in /v1) that already serves this model, e.g. a GPU box "
@@ -178,6 +357,12 @@ class ModelFleetStatus(StatusModel):
     goodput_fraction: float | None = Field(default=None, description="Share of requests within the SLO.")
     last_scale: ScalingDecision | None = None
     autoscaler: AutoscalerMemory | None = None
+    gpus_per_replica: int | None = Field(default=None, description="tensor x pipeline (or gpu.count).")
+    pods_per_replica: int | None = Field(default=None, description="1, or the LeaderWorkerSet group size.")
+    workload: str | None = Field(default=None, description="StatefulSet or LeaderWorkerSet.")
+    metrics_discovery: str | None = Field(default=None, description="PodMonitor or Annotations: how Prometheus "
+                                                                   "finds the engines' /metrics.")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters the engines are started with.")
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -193,6 +378,8 @@ class ModelFleet(Resource):
             PrinterColumn("Goodput", ".status.goodput", "number"),
             PrinterColumn("Status", '.status.conditions[?(@.type=="Ready")].reason'),
             PrinterColumn("Last-Scale", ".status.lastScale.reason", priority=1),
+            PrinterColumn("GPUs", ".status.gpusPerReplica", "integer", priority=1, description="GPUs per replica."),
+            PrinterColumn("Workload", ".status.workload", priority=1),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         ),
     )
@@ -208,6 +395,6 @@ class ModelFleet(Resource):
 
     @property
     def gpus_per_replica(self) -> int:
-        return self.spec.engine.gpu.count or self.spec.engine.tensor_parallel_size
+        return self.spec.engine.gpus
 
 

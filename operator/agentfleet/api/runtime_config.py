@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .agentapp import LedgerSpec, LoopLimits, ModelRole, RetrievalMode, SubAgent, ToolsSpec
+from .agentapp import FailedAttempts, LedgerSpec, LoopLimits, ModelRole, RetrievalMode, SubAgent, ToolsSpec
 from .base import Model
 from .budget import BudgetSpec
 from .vectorindex import AccessDefaults, ChunkingSpec, EmbeddingSpec
@@ -52,3 +52,5 @@ class RuntimeConfig(Model):
     limits: LoopLimits
     ledger: LedgerSpec
     api_keys_file: str = Field(description="YAML file: API key -> {user, tenant, groups}.")
+    failed_attempts: FailedAttempts = Field(default_factory=FailedAttempts)
+    trusted_proxies: list[str] = Field(default_factory=list)

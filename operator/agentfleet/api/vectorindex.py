@@ -17,6 +17,8 @@ __all__ = [
 ]
 
 IndexPhase = Literal["Pending", "Ingesting", "Ready", "Failed"]
+# A ServiceAccount name is a DNS-1123 subdomain.
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class ConfigMapSource(Model):
@@ -29,19 +31,48 @@ class PVCSource(Model):
 
 
 class SourceSpec(Model):
-    """Exactly one of configMap, persistentVolumeClaim or url."""
+    """Exactly one of configMap, persistentVolumeClaim or url. A URL source is fetched by each ingestion worker:
+    its slice of the listed objects plus every `_access.yaml`, into the Job's /tmp, within the size limits."""
 
     __rules__: ClassVar = (
         Rule("[has(self.configMap), has(self.persistentVolumeClaim), has(self.url)]"
              ".filter(x, x).size() == 1",
              "exactly one of configMap, persistentVolumeClaim or url must be set",
              lambda s: sum(x is not None for x in (s.config_map, s.persistent_volume_claim, s.url)) == 1),
+        Rule("has(self.url) || !(has(self.endpoint) || has(self.region) || has(self.credentialsSecretRef))",
+             "endpoint, region and credentialsSecretRef apply to a url source only",
+             lambda s: s.url is not None or (s.endpoint is None and s.region is None
+                                             and s.credentials_secret_ref is None)),
+        Rule("!has(self.region) || self.url.startsWith('s3://')", "region applies to an s3:// url only",
+             lambda s: s.region is None or (s.url or "").startswith("s3://"), "region"),
+        Rule("self.maxObjectMib <= self.maxTotalMib", "maxObjectMib must not exceed maxTotalMib",
+             lambda s: s.max_object_mib <= s.max_total_mib, "maxObjectMib"),
     )
 
     config_map: ConfigMapSource | None = None
     persistent_volume_claim: PVCSource | None = None
-    url: str | None = Field(default=None, pattern=r"^(s3|gs|https?)://\S+$",
-                            description="Object storage (s3://, gs://) or an HTTP(S) archive.")
+    url: str | None = Field(
+        default=None, pattern=r"^(s3|gs|https?)://\S+$",
+        description="s3://bucket/prefix or gs://bucket/prefix (the objects under the prefix), an http(s) URL of one "
+                    "document (.md, .txt, .html, .pdf, .jsonl), or of a .tar.gz/.tgz/.tar/.zip of a source "
+                    "directory.")
+    endpoint: str | None = Field(
+        default=None, pattern=r"^https?://\S+$",
+        description="API endpoint of an S3-compatible store (MinIO, Ceph, R2; path-style addressing) or a private "
+                    "GCS endpoint. Default: AWS_ENDPOINT_URL from credentialsSecretRef, else the cloud's own.")
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9-]+$", max_length=64)
+    credentials_secret_ref: LocalRef | None = Field(
+        default=None,
+        description="A Secret for the ingestion Job. s3:// and http(s)://: its keys become environment variables "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL; "
+                    "AGENTFLEET_SOURCE_AUTHORIZATION is sent as the Authorization header of an https source). "
+                    "gs://: its key credentials.json (a service-account key) is mounted as "
+                    "GOOGLE_APPLICATION_CREDENTIALS. Without it the default chain applies: IRSA or Workload "
+                    "Identity through spec.ingestion.serviceAccountName.")
+    max_object_mib: int = Field(default=64, ge=1, le=65536,
+                                 description="Objects larger than this are reported as skipped, not fetched.")
+    max_total_mib: int = Field(default=4096, ge=1, le=1048576,
+                                description="What one worker may download; over it, that worker fails.")
 
 
 class ChunkingSpec(Model):
@@ -81,7 +112,8 @@ class ManagedMilvusSpec(Model):
     mode: Literal["standalone", "cluster"] = "standalone"
     query_node_replicas: int = Field(default=1, ge=1, le=100)
     data_node_replicas: int = Field(default=1, ge=1, le=100)
-    storage_size: str = Field(default="20Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$")
+    storage_size: str = Field(default="20Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
+                              description="Volume of the in-cluster object storage (MinIO) that holds the data.")
 
 
 class MilvusSpec(Model):
@@ -92,6 +124,11 @@ class MilvusSpec(Model):
     __rules__: ClassVar = (
         Rule("self.mode != 'external' || has(self.uri)", "uri is required when mode is external",
              lambda s: s.mode != "external" or s.uri is not None, "uri"),
+        Rule("self.mode != 'external' || !has(self.authSecretRef)",
+             "authSecretRef configures an embedded or managed Milvus; an external one takes tokenSecretRef",
+             lambda s: s.mode != "external" or s.auth_secret_ref is None, "authSecretRef"),
+        Rule("!(has(self.authSecretRef) && has(self.tokenSecretRef))", "set at most one of authSecretRef and "
+             "tokenSecretRef", lambda s: not (s.auth_secret_ref and s.token_secret_ref), "tokenSecretRef"),
         # A StatefulSet's volumeClaimTemplates cannot change: resize the claim itself instead.
         Rule("self.mode != 'embedded' || oldSelf.mode != 'embedded' || self.storageSize == oldSelf.storageSize",
              "storageSize of an embedded index cannot change once created; resize its PersistentVolumeClaim",
@@ -100,7 +137,14 @@ class MilvusSpec(Model):
 
     mode: Literal["embedded", "external", "managed"] = "embedded"
     uri: str | None = Field(default=None, pattern=r"^(https?|tcp|grpc)://\S+$")
-    token_secret_ref: SecretKeyRef | None = None
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="external: the token (`user:password` or an API key) clients present.")
+    auth_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="embedded or managed: a Secret key holding the Milvus root password (6 to 256 characters). "
+                    "Milvus runs with authorization enabled and the ingestion Job and the AgentApp runtime "
+                    "authenticate as root with it. It is applied when Milvus first initialises its metadata: "
+                    "changing it later needs a password change in Milvus too.")
     collection: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
                                    description="Defaults to the VectorIndex's name with '-' as '_'.")
     shards: int = Field(default=2, ge=1, le=64)
@@ -108,7 +152,10 @@ class MilvusSpec(Model):
                               description="Volume of the embedded Milvus pod in a cluster.")
     managed: ManagedMilvusSpec = Field(default_factory=ManagedMilvusSpec)
     deletion_policy: Literal["Delete", "Retain"] = Field(
-        default="Delete", description="What happens to the collection when the VectorIndex is deleted.")
+        default="Delete",
+        description="What happens to the data when the VectorIndex is deleted. Retain: the collection stays, an "
+                    "embedded Milvus keeps its PersistentVolumeClaim, and a managed `Milvus` resource is not owned "
+                    "by the VectorIndex and keeps its dependencies and their volumes.")
 
 
 class AccessDefaults(Model):
@@ -125,6 +172,14 @@ class IngestionSpec(Model):
     image: str | None = None
     resources: dict[str, str] = Field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
     backoff_limit: int = Field(default=3, ge=0, le=20)
+    service_account_name: str | None = Field(
+        default=None, pattern=DNS1123_SUBDOMAIN, max_length=253,
+        description="ServiceAccount of the ingestion pods: IRSA (eks.amazonaws.com/role-arn) or GKE Workload "
+                    "Identity for s3:// and gs:// sources.")
+    store_wait_seconds: int = Field(
+        default=900, ge=0, le=86400,
+        description="How long each worker waits for the Milvus endpoint to answer before ingesting, so a store "
+                    "that is still starting does not use up backoffLimit.")
 
 
 class VectorIndexSpec(Model):

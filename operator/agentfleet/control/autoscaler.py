@@ -16,8 +16,10 @@ import kopf
 from .. import metrics_names as mn
 from .. import scaling
 from ..api import ModelFleet, parse
-from ..errors import SpecError
+from ..errors import SpecError, UpstreamError
 from ..names import API_VERSION, GROUP, SCALER_FIELD_MANAGER, VERSION, engine_name
+from ..render.cluster import LEADER_WORKER_SET
+from ..render.modelfleet import engine_workload_kind
 from .kube import REQUEST_TIMEOUT, Kube
 
 __all__ = ["autoscale", "read_window", "fleet_selector", "evaluate", "WINDOW_KEEP"]
@@ -42,8 +44,11 @@ def _epoch(stamp: str | None) -> float | None:
 
 
 def fleet_selector(fleet: ModelFleet) -> str:
-    """The replicas' series: Prometheus' Kubernetes discovery labels them with namespace and pod (StatefulSet
-    pods are <engine>-<ordinal>)."""
+    """The replicas' series. Both discovery paths label them with `namespace` and `pod`: the Prometheus
+    Operator's PodMonitor (it also sets container, endpoint=<port name> and job=<namespace>/<PodMonitor>) and the
+    usual annotation-driven kubernetes_sd pod job (relabelled from __meta_kubernetes_namespace / _pod_name).
+    StatefulSet pods are <engine>-<ordinal>; a LeaderWorkerSet's leaders (the only pods serving /metrics) are
+    <engine>-<group>, its workers <engine>-<group>-<index> and so never match."""
     return f'namespace="{fleet.namespace}",pod=~"{engine_name(fleet.name)}-[0-9]+"'
 
 
@@ -107,7 +112,12 @@ def _memory(body: dict[str, Any]) -> scaling.Memory:
 
 
 def _ready(kube: Kube, fleet: ModelFleet) -> int:
-    sts = kube.get("apps/v1", "StatefulSet", engine_name(fleet.name), fleet.namespace)
+    api_version, kind = (LEADER_WORKER_SET if engine_workload_kind(fleet) == "LeaderWorkerSet"
+                         else ("apps/v1", "StatefulSet"))
+    try:
+        sts = kube.get(api_version, kind, engine_name(fleet.name), fleet.namespace)
+    except UpstreamError:
+        sts = None  # LeaderWorkerSet not installed: nothing runs (status says so)
     return int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
 
 

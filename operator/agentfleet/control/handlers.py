@@ -11,6 +11,8 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
 
+from .. import status
+from ..api import AgentApp
 from ..errors import DependencyMissing, SpecError, UpstreamError
 from ..names import ANNOTATION_PREFIX, FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY, VERSION
 from ..render import Defaults
@@ -69,6 +71,13 @@ def _converge(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> N
     except (UpstreamError, ApiException, DynamicApiError) as err:
         raise kopf.TemporaryError(f"{type(err).__name__}: {err}", delay=UPSTREAM_RETRY_S) from None
     logger.debug("reconciled %s", obj.ref())
+    if isinstance(obj, AgentApp) and obj.spec.budget_ref is not None:
+        # The Budget's price table is checked against the fleets of the apps using it (its Priced condition).
+        try:
+            rec.refresh(memo.kube, "Budget", obj.spec.budget_ref.name, obj.namespace, defaults=memo.defaults,
+                        now=_now())
+        except (UpstreamError, ApiException, DynamicApiError) as err:
+            logger.info("budget %s status not refreshed: %s", obj.spec.budget_ref.name, err)
     if obj.kind in ("ModelFleet", "VectorIndex", "Budget"):
         for dep in rec.dependents(memo.kube, obj.kind, obj.name, obj.namespace):
             try:
@@ -126,7 +135,29 @@ def _child_changed(body: Any, memo: kopf.Memo, **_: Any) -> None:
             raise kopf.TemporaryError(str(err), delay=UPSTREAM_RETRY_S) from None
 
 
+@kopf.on.event(GROUP, VERSION, "budgets", id="budget-spend")
+def _budget_spend(body: Any, type: str | None, memo: kopf.Memo, logger: logging.Logger,  # noqa: A002 - kopf's
+                  **_: Any) -> None:
+    """The runtime published spend (status.spentUsd and the rest of status.RUNTIME_BUDGET_FIELDS): re-derive
+    remaining and Exhausted now rather than at the next drift tick. kopf's update handlers never see status
+    changes, so this watches every event; a refresh that changes nothing writes nothing (no loop on our own
+    status writes)."""
+    if type == "DELETED" or not any(k in (body.get("status") or {}) for k in status.RUNTIME_BUDGET_FIELDS):
+        return
+    meta = body.get("metadata") or {}
+    try:
+        rec.refresh(memo.kube, "Budget", meta["name"], meta.get("namespace", "default"), defaults=memo.defaults,
+                    now=_now())
+    except (UpstreamError, ApiException, DynamicApiError) as err:
+        # kopf does not retry event handlers: the drift timer catches up.
+        logger.info("budget status not refreshed: %s", err)
+
+
 _MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 kopf.on.event("apps", "v1", "statefulsets", labels=_MANAGED, id="child-statefulsets")(_child_changed)
 kopf.on.event("apps", "v1", "deployments", labels=_MANAGED, id="child-deployments")(_child_changed)
+# A ModelFleet whose replicas span nodes (served only where LeaderWorkerSet is installed; kopf starts watching it
+# when its CRD appears).
+kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=_MANAGED,
+              id="child-leaderworkersets")(_child_changed)
 kopf.on.event("batch", "v1", "jobs", labels=_MANAGED, id="child-jobs")(_child_changed)

@@ -9,7 +9,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError, UnprocessibleEntityError
 
 from ..errors import UpstreamError
 from ..names import API_VERSION, FIELD_MANAGER
@@ -69,9 +69,23 @@ class Kube:
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply. A controller owns what it renders, so conflicts are forced."""
         res = self.resource(manifest["apiVersion"], manifest["kind"])
-        out = self.dyn.server_side_apply(
-            res, body=manifest, name=manifest["metadata"]["name"], namespace=manifest["metadata"].get("namespace"),
-            field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=REQUEST_TIMEOUT)
+        name, namespace = manifest["metadata"]["name"], manifest["metadata"].get("namespace")
+
+        def apply_once() -> Any:
+            return self.dyn.server_side_apply(res, body=manifest, name=name, namespace=namespace,
+                                              field_manager=FIELD_MANAGER, force_conflicts=True,
+                                              _request_timeout=REQUEST_TIMEOUT)
+        try:
+            out = apply_once()
+        except UnprocessibleEntityError as err:
+            if not _needs_recreate_migration(manifest, err):
+                raise
+            # Apply cannot remove what defaulting filled in and no manager owns: a Deployment first applied without
+            # a strategy keeps the defaulted rollingUpdate, which type Recreate forbids (422). Clear it once.
+            res.patch(body={"spec": {"strategy": {"type": "Recreate", "rollingUpdate": None}}}, name=name,
+                      namespace=namespace, content_type="application/merge-patch+json",
+                      field_manager=FIELD_MANAGER, _request_timeout=REQUEST_TIMEOUT)
+            out = apply_once()
         return out.to_dict()
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
@@ -103,3 +117,9 @@ class Kube:
                              content_type="application/merge-patch+json", _request_timeout=REQUEST_TIMEOUT)
         except NotFoundError:
             pass  # deleted while we reconciled it
+
+
+def _needs_recreate_migration(manifest: dict[str, Any], err: Exception) -> bool:
+    strategy = ((manifest.get("spec") or {}).get("strategy") or {}).get("type")
+    return (manifest.get("kind") == "Deployment" and strategy == "Recreate"
+            and "spec.strategy.rollingUpdate" in str(getattr(err, "body", "") or err))

@@ -17,7 +17,9 @@ from ..names import (
     SPEC_HASH_LABEL, engine_name, router_name,
 )
 from ..render import Defaults
+from ..render.cluster import LEADER_WORKER_SET, POD_MONITOR
 from ..render.evaluation import EVALUATION_LABEL, waiting_message
+from . import cluster
 from .kube import Kube
 
 __all__ = ["reconcile", "refresh", "dependents", "observe", "needs_cleanup", "finalize_vectorindex"]
@@ -102,7 +104,12 @@ def _prune(kube: Kube, obj: Resource, children: list[dict[str, Any]]) -> list[st
     keep = {(c["kind"], c["metadata"]["name"]) for c in children}
     selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={obj.name},{LABEL_PART_OF}={obj.kind.lower()}"
     pruned = []
+    caps = _capabilities(kube, obj)
+    absent = set() if caps is None else ({POD_MONITOR} if not caps.pod_monitor else set()) | (
+        {LEADER_WORKER_SET} if not caps.leader_worker_set else set())
     for api_version, kind in render.CHILD_KINDS[obj.kind]:
+        if (api_version, kind) in absent:
+            continue  # known not served (detected, cached): no discovery round-trip per reconcile
         try:
             existing = kube.list(api_version, kind, obj.namespace, label_selector=selector)
         except UpstreamError:
@@ -136,14 +143,34 @@ def _ingest_summary(kube: Kube, namespace: str, job_name: str) -> dict[str, int]
     return total or None
 
 
-def observe(kube: Kube, obj: Resource, *, now: dt.datetime, children: list[dict[str, Any]]) -> dict[str, Any]:
+def _capabilities(kube: Kube, obj: Resource) -> render.Capabilities | None:
+    """What the cluster offers a ModelFleet (PodMonitor, LeaderWorkerSet, GPUs per node); None for other kinds."""
+    return cluster.capabilities(kube) if isinstance(obj, ModelFleet) and not obj.spec.base_url else None
+
+
+def _observe_fleet(kube: Kube, fleet: ModelFleet, *, now: str, children: list[dict[str, Any]],
+                   defaults: Defaults | None) -> dict[str, Any]:
+    """A fleet's status from its engine workload (StatefulSet or LeaderWorkerSet, as rendered), its router and its
+    engine pods (their failure reasons)."""
+    ns = fleet.namespace
+    rendered = next((c for c in children if c["metadata"]["name"] == engine_name(fleet.name)
+                     and c["kind"] in ("StatefulSet", "LeaderWorkerSet")), None)
+    workload = (kube.get(rendered["apiVersion"], rendered["kind"], engine_name(fleet.name), ns)
+                if rendered is not None else None)
+    pods = kube.list("v1", "Pod", ns, label_selector=status.selector_string(fleet)) if not fleet.spec.base_url else []
+    prom = fleet.spec.autoscaling.prometheus_url or (defaults.prometheus_url if defaults else None)
+    return status.modelfleet(fleet, statefulset=workload, router=kube.get("apps/v1", "Deployment",
+                                                                          router_name(fleet.name), ns),
+                             now=now, pods=pods, capabilities=_capabilities(kube, fleet), prometheus_url=prom)
+
+
+def observe(kube: Kube, obj: Resource, *, now: dt.datetime, children: list[dict[str, Any]],
+            defaults: Defaults | None = None) -> dict[str, Any]:
     """The status `obj` should have, from what its (rendered) children report now."""
     stamp = _stamp(now)
     ns = obj.namespace
     if isinstance(obj, ModelFleet):
-        return status.modelfleet(
-            obj, statefulset=kube.get("apps/v1", "StatefulSet", engine_name(obj.name), ns),
-            router=kube.get("apps/v1", "Deployment", router_name(obj.name), ns), now=stamp)
+        return _observe_fleet(kube, obj, now=stamp, children=children, defaults=defaults)
     if isinstance(obj, VectorIndex):
         job_name = next(c for c in children if c["kind"] == "Job")["metadata"]["name"]
         job = kube.get("batch/v1", "Job", job_name, ns)
@@ -157,8 +184,32 @@ def observe(kube: Kube, obj: Resource, *, now: dt.datetime, children: list[dict[
         return status.agentapp(obj, deployment=dep, config_hash=cfg_hash, now=stamp,
                                evaluation=_evaluation(kube, obj, children))
     if isinstance(obj, Budget):
-        return status.budget(obj, now=now)
+        apps, fleets = _budget_users(kube, obj)
+        return status.budget(obj, now=now, prices=render.price_problems(obj, apps=apps, fleets=fleets),
+                             is_referenced=bool(apps), unshared=status.unshared_ledgers(obj, apps))
     raise TypeError(type(obj).__name__)
+
+
+def _budget_users(kube: Kube, budget: Budget) -> tuple[list[AgentApp], dict[str, ModelFleet]]:
+    """The AgentApps referencing `budget` and the ModelFleets they name that exist and parse (its price table is
+    checked against them)."""
+    apps = [a for body in dependents(kube, "Budget", budget.name, budget.namespace)
+            if isinstance(a := _parsed(body), AgentApp)]
+    fleets: dict[str, ModelFleet] = {}
+    for name in sorted({n for a in apps for n in a.fleet_names}):
+        fleet = _parsed(kube.get(API_VERSION, "ModelFleet", name, budget.namespace))
+        if isinstance(fleet, ModelFleet):
+            fleets[name] = fleet
+    return apps, fleets
+
+
+def _parsed(body: dict[str, Any] | None) -> Resource | None:
+    if body is None:
+        return None
+    try:
+        return parse(body)
+    except SpecError:
+        return None
 
 
 def reconcile(kube: Kube, body: dict[str, Any], *, defaults: Defaults, now: dt.datetime) -> Resource:
@@ -167,7 +218,8 @@ def reconcile(kube: Kube, body: dict[str, Any], *, defaults: Defaults, now: dt.d
     meta = body.get("metadata") or {}
     try:
         obj = parse(body)
-        children = render.render(obj, related=_related(kube, obj), defaults=defaults, suite=_suite(kube, obj))
+        children = render.render(obj, related=_related(kube, obj), defaults=defaults, suite=_suite(kube, obj),
+                                 capabilities=_capabilities(kube, obj))
     except (SpecError, DependencyMissing) as err:
         _write_status(kube, body, status.failed(_current_conditions(body), err, generation=meta.get("generation"),
                                                 now=_stamp(now)))
@@ -177,7 +229,7 @@ def reconcile(kube: Kube, body: dict[str, Any], *, defaults: Defaults, now: dt.d
     pruned = _prune(kube, obj, children) if obj.metadata.uid else []
     if pruned:
         log.info("%s: pruned %s", obj.ref(), ", ".join(pruned))
-    _write_status(kube, body, observe(kube, obj, now=now, children=children))
+    _write_status(kube, body, observe(kube, obj, now=now, children=children, defaults=defaults))
     return obj
 
 
@@ -193,10 +245,11 @@ def refresh(kube: Kube, kind: str, name: str, namespace: str, *, defaults: Defau
     except SpecError:
         return  # its own reconcile reports this
     try:
-        children = render.render(obj, related=_related(kube, obj), defaults=defaults, suite=_suite(kube, obj))
+        children = render.render(obj, related=_related(kube, obj), defaults=defaults, suite=_suite(kube, obj),
+                                 capabilities=_capabilities(kube, obj))
     except DependencyMissing:
         return  # its own reconcile reports and retries this
-    _write_status(kube, body, observe(kube, obj, now=now, children=children))
+    _write_status(kube, body, observe(kube, obj, now=now, children=children, defaults=defaults))
 
 
 def needs_cleanup(body: dict[str, Any]) -> bool:

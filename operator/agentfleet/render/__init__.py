@@ -9,28 +9,33 @@ from ..api import AgentApp, Budget, ModelFleet, Resource, VectorIndex
 from ..errors import DependencyMissing
 from ..names import CONFIG_HASH_ANNOTATION, fleet_url
 from .agentapp import agentapp, runtime_config
+from .cluster import LEADER_WORKER_SET, POD_MONITOR, Capabilities
 from .defaults import Defaults
 from .evaluation import evaluation
 from .meta import child_meta, labels, owner_reference, selector_labels, stable_hash
 from .modelfleet import modelfleet
+from .prices import PriceProblem, price_problems, price_row
 from .vectorindex import connection, drop_job, ingest_job, vectorindex
 
 __all__ = [
-    "Defaults", "Related", "render", "references", "missing_references", "modelfleet", "vectorindex", "agentapp",
+    "Defaults", "Capabilities", "Related", "render", "references", "missing_references", "modelfleet",
+    "vectorindex", "agentapp",
     "runtime_config", "evaluation", "connection", "ingest_job", "drop_job", "child_meta", "labels",
     "owner_reference", "selector_labels",
-    "stable_hash", "CHILD_KINDS",
+    "stable_hash", "CHILD_KINDS", "PriceProblem", "price_problems", "price_row",
 ]
 
 # What each kind may own, for pruning and RBAC: (apiVersion, kind).
 CHILD_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
     "ModelFleet": (("v1", "Service"), ("apps/v1", "StatefulSet"), ("policy/v1", "PodDisruptionBudget"),
                    ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
-                   ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment")),
+                   ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment"),
+                   ("networking.k8s.io/v1", "NetworkPolicy"), POD_MONITOR, LEADER_WORKER_SET),
     "VectorIndex": (("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet"),
-                    ("milvus.io/v1beta1", "Milvus"), ("batch/v1", "Job")),
+                    ("networking.k8s.io/v1", "NetworkPolicy"), ("milvus.io/v1beta1", "Milvus"), ("batch/v1", "Job")),
     "AgentApp": (("v1", "ServiceAccount"), ("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"),
-                 ("batch/v1", "Job"), ("batch/v1", "CronJob")),
+                 ("batch/v1", "Job"), ("batch/v1", "CronJob"), ("v1", "PersistentVolumeClaim"),
+                 ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding")),
     "Budget": (),
 }
 
@@ -58,15 +63,16 @@ def missing_references(obj: Resource, related: Related) -> list[str]:
 
 
 def render(obj: Resource, *, related: Related, defaults: Defaults,
-           suite: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+           suite: dict[str, Any] | None = None, capabilities: Capabilities | None = None) -> list[dict[str, Any]]:
     """Every child of `obj`. Raises DependencyMissing when a reference is not in `related`. `suite`: the
     ConfigMap named by an AgentApp's spec.evaluation.suiteRef, None while it does not exist (no evaluation runs;
-    it is not a dependency: the app itself serves without it)."""
+    it is not a dependency: the app itself serves without it). `capabilities`: what the cluster offers a
+    ModelFleet (PodMonitor, LeaderWorkerSet, GPUs per node); None renders offline."""
     missing = missing_references(obj, related)
     if missing:
         raise DependencyMissing(obj.ref(), missing)
     if isinstance(obj, ModelFleet):
-        return modelfleet(obj, defaults)
+        return modelfleet(obj, defaults, capabilities)
     if isinstance(obj, VectorIndex):
         ref = obj.spec.embedding.fleet_ref
         if ref is None:

@@ -1,5 +1,8 @@
 """AgentApp -> its children: the runtime configuration (a ConfigMap rendered from the app and the fleets, index
 and budget it references), a ServiceAccount, the orchestrator Deployment (`agentfleet serve`) and its Service.
+State that must outlive a pod: a SQLite ledger gets a PersistentVolumeClaim (one replica, Recreate); a Redis
+ledger gets its URL from a Secret. An app with a Budget gets a Role letting its runtime patch only that Budget's
+status (the spend it reads from the ledger), and the service-account token to do it with.
 References are resolved by the caller and passed in; a missing one is the caller's DependencyMissing."""
 
 from __future__ import annotations
@@ -10,23 +13,34 @@ from typing import Any
 import yaml
 
 from ..api import AgentApp, Budget, BudgetConfig, ModelEndpoint, ModelFleet, RuntimeConfig, VectorIndex
-from ..names import CONFIG_HASH_ANNOTATION, RUNTIME_PORT, app_config_name, fleet_url
+from ..names import (
+    CONFIG_HASH_ANNOTATION, GROUP, REDIS_URL_ENV, RUNTIME_PORT, SERVICE_ACCOUNT_DIR, app_budget_role_name,
+    app_config_name, app_state_claim_name, fleet_url,
+)
 from .defaults import Defaults
 from .meta import child_meta, pod_labels, selector_labels, stable_hash
+from .prices import price_row
 from .vectorindex import MILVUS_TOKEN_ENV, connection
 
-__all__ = ["agentapp", "runtime_config", "RUNTIME_APP", "CONFIG_DIR", "KEYS_DIR"]
+__all__ = ["agentapp", "runtime_config", "RUNTIME_APP", "CONFIG_DIR", "KEYS_DIR", "STATE_DIR", "state_claim",
+           "budget_access"]
 
 RUNTIME_APP = "agentfleet-runtime"
 CONFIG_DIR = "/etc/agentfleet/config"
 KEYS_DIR = "/etc/agentfleet/keys"
 CONFIG_FILE = "runtime.yaml"
+STATE_DIR = "/var/lib/agentfleet"
+# The image's user and group (images/Dockerfile: USER 10001:10001). As the pod's fsGroup it makes a fresh claim
+# writable by the runtime (a new volume's root is root's).
+RUNTIME_GID = 10001
+# What an automounted token gets. The kubelet rewrites a projected token at 80 % of its life, so
+# runtime/budget_status.py reads the file for every request.
+TOKEN_EXPIRATION_S = 3607
 
 
 def _endpoint(role: str, fleet: ModelFleet, budget: Budget | None, url: str) -> ModelEndpoint:
     """Price from the Budget's table (by fleet or served model name), else from the fleet's own pricing."""
-    price = next((p for p in (budget.spec.prices if budget else [])
-                  if p.model in (fleet.name, fleet.served_model_name)), None)
+    price = price_row(budget.spec.prices, fleet.name, fleet.served_model_name) if budget else None
     return ModelEndpoint(
         role=role, fleet=fleet.name, url=url, model=fleet.served_model_name,
         input_per_m_tokens_usd=price.input_per_m_tokens_usd if price else fleet.spec.pricing.input_per_m_tokens_usd,
@@ -57,6 +71,7 @@ def runtime_config(app: AgentApp, *, fleets: dict[str, ModelFleet], index: Vecto
         budget=BudgetConfig(name=budget.name, spec=budget.spec) if budget else None,
         system_prompt=app.spec.system_prompt, tools=app.spec.tools, sub_agents=app.spec.sub_agents,
         limits=app.spec.limits, ledger=app.spec.ledger, api_keys_file=keys_file,
+        failed_attempts=app.spec.auth.failed_attempts, trusted_proxies=app.spec.auth.trusted_proxies,
     )
 
 
@@ -75,23 +90,44 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
 
     sel = selector_labels(app, app=RUNTIME_APP, component="runtime")
     auth = app.spec.auth.api_keys_secret_ref
+    ledger = app.spec.ledger
+    is_sqlite = ledger.backend == "sqlite"
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": app_config_name(app.name)}},
         {"name": "keys", "secret": {"secretName": auth.name, "items": [{"key": auth.key, "path": "keys.yaml"}]}},
-        {"name": "state", "emptyDir": {}},
+        # SQLite: ledger.db on a claim, so spend survives restarts and rollouts. Redis holds the ledger itself.
+        {"name": "state", "persistentVolumeClaim": {"claimName": app_state_claim_name(app.name)}} if is_sqlite
+        else {"name": "state", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True},
-        {"name": "state", "mountPath": "/var/lib/agentfleet"},
+        {"name": "state", "mountPath": STATE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    env: list[dict[str, Any]] = [{"name": "AGENTFLEET_STATE_DIR", "value": "/var/lib/agentfleet"}]
+    env: list[dict[str, Any]] = [{"name": "AGENTFLEET_STATE_DIR", "value": STATE_DIR}]
+    if ledger.redis_url_secret_ref is not None:
+        ref = ledger.redis_url_secret_ref
+        env.append({"name": REDIS_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     if index is not None and cfg.index is not None and index.spec.milvus.token_secret_ref:
         ref = index.spec.milvus.token_secret_ref
         env.append({"name": MILVUS_TOKEN_ENV,
                     "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    extra: list[dict[str, Any]] = []
+    if budget is not None:
+        # The token is mounted by hand rather than automounted: only an app with a Budget gets one, and all it
+        # may do is what the Role below grants.
+        volumes.append({"name": "kube-api-access", "projected": {"defaultMode": 0o444, "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_S}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
+                                                                           "fieldPath": "metadata.namespace"}}]}},
+        ]}})
+        mounts.append({"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True})
+        extra += budget_access(app, budget.name)
+    if is_sqlite:
+        extra.append(state_claim(app))
     return copy.deepcopy([
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
         {
@@ -106,6 +142,11 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
             "metadata": meta(),
             "spec": {
                 "replicas": app.spec.replicas,
+                # A ReadWriteOnce claim can be attached to one node at a time: the old pod goes before the new one.
+                # RollingUpdate spells out the API server's defaults so that apply owns them and a later switch to
+                # Recreate removes them (Recreate forbids rollingUpdate).
+                "strategy": {"type": "Recreate"} if is_sqlite else {
+                    "type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
                 "selector": {"matchLabels": dict(sel)},
                 "template": {
                     "metadata": {
@@ -117,6 +158,8 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
                     "spec": {
                         "serviceAccountName": app.name,
                         "automountServiceAccountToken": False,
+                        **({"securityContext": {"fsGroup": RUNTIME_GID, "fsGroupChangePolicy": "OnRootMismatch"}}
+                           if is_sqlite else {}),
                         "containers": [{
                             "name": "runtime",
                             "image": app.spec.image or defaults.agentfleet_image,
@@ -146,4 +189,30 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
             "spec": {"selector": dict(sel),
                      "ports": [{"name": "http", "port": RUNTIME_PORT, "targetPort": "http", "protocol": "TCP"}]},
         },
+        *extra,
     ])
+
+
+def state_claim(app: AgentApp) -> dict[str, Any]:
+    """The SQLite ledger's volume. Owned by the app: deleting the app deletes the day's spend with it."""
+    storage = app.spec.ledger.storage
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage.size}}}
+    if storage.storage_class_name:
+        spec["storageClassName"] = storage.storage_class_name
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": child_meta(app, app_state_claim_name(app.name), app=RUNTIME_APP, component="runtime"),
+            "spec": spec}
+
+
+def budget_access(app: AgentApp, budget: str) -> list[dict[str, Any]]:
+    """A Role (and its binding to the runtime's ServiceAccount) allowing exactly get and patch of one Budget's
+    status: the runtime publishes the spend it reads from the ledger there, and can touch nothing else."""
+    meta = child_meta(app, app_budget_role_name(app.name), app=RUNTIME_APP, component="runtime")
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+         "rules": [{"apiGroups": [GROUP], "resources": ["budgets/status"], "resourceNames": [budget],
+                    "verbs": ["get", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": copy.deepcopy(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": meta["name"]},
+         "subjects": [{"kind": "ServiceAccount", "name": app.name, "namespace": app.namespace}]},
+    ]

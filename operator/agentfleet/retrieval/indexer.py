@@ -17,9 +17,9 @@ from ..ingest.pipeline import PlannedChunk, access_signature, document_key
 from .embedders import Embedder
 from .filters import stored_access
 from .progress import Progress
-from .store import MilvusStore
+from .store import MilvusStore, StoreError
 
-__all__ = ["IngestOptions", "IngestSummary", "run_ingest", "rows_for"]
+__all__ = ["IngestOptions", "IngestSummary", "run_ingest", "rows_for", "wait_for_store"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class IngestOptions:
     dedupe_threshold: float = 0.95
     access: AccessDefaults = AccessDefaults()
     remove_missing: bool = True
+    # Reported by the source before the pipeline saw it (a URL source's objects over the size limit, unsupported
+    # formats it did not fetch).
+    skipped: tuple[SkippedDocument, ...] = ()
 
 
 @dataclass
@@ -71,6 +74,10 @@ def run_ingest(opts: IngestOptions, *, open_store: Callable[[], MilvusStore], em
     started = clock()
     summary = IngestSummary()
     docs: list[Document] = []
+    for item in opts.skipped:
+        summary.skipped.append(item)
+        summary.skipped_documents += int(item.is_document)
+        log.write(f"skipped {item.source}: {item.reason}\n")
     for item in load_corpus(opts.source, worker=opts.worker, workers=opts.workers, defaults=opts.access):
         if isinstance(item, SkippedDocument):
             summary.skipped.append(item)
@@ -131,3 +138,24 @@ def run_ingest(opts: IngestOptions, *, open_store: Callable[[], MilvusStore], em
             store.flush()
     summary.seconds = clock() - started
     return summary
+
+
+def wait_for_store(probe: Callable[[], None], *, deadline_s: float, log: TextIO,
+                   clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                   what: str = "the vector store") -> None:
+    """Call `probe` (which raises StoreError while the store does not answer) until it passes: a Milvus that the
+    operator created a moment ago can take minutes, and the Job's few retries must not be spent on it. Raises
+    the last StoreError, naming the deadline, when the next try would pass it."""
+    started = clock()
+    delay = 2.0
+    while True:
+        try:
+            probe()
+            return
+        except StoreError as err:
+            waited = clock() - started
+            if waited + delay > deadline_s:
+                raise StoreError(f"{what} did not answer within {deadline_s:.0f}s: {err}") from None
+            log.write(f"waiting for {what} ({waited:.0f}s of {deadline_s:.0f}s): {err}\n")
+            sleep(delay)
+            delay = min(delay * 2, 30.0)

@@ -16,14 +16,23 @@ def _cmd_router(args: argparse.Namespace) -> int:
     import threading
 
     from .discovery import parse_static, watch_endpoint_slices
-    from .proxy import ProxySettings, serve
+    from pathlib import Path
+
+    from .proxy import ProxySettings, admin_token_digest, serve
     from .state import FleetState
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}')
     fleet = FleetState(policy=args.policy, load_bound_factor=args.load_bound_factor)
+    admin = None
+    if args.admin_token_file:  # a mounted Secret; only its digest is kept
+        token = Path(args.admin_token_file).read_text(encoding="utf-8").strip()
+        if len(token) < 16:
+            raise SystemExit("agentfleet router: the admin token must be at least 16 characters")
+        admin = admin_token_digest(token)
     settings = ProxySettings(prefix_tokens=args.prefix_tokens, connect_timeout_s=args.connect_timeout,
-                             read_timeout_s=args.read_timeout, health_interval_s=args.health_interval)
+                             read_timeout_s=args.read_timeout, health_interval_s=args.health_interval,
+                             max_body_bytes=args.max_body_bytes, admin_token_sha256=admin)
     stop = threading.Event()
     on_startup = None
     if args.endpoints:
@@ -60,5 +69,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--read-timeout", type=float, default=300.0,
                    help="seconds to the first byte and between chunks, per attempt")
     p.add_argument("--health-interval", type=float, default=2.0)
+    p.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body taken (413 above)")
+    p.add_argument("--admin-token-file",
+                   help="file holding the token /admin/* requires (Authorization: Bearer); without it they are off")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_router)

@@ -38,6 +38,12 @@ class RuntimeMetrics:
         self.errors = Counter("agentfleet_runtime_errors_total", "Failures by reason (HTTP codes, stop reasons).",
                               ["reason"], registry=r)
         self.tasks_running = Gauge("agentfleet_runtime_tasks_running", "Agent tasks in progress.", registry=r)
+        self.auth_failures = Counter("agentfleet_runtime_auth_failures_total",
+                                     "Failed authentication, by why (missing, malformed, invalid key).", ["reason"],
+                                     registry=r)
+        self.auth_throttled = Counter("agentfleet_runtime_auth_throttled_total",
+                                      "Requests refused (429) for too many failed authentications, by which limit.",
+                                      ["by"], registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import InvalidRequest
 
-__all__ = ["ChatMessage", "ChatRequest", "RunRequest", "parse_body", "history_of", "completion_body",
-           "chunk", "MAX_INPUT_CHARS"]
+__all__ = ["ChatMessage", "ChatRequest", "RunRequest", "ErrorBody", "ErrorDetail", "parse_body", "history_of",
+           "completion_body", "chunk", "MAX_INPUT_CHARS"]
 
 MAX_INPUT_CHARS = 32_000
 
@@ -63,6 +63,21 @@ class ChatRequest(_Wire):
 
 class RunRequest(_Wire):
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object; `code` is always a string (`budget_exhausted`), never a traceback."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx of the runtime and the router has this body."""
+
+    error: ErrorDetail
 
 
 def parse_body(model: type[_Wire], body: Any) -> Any:

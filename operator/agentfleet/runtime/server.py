@@ -1,7 +1,10 @@
 """The runtime's HTTP glue (aiohttp): routes -> serving. `POST /v1/chat/completions` (JSON or SSE),
-`POST /v1/runs`, `GET|DELETE /v1/runs/{id}`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the chat page
-at `/`. Every failure is an OpenAI error body (errors.http_error), never a traceback. A client that disconnects
-cancels its handler (handler_cancellation), which cancels the agent and releases the task's reservation."""
+`POST /v1/runs`, `GET|DELETE /v1/runs/{id}`, `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`
+and the chat page at `/`. Every failure is an OpenAI error body (errors.http_error), never a traceback; bodies are
+parsed only through request_body (bounded size, charset and depth) and read within a deadline. Failed
+authentication is throttled per client address and key prefix (throttle.py). A client that disconnects cancels its
+handler (handler_cancellation), which cancels the agent and releases the task's reservation; one that stops
+reading a stream is cut off after WRITE_TIMEOUT_S, with the same effect."""
 
 from __future__ import annotations
 
@@ -18,31 +21,58 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from ..api.runtime_config import RuntimeConfig
-from ..errors import AgentfleetError, InvalidRequest, UpstreamError, http_error
+from ..errors import (
+    AgentfleetError, AuthenticationFailed, InvalidRequest, RequestTimeout, RequestTooLarge, TooManyFailedAttempts,
+    UpstreamError, http_error,
+)
+from ..request_body import MAX_JSON_BYTES, parse_json
 from ..retrieval.filters import Principal
 from ..state import open_store
 from .budget_status import publish_budget_status
 from .identity import Identity
+from .keystore import bearer_key
 from .llm import ModelClient
 from .metrics import CONTENT_TYPE_LATEST, RuntimeMetrics
 from .protocol import ChatRequest, RunRequest, chunk, completion_body, finish_reason, history_of, parse_body
 from .runs import RunRecord, RunStore
 from .serving import Retrieval, Runtime, TaskOutcome
 from .tasks import CLIENT_EVENTS, RunManager, lease_seconds
+from .throttle import FailedAuthThrottle, client_address, key_prefix_digest
 
-__all__ = ["build_app", "build_runtime", "serve", "RUNTIME_KEY"]
+__all__ = ["build_app", "build_runtime", "serve", "runner_options", "RUNTIME_KEY"]
 
 log = logging.getLogger("agentfleet.runtime")
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 CLIENT_KEY: web.AppKey[ModelClient] = web.AppKey("client", ModelClient)
 RUNS_KEY: web.AppKey[RunManager] = web.AppKey("runs", RunManager)
 MAX_RUNS_KEY: web.AppKey[int] = web.AppKey("max_runs", int)
+THROTTLE_KEY: web.AppKey[FailedAuthThrottle] = web.AppKey("throttle", FailedAuthThrottle)
+LIMITS_KEY: web.AppKey["EdgeLimits"] = web.AppKey("edge_limits")
 EVENTS_POLL_S = 0.25
 SHUTDOWN_TIMEOUT_S = 25.0
 WEB_DIR = Path(__file__).with_name("web")
 KEY_RELOAD_S = 5.0
 BUDGET_REFRESH_S = 5.0
 ANSWER_CHUNK_CHARS = 24
+MAX_BODY_BYTES = MAX_JSON_BYTES  # a chat request is at most MAX_INPUT_CHARS of text plus its JSON framing
+# A body sent a byte at a time holds a socket and a handler, never a model slot or a reservation (those come after
+# the body): it gets this long in all. Headers sent slowly are bounded by the keep-alive timeout, which aiohttp
+# starts when the connection opens (runner_options).
+BODY_TIMEOUT_S = 30.0
+WRITE_TIMEOUT_S = 30.0  # a stream's client that reads nothing for this long is cut off (its run is cancelled)
+KEEPALIVE_TIMEOUT_S = 75.0  # above the 60 s idle timeout of common load balancers, so they close first
+
+
+class EdgeLimits:
+    def __init__(self, *, body_timeout_s: float = BODY_TIMEOUT_S, write_timeout_s: float = WRITE_TIMEOUT_S):
+        self.body_timeout_s = body_timeout_s
+        self.write_timeout_s = write_timeout_s
+
+
+def runner_options(*, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> dict[str, Any]:
+    """What `web.run_app` / `web.AppRunner` need for the edge's bounds (the tests' runners use the same)."""
+    return {"handler_cancellation": True, "access_log": None, "keepalive_timeout": keepalive_timeout_s,
+            "max_line_size": 8190, "max_field_size": 8190}
 
 
 def _error_response(exc: BaseException) -> web.Response:
@@ -50,9 +80,25 @@ def _error_response(exc: BaseException) -> web.Response:
     return web.json_response(err.body, status=err.status, headers=err.headers)
 
 
-def _plain_error(status: int, message: str, code: str) -> web.Response:
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 408: "request_timeout"}
+
+
+def _plain_error(status: int, message: str, code: str, headers: Any = None) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                        "code": code}}, status=status)
+                                        "code": code}}, status=status, headers=headers)
+
+
+def _http_exception_response(e: web.HTTPException) -> web.Response:
+    """aiohttp's own 4xx (no route, wrong method, body too large) as an OpenAI error body; its headers (Allow)
+    kept, its body (plain text) not."""
+    keep = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+    return _plain_error(e.status, e.reason or "error", _HTTP_CODES.get(e.status, "http_error"), keep)
+
+
+async def _security_headers(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.status >= 400:
+        response.headers.setdefault("Cache-Control", "no-store")
 
 
 @web.middleware
@@ -74,7 +120,7 @@ async def _errors_and_metrics(request: web.Request, handler: Callable[[web.Reque
     except web.HTTPException as e:
         status = e.status
         if e.status >= 400:
-            return _plain_error(e.status, e.reason or "error", "not_found" if e.status == 404 else "http_error")
+            return _http_exception_response(e)
         raise
     except (asyncio.CancelledError, ConnectionResetError):
         status = 499  # the client went away; nobody reads a response
@@ -88,17 +134,68 @@ async def _errors_and_metrics(request: web.Request, handler: Callable[[web.Reque
 
 
 def _principal(request: web.Request) -> Principal:
+    """The caller, behind the failed-authentication throttle: a client (or a key prefix) over its limit gets 429
+    before its key is looked at, so a throttled client learns nothing more about the keys it tries."""
     rt = request.app[RUNTIME_KEY]
     if rt.identity is None:
         raise InvalidRequest("this runtime has no key store")
-    return rt.identity.authenticate(request.headers.get("Authorization"))
+    throttle = request.app[THROTTLE_KEY]
+    authorization = request.headers.get("Authorization")
+    address = client_address(request.remote, request.headers.get("X-Forwarded-For"), rt.config.trusted_proxies)
+    try:
+        key: str | None = bearer_key(authorization)
+    except AuthenticationFailed:
+        key = None
+    prefix = key_prefix_digest(key) if key else None
+    now_s = time.monotonic()
+    refused = throttle.check(address, prefix, now_s)
+    if refused is not None:
+        rt.metrics.auth_throttled.labels(refused.by).inc()
+        if refused.is_first_in_window:  # once per window; the key itself is never logged
+            log.warning("failed authentication over the limit: refusing for %.0f s (by %s, address %s, key prefix "
+                        "digest %s)", refused.retry_after_s, refused.by, address, prefix or "-")
+        raise TooManyFailedAttempts("too many failed authentication attempts; retry later",
+                                    retry_after_s=refused.retry_after_s)
+    try:
+        return rt.identity.authenticate(authorization)
+    except AuthenticationFailed:
+        throttle.failed(address, prefix, now_s)
+        reason = "invalid" if key else ("missing" if not (authorization or "").strip() else "malformed")
+        rt.metrics.auth_failures.labels(reason).inc()
+        raise
 
 
 async def _json(request: web.Request) -> Any:
+    """The request's JSON body: declared or actual size over MAX_BODY_BYTES is 413, a body not complete within
+    the body timeout 408, and everything request_body.parse_json refuses a 4xx, all before any other work."""
+    limits = request.app[LIMITS_KEY]
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON") from None
+        async with asyncio.timeout(limits.body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {limits.body_timeout_s:g} s") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes") from None
+    except web.RequestPayloadError:  # bad chunked framing, a Content-Encoding that does not decode
+        raise InvalidRequest("the request body could not be read (its framing or Content-Encoding is broken)"
+                             ) from None
+    return parse_json(raw, request.headers.get("Content-Type"), max_bytes=MAX_BODY_BYTES)
+
+
+async def _write(request: web.Request, resp: web.StreamResponse, data: bytes) -> None:
+    """Write to a stream, giving up on a client that has read nothing for the write timeout: its connection is
+    aborted (which cancels the handler, and with it the run and its reservation) rather than held open."""
+    timeout_s = request.app[LIMITS_KEY].write_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            await resp.write(data)
+    except TimeoutError:
+        log.info("client stopped reading a stream for %.0f s: closing it", timeout_s)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("the client stopped reading") from None
 
 
 def _pieces(text: str) -> list[str]:
@@ -169,10 +266,12 @@ async def _chat_replay(request: web.Request, runs: RunManager, run: RunRecord, p
     await resp.prepare(request)
     created = int(done.created_s)
     for piece in [{"role": "assistant", "content": ""}] + [{"content": p} for p in _pieces(answer)]:
-        await resp.write(_sse(chunk(completion_id=completion_id, model=model_name, created=created, delta=piece)))
-    await resp.write(_sse(chunk(completion_id=completion_id, model=model_name, created=created,
-                                finish=finish_reason(summary.get("stop_reason", "answered")), extra=summary)))
-    await resp.write(_sse("[DONE]"))
+        await _write(request, resp, _sse(chunk(completion_id=completion_id, model=model_name, created=created,
+                                               delta=piece)))
+    await _write(request, resp, _sse(chunk(completion_id=completion_id, model=model_name, created=created,
+                                           finish=finish_reason(summary.get("stop_reason", "answered")),
+                                           extra=summary)))
+    await _write(request, resp, _sse("[DONE]"))
     return resp
 
 
@@ -196,7 +295,7 @@ async def _chat_stream(request: web.Request, runs: RunManager, req: ChatRequest,
     streamed: list[str] = []
 
     async def send(obj: dict[str, Any] | str) -> None:
-        await resp.write(_sse(obj))
+        await _write(request, resp, _sse(obj))
 
     async def forward(event: dict[str, Any]) -> None:
         if event.get("type") == "step":
@@ -252,15 +351,20 @@ async def _run_create(request: web.Request) -> web.Response:
     runs = request.app[RUNS_KEY]
     principal = _principal(request)
     req: RunRequest = parse_body(RunRequest, await _json(request))
-    if len(runs.local) >= request.app[MAX_RUNS_KEY]:
-        return web.json_response({"error": {"message": f"{len(runs.local)} runs are in progress on this replica; "
-                                            "retry later", "type": "server_error", "param": None,
-                                            "code": "too_many_runs"}}, status=429, headers={"Retry-After": "5"})
-    run, budget = await runs.admit(principal, [{"role": "user", "content": req.input}], kind="run",
-                                   idempotency_key=_idempotency_key(request))
-    if budget is None:  # the same Idempotency-Key again: the same run
-        return web.json_response(run.wire(await runs.steps(run)), status=200)
-    runs.spawn(run, budget)
+    busy = len(runs.local) + runs.starting
+    if busy >= request.app[MAX_RUNS_KEY]:
+        return web.json_response({"error": {"message": f"{busy} runs are in progress on this replica; retry later",
+                                            "type": "server_error", "param": None, "code": "too_many_runs"}},
+                                 status=429, headers={"Retry-After": "5"})
+    runs.starting += 1  # counted from here: admission awaits the store, and others arrive meanwhile
+    try:
+        run, budget = await runs.admit(principal, [{"role": "user", "content": req.input}], kind="run",
+                                       idempotency_key=_idempotency_key(request))
+        if budget is None:  # the same Idempotency-Key again: the same run
+            return web.json_response(run.wire(await runs.steps(run)), status=200)
+        runs.spawn(run, budget)
+    finally:
+        runs.starting -= 1
     return web.json_response(run.wire([]), status=202)
 
 
@@ -302,13 +406,14 @@ async def _run_events(request: web.Request) -> web.StreamResponse:
         for ev in events:
             after = ev["seq"]
             if ev.get("type") in CLIENT_EVENTS:
-                await resp.write(f"id: {ev['seq']}\ndata: {json.dumps(ev, separators=(',', ':'))}\n\n".encode())
+                await _write(request, resp,
+                             f"id: {ev['seq']}\ndata: {json.dumps(ev, separators=(',', ':'))}\n\n".encode())
         if not events:
             run = await runs.get(run.id, run.principal) or run
             if run.is_done or time.monotonic() > give_up:
                 break
             await asyncio.sleep(EVENTS_POLL_S)
-    await resp.write(b"data: [DONE]\n\n")
+    await _write(request, resp, b"data: [DONE]\n\n")
     return resp
 
 
@@ -337,6 +442,12 @@ async def _index(_: web.Request) -> web.Response:
     return web.Response(body=(WEB_DIR / "index.html").read_bytes(), content_type="text/html")
 
 
+async def _openapi(_: web.Request) -> web.Response:
+    from .openapi import runtime_openapi
+
+    return web.json_response(runtime_openapi())
+
+
 # --- assembly -------------------------------------------------------------------------------------------------
 
 def open_run_store(config: RuntimeConfig, *, state_dir: str | os.PathLike[str] | None = None,
@@ -350,12 +461,18 @@ def open_run_store(config: RuntimeConfig, *, state_dir: str | os.PathLike[str] |
 
 def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, run_store: RunStore | None = None,
               replica: str | None = None, key_reload_s: float = KEY_RELOAD_S,
-              budget_refresh_s: float = BUDGET_REFRESH_S) -> web.Application:
+              budget_refresh_s: float = BUDGET_REFRESH_S, body_timeout_s: float = BODY_TIMEOUT_S,
+              write_timeout_s: float = WRITE_TIMEOUT_S) -> web.Application:
     """The aiohttp application. The client starts and closes with it; so do the key reload timer and the runs.
     Without `run_store` the runs go to a SQLite file in a new temporary directory (tests; `serve` passes the
     durable one)."""
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=1 << 20)
+    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
+    app.on_response_prepare.append(_security_headers)
     app[RUNTIME_KEY] = runtime
+    limits = runtime.config.failed_attempts
+    app[THROTTLE_KEY] = FailedAuthThrottle(per_address_per_minute=limits.per_address_per_minute,
+                                           per_key_prefix_per_minute=limits.per_key_prefix_per_minute)
+    app[LIMITS_KEY] = EdgeLimits(body_timeout_s=body_timeout_s, write_timeout_s=write_timeout_s)
     app[CLIENT_KEY] = client
     if run_store is None:
         run_store = open_run_store(runtime.config, state_dir=tempfile.mkdtemp(prefix="agentfleet-runs-"))
@@ -371,6 +488,7 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/", _index)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
@@ -467,8 +585,8 @@ def serve(config: RuntimeConfig, *, host: str, port: int, state_dir: str | None 
     # On SIGTERM, runs are handed to another replica at once; a chat completion in flight gets this long to finish
     # (the pod's terminationGracePeriodSeconds is longer).
     shutdown_s = float(os.environ.get("AGENTFLEET_SHUTDOWN_TIMEOUT_S", SHUTDOWN_TIMEOUT_S))
-    web.run_app(app, host=host, port=port, handler_cancellation=True, access_log=None, print=None, loop=loop,
-                shutdown_timeout=shutdown_s)
+    web.run_app(app, host=host, port=port, print=None, loop=loop, shutdown_timeout=shutdown_s,
+                **runner_options())
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

@@ -120,6 +120,7 @@ class RunManager:
         self.replica = replica or replica_id()
         self.wall = wall
         self.local: dict[str, _Local] = {}
+        self.starting = 0  # runs being admitted (not yet in `local`)
         self.is_draining = False
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="runs")
         self._timers: list[asyncio.Task[None]] = []

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 
+from ..names import REDIS_URL_ENV  # the operator renders it from spec.ledger.redisUrlSecretRef
 from .txn import Store, Txn
 
 __all__ = ["Txn", "Store", "open_store", "REDIS_URL_ENV"]
 
-# The runtime reads a Redis URL from this variable when the spec names none (the operator renders it from
-# spec.ledger.redisUrlSecretRef, so credentials never sit in a ConfigMap).
-REDIS_URL_ENV = "AGENTFLEET_REDIS_URL"
 
 
 def open_store(backend: str, *, sqlite_path: str | os.PathLike[str], redis_url: str | None,

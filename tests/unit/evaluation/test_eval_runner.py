@@ -161,12 +161,8 @@ def test_the_default_state_file_follows_the_suite_and_the_target(tmp_path, suite
 
 
 def test_a_429_is_waited_out_and_retried(tmp_path, monkeypatch):
-    import agentfleet.runtime.server as server
-
-    real = server.RunRegistry
-    monkeypatch.setattr(server, "RunRegistry", lambda max_runs: real(max_runs=1))  # one run at a time
-    # Retry-After: 5, shortened; still longer than the first run takes to finish and be read (a full registry
-    # forgets the oldest finished run to admit a new one).
+    # The runtime runs one run at a time (max_runs=1: a second is refused with 429 while the first runs). Retry-After:
+    # 5, shortened; still longer than the first run takes to finish.
     monkeypatch.setattr(runner_mod, "MAX_RETRY_AFTER_S", 1.0)
 
     async def model(body, headers):
@@ -176,7 +172,7 @@ def test_a_429_is_waited_out_and_retried(tmp_path, monkeypatch):
     cases = [Case(id="a", principal="alice", question="one?"), Case(id="b", principal="alice", question="two?")]
 
     async def go():
-        async with scripted(model) as m, serve(make_config(tmp_path, large_url=m.url), tmp_path) as s:
+        async with scripted(model) as m, serve(make_config(tmp_path, large_url=m.url), tmp_path, max_runs=1) as s:
             return await run_cases(cases, CaseRun(s.url, by_principal, concurrency=2))
 
     traces = asyncio.run(go())

@@ -144,7 +144,8 @@ class Served:
 @contextlib.asynccontextmanager
 async def serve(config: RuntimeConfig, tmp: Path, *, retriever: Any = None, ledger: Any = None,
                 with_ledger: bool = True, key_reload_s: float = 5.0,
-                external: Any = None, run_store: Any = None, replica: str | None = None) -> AsyncIterator[Served]:
+                external: Any = None, run_store: Any = None, replica: str | None = None,
+                max_runs: int = 1000) -> AsyncIterator[Served]:
     """`run_store` and `ledger` shared by several `serve`s make them replicas of one app."""
     metrics = RuntimeMetrics()
     client = ModelClient(config.models)
@@ -154,7 +155,7 @@ async def serve(config: RuntimeConfig, tmp: Path, *, retriever: Any = None, ledg
                           metrics=metrics) if retriever is not None else None
     rt = Runtime(config, model=client, identity=Identity(config.api_keys_file), ledger=ledger,
                  retrieval=retrieval, metrics=metrics, external=external)
-    app = build_app(rt, client, key_reload_s=key_reload_s, run_store=run_store, replica=replica)
+    app = build_app(rt, client, key_reload_s=key_reload_s, run_store=run_store, replica=replica, max_runs=max_runs)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     await runner.setup()
     port = free_port()
