@@ -8,7 +8,8 @@ __all__ = [
     "ANNOTATION_PREFIX", "CONFIG_HASH_ANNOTATION", "SPEC_HASH_LABEL", "MANAGED_BY", "LABEL_NAME", "LABEL_INSTANCE",
     "LABEL_COMPONENT", "LABEL_MANAGED_BY", "LABEL_PART_OF", "ENGINE_PORT", "ROUTER_PORT", "RUNTIME_PORT",
     "engine_name", "router_name", "fleet_url", "milvus_uri", "ingest_job_name",
-    "milvus_name", "app_config_name", "REDIS_URL_ENV", "SERVICE_ACCOUNT_DIR", "app_state_claim_name",
+    "milvus_name", "app_config_name", "REDIS_URL_ENV", "RUNTIME_PRE_STOP_S", "RUNTIME_SHUTDOWN_TIMEOUT_S",
+    "RUNTIME_REPLICA_ENV", "SERVICE_ACCOUNT_DIR", "app_state_claim_name",
     "app_budget_role_name",
 ]
 
@@ -89,3 +90,9 @@ def milvus_uri(index: str, namespace: str) -> str:
 def app_config_name(app: str) -> str:
     """The ConfigMap holding an AgentApp's rendered runtime configuration."""
     return f"{app}-config"
+
+# The runtime on SIGTERM: the pod leaves its Service during the preStop sleep, then runs are handed to another
+# replica at once and chat completions in flight get the shutdown timeout; the grace period covers both.
+RUNTIME_PRE_STOP_S = 5
+RUNTIME_SHUTDOWN_TIMEOUT_S = 25
+RUNTIME_REPLICA_ENV = "AGENTFLEET_REPLICA"

@@ -205,7 +205,8 @@ def test_index_access(kit, app_spec, index_spec, uri, token):
     assert (cfg.index.uri if cfg.index else None) == uri
     assert (cfg.index.token_env if cfg.index else None) == (MILVUS_TOKEN_ENV if token else None)
     assert (kit.env(c, MILVUS_TOKEN_ENV) or {}).get("valueFrom") == ({"secretKeyRef": token} if token else None)
-    assert [e["name"] for e in c["env"]] == ["AGENTFLEET_STATE_DIR", *([MILVUS_TOKEN_ENV] if token else [])]
+    assert [e["name"] for e in c["env"]] == ["AGENTFLEET_STATE_DIR", "AGENTFLEET_REPLICA", "AGENTFLEET_SHUTDOWN_TIMEOUT_S",
+                                             *([MILVUS_TOKEN_ENV] if token else [])]
     assert (cfg.index is None) is (app.spec.index is None)
 
 
@@ -450,3 +451,19 @@ def test_app_names_are_rfc1035_labels_that_fit(kit, name, accepted):
     svc = kit.one(_render(kit, app, related), "Service")
 
     assert svc["metadata"]["name"] == name and kit.dns1035.match(svc["metadata"]["name"])
+
+
+def test_the_runtime_drains_before_it_is_killed_and_names_its_replica(kit):
+    """Durable runs: the pod leaves its Service (preStop), hands its runs back and lets chat completions finish
+    within the grace period; its leases carry the pod's own name."""
+    app, related = _world(kit, {"replicas": 1})
+    dep = kit.one(_render(kit, app, related), "Deployment", "assistant")
+    pod = dep["spec"]["template"]["spec"]
+    c = kit.container(dep)
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert kit.env(c, "AGENTFLEET_REPLICA") == {"name": "AGENTFLEET_REPLICA",
+                                                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert kit.env(c, "AGENTFLEET_SHUTDOWN_TIMEOUT_S")["value"] == "25"
+    assert pod["terminationGracePeriodSeconds"] >= 5 + 25
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -14,7 +14,8 @@ import yaml
 
 from ..api import AgentApp, Budget, BudgetConfig, ModelEndpoint, ModelFleet, RuntimeConfig, VectorIndex
 from ..names import (
-    CONFIG_HASH_ANNOTATION, GROUP, REDIS_URL_ENV, RUNTIME_PORT, SERVICE_ACCOUNT_DIR, app_budget_role_name,
+    CONFIG_HASH_ANNOTATION, GROUP, REDIS_URL_ENV, RUNTIME_PORT, RUNTIME_PRE_STOP_S, RUNTIME_REPLICA_ENV,
+    RUNTIME_SHUTDOWN_TIMEOUT_S, SERVICE_ACCOUNT_DIR, app_budget_role_name,
     app_config_name, app_state_claim_name, fleet_url,
 )
 from .defaults import Defaults
@@ -106,7 +107,12 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
         {"name": "state", "mountPath": STATE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    env: list[dict[str, Any]] = [{"name": "AGENTFLEET_STATE_DIR", "value": STATE_DIR}]
+    env: list[dict[str, Any]] = [
+        {"name": "AGENTFLEET_STATE_DIR", "value": STATE_DIR},
+        # The replica's name in the run store's leases: the pod's own, so a restarted pod is a new replica.
+        {"name": RUNTIME_REPLICA_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "AGENTFLEET_SHUTDOWN_TIMEOUT_S", "value": str(RUNTIME_SHUTDOWN_TIMEOUT_S)},
+    ]
     if ledger.redis_url_secret_ref is not None:
         ref = ledger.redis_url_secret_ref
         env.append({"name": REDIS_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
@@ -158,6 +164,7 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
                     "spec": {
                         "serviceAccountName": app.name,
                         "automountServiceAccountToken": False,
+                        "terminationGracePeriodSeconds": RUNTIME_PRE_STOP_S + RUNTIME_SHUTDOWN_TIMEOUT_S + 10,
                         **({"securityContext": {"fsGroup": RUNTIME_GID, "fsGroupChangePolicy": "OnRootMismatch"}}
                            if is_sqlite else {}),
                         "containers": [{
@@ -173,9 +180,13 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
                                                      if k == "memory"}},
                             "readinessProbe": _probe("/readyz", 5),
                             "livenessProbe": _probe("/healthz", 10),
+                            # Out of the Service's endpoints before SIGTERM closes the listener.
+                            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(RUNTIME_PRE_STOP_S)]}}},
                             "volumeMounts": mounts,
                             "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                                                "readOnlyRootFilesystem": True},
+                                                "readOnlyRootFilesystem": True,
+                                                "capabilities": {"drop": ["ALL"]},
+                                                "seccompProfile": {"type": "RuntimeDefault"}},
                         }],
                         "volumes": volumes,
                     },

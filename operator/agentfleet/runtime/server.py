@@ -25,7 +25,8 @@ from ..errors import (
     AgentfleetError, AuthenticationFailed, InvalidRequest, RequestTimeout, RequestTooLarge, TooManyFailedAttempts,
     UpstreamError, http_error,
 )
-from ..request_body import MAX_JSON_BYTES, parse_json
+from ..request_body import MAX_JSON_BYTES, check_content_encoding, parse_json
+from ..names import RUNTIME_SHUTDOWN_TIMEOUT_S
 from ..retrieval.filters import Principal
 from ..state import open_store
 from .budget_status import publish_budget_status
@@ -49,7 +50,7 @@ MAX_RUNS_KEY: web.AppKey[int] = web.AppKey("max_runs", int)
 THROTTLE_KEY: web.AppKey[FailedAuthThrottle] = web.AppKey("throttle", FailedAuthThrottle)
 LIMITS_KEY: web.AppKey["EdgeLimits"] = web.AppKey("edge_limits")
 EVENTS_POLL_S = 0.25
-SHUTDOWN_TIMEOUT_S = 25.0
+SHUTDOWN_TIMEOUT_S = float(RUNTIME_SHUTDOWN_TIMEOUT_S)
 WEB_DIR = Path(__file__).with_name("web")
 KEY_RELOAD_S = 5.0
 BUDGET_REFRESH_S = 5.0
@@ -72,7 +73,7 @@ class EdgeLimits:
 def runner_options(*, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> dict[str, Any]:
     """What `web.run_app` / `web.AppRunner` need for the edge's bounds (the tests' runners use the same)."""
     return {"handler_cancellation": True, "access_log": None, "keepalive_timeout": keepalive_timeout_s,
-            "max_line_size": 8190, "max_field_size": 8190}
+            "max_line_size": 8190, "max_field_size": 8190, "auto_decompress": False}
 
 
 def _error_response(exc: BaseException) -> web.Response:
@@ -171,6 +172,7 @@ async def _json(request: web.Request) -> Any:
     limits = request.app[LIMITS_KEY]
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    check_content_encoding(request.headers.get("Content-Encoding"))
     try:
         async with asyncio.timeout(limits.body_timeout_s):
             raw = await request.read()

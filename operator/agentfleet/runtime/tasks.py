@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 from ..errors import AgentfleetError, Draining, StateUnavailable, http_error
+from ..names import RUNTIME_REPLICA_ENV
 from ..retrieval.filters import Principal
 from .agent import Resume
 from .runs import LeaseLost, RunRecord, RunStore
@@ -32,7 +33,7 @@ __all__ = ["RunManager", "replica_id", "LEASE_ENV", "REPLICA_ENV", "CLIENT_EVENT
 
 log = logging.getLogger("agentfleet.runtime")
 
-REPLICA_ENV = "AGENTFLEET_REPLICA"
+REPLICA_ENV = RUNTIME_REPLICA_ENV
 LEASE_ENV = "AGENTFLEET_RUN_LEASE_S"
 DEFAULT_LEASE_S = 15.0
 PRUNE_EVERY_S = 3600.0
