@@ -238,6 +238,10 @@ def _kwok_env() -> dict[str, str]:
     # kwokctl reads KWOK_* variables as overrides of the config file: drop any stray ones.
     env = {k: v for k, v in os.environ.items() if not k.startswith("KWOK_")}
     env["KWOK_WORKDIR"] = str(kwok_workdir())
+    # kwokctl adds each cluster's context to $KUBECONFIG (default ~/.kube/config) and leaves it there after the
+    # cluster is gone: a later run's client that falls back to the default file then talks to a dead cluster.
+    # Every cluster has its own kubeconfig in its directory; kwokctl's merged copy goes to a scratch file.
+    env["KUBECONFIG"] = str(kwok_workdir() / "kwokctl-merged.kubeconfig")
     env["PATH"] = f"{bin_dir()}{os.pathsep}{env.get('PATH', '')}"
     return env
 

@@ -60,6 +60,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo.defaults = Defaults()
 
 
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    # kopf's watches use the credentials of the client that applies the children, not a second lookup of
+    # ~/.kube/config (which kwokctl, kind and others leave pointing at clusters long gone).
+    return memo.kube.connection_info()
+
+
 def _converge(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     plain = _plain(body)
     try:

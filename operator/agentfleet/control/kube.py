@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import kopf
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError, UnprocessibleEntityError
@@ -37,6 +38,18 @@ class Kube:
         self._dyn: DynamicClient | None = None
         self._lock = threading.Lock()
         self._resources: dict[tuple[str, str], Any] = {}
+
+    def connection_info(self) -> kopf.ConnectionInfo:
+        """This client's server and credentials, for kopf's own API calls."""
+        cfg = self._api.configuration
+        if cfg.refresh_api_key_hook is not None:  # in a pod: the ServiceAccount token, re-read (it rotates)
+            cfg.refresh_api_key_hook(cfg)
+        keys = cfg.api_key or {}
+        auth = keys.get("BearerToken") or keys.get("authorization") or ""  # the name differs between versions
+        token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
+        return kopf.ConnectionInfo(server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+                                   token=token or None, certificate_path=cfg.cert_file,
+                                   private_key_path=cfg.key_file)
 
     @property
     def dyn(self) -> DynamicClient:
