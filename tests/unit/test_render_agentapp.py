@@ -467,3 +467,15 @@ def test_the_runtime_drains_before_it_is_killed_and_names_its_replica(kit):
     assert pod["terminationGracePeriodSeconds"] >= 5 + 25
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_the_runtime_gets_the_root_credentials_of_an_index_with_milvus_auth(kit):
+    """With spec.milvus.authSecretRef the index's Milvus requires a login: the runtime must get it, or every
+    retrieve fails against an authenticated store (the password comes from the Secret, never from a spec)."""
+    app, related = _world(kit, {}, index_spec={"milvus": {"authSecretRef": {"name": "milvus-auth", "key": "pw"}}})
+    children = _render(kit, app, related)
+    c = kit.container(kit.one(children, "Deployment"))
+    assert _config(kit, children).index.token_env == MILVUS_TOKEN_ENV
+    password = next(e for e in c["env"] if e["name"] == "MILVUS_ROOT_PASSWORD")
+    assert password["valueFrom"] == {"secretKeyRef": {"name": "milvus-auth", "key": "pw"}}
+    assert kit.env(c, MILVUS_TOKEN_ENV) == {"name": MILVUS_TOKEN_ENV, "value": "root:$(MILVUS_ROOT_PASSWORD)"}

@@ -43,7 +43,8 @@ class SourceSpec(Model):
              "endpoint, region and credentialsSecretRef apply to a url source only",
              lambda s: s.url is not None or (s.endpoint is None and s.region is None
                                              and s.credentials_secret_ref is None)),
-        Rule("!has(self.region) || self.url.startsWith('s3://')", "region applies to an s3:// url only",
+        Rule("!has(self.region) || (has(self.url) && self.url.startsWith('s3://'))",
+             "region applies to an s3:// url only",
              lambda s: s.region is None or (s.url or "").startswith("s3://"), "region"),
         Rule("self.maxObjectMib <= self.maxTotalMib", "maxObjectMib must not exceed maxTotalMib",
              lambda s: s.max_object_mib <= s.max_total_mib, "maxObjectMib"),

@@ -21,7 +21,7 @@ from ..names import (
 from .defaults import Defaults
 from .meta import child_meta, pod_labels, selector_labels, stable_hash
 from .prices import price_row
-from .vectorindex import MILVUS_TOKEN_ENV, connection
+from .vectorindex import client_env, connection
 
 __all__ = ["agentapp", "runtime_config", "RUNTIME_APP", "CONFIG_DIR", "KEYS_DIR", "STATE_DIR", "state_claim",
            "budget_access"]
@@ -116,10 +116,8 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
     if ledger.redis_url_secret_ref is not None:
         ref = ledger.redis_url_secret_ref
         env.append({"name": REDIS_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    if index is not None and cfg.index is not None and index.spec.milvus.token_secret_ref:
-        ref = index.spec.milvus.token_secret_ref
-        env.append({"name": MILVUS_TOKEN_ENV,
-                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if index is not None and cfg.index is not None:
+        env.extend(client_env(index))  # the index's Milvus token (external) or root credentials (authSecretRef)
     extra: list[dict[str, Any]] = []
     if budget is not None:
         # The token is mounted by hand rather than automounted: only an app with a Budget gets one, and all it
