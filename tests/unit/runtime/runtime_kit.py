@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -244,3 +244,36 @@ def final(answer: str) -> str:
 
 def last_user_or_tool(body: dict[str, Any]) -> str:
     return body["messages"][-1]["content"] or ""
+
+
+@contextlib.contextmanager
+def mcp_server(source: str, workdir: Path, *args: str) -> Iterator[str]:
+    """A real MCP server (the `mcp` package, streamable HTTP) from `source` in its own process, called with its port
+    and `args`; yields its URL once the port answers."""
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    script = workdir / "mcp_server.py"
+    script.write_text(source)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(script), str(port), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/mcp"
+    deadline = time.monotonic() + 30
+    try:
+        while True:  # poll until the port answers, with a deadline
+            assert proc.poll() is None, "the MCP server exited"
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (a plain GET is not an MCP request)
+            except OSError:
+                assert time.monotonic() < deadline, "the MCP server did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

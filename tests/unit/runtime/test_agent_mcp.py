@@ -4,15 +4,12 @@ schema, called with the model's arguments, and a tool error or a server that is 
 a readiness problem, never a failed request."""
 
 import asyncio
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
 from agentfleet.bench.simulator import free_port
-from runtime_kit import action, final, make_config, scripted, serve
+from runtime_kit import action, final, make_config, mcp_server, scripted, serve
 
 pytest.importorskip("mcp")
 
@@ -50,26 +47,8 @@ app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
 
 @pytest.fixture(scope="module")
 def mcp_url(tmp_path_factory):
-    script = tmp_path_factory.mktemp("mcp") / "server.py"
-    script.write_text(SERVER)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 30
-    while True:  # poll until the port answers, with a deadline
-        assert proc.poll() is None, "the MCP server exited"
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except urllib.error.HTTPError:
-            break  # it answers (a plain GET is not an MCP request)
-        except OSError:
-            assert time.monotonic() < deadline, "the MCP server did not start"
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with mcp_server(SERVER, tmp_path_factory.mktemp("mcp")) as url:
+        yield url
 
 
 def _mcp_config(tmp_path, model_url, servers):

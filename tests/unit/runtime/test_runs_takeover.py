@@ -10,21 +10,17 @@ and the budget is charged once for what the engine produced, with nothing left r
 import asyncio
 import contextlib
 import json
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from agentfleet.bench.simulator import free_port
 from agentfleet.ledger import Account
 from agentfleet.runtime.mcp_tools import McpTools
 from agentfleet.runtime.runs import RunStore
 from agentfleet.runtime.server import RUNS_KEY
 from agentfleet.runtime.serving import Runtime
 from agentfleet.state.sqlite import SqliteStore
-from runtime_kit import action, final, make_config, scripted, serve
+from runtime_kit import action, final, make_config, mcp_server, scripted, serve
 
 pytest.importorskip("mcp")
 
@@ -57,27 +53,10 @@ BUDGET = {"window": "day", "limits": {"costUsd": 10}}
 
 @pytest.fixture
 def mcp(tmp_path):
-    script, log = tmp_path / "mcp_server.py", tmp_path / "calls.log"
-    script.write_text(SERVER)
+    log = tmp_path / "calls.log"
     log.write_text("")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(script), str(port), str(log)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 30
-    while True:  # poll until the port answers, with a deadline
-        assert proc.poll() is None, "the MCP server exited"
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "the MCP server did not start"
-            time.sleep(0.1)
-    yield url, log
-    proc.terminate()
-    proc.wait(timeout=10)
+    with mcp_server(SERVER, tmp_path, str(log)) as url:
+        yield url, log
 
 
 def _calls(log):
