@@ -61,7 +61,8 @@ def request_key(path: str, headers: Mapping[str, str], body: Mapping[str, Any] |
         for m in messages:
             if not isinstance(m, dict):
                 continue
-            if not first and m.get("role") in _SYSTEM_ROLES:
+            role = m.get("role")  # anything a client sent: a list here is unhashable
+            if not first and isinstance(role, str) and role in _SYSTEM_ROLES:
                 system.append(_text(m.get("content")))
             else:
                 first = _text(m.get("content"))

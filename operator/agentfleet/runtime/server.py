@@ -62,6 +62,7 @@ MAX_BODY_BYTES = MAX_JSON_BYTES  # a chat request is at most MAX_INPUT_CHARS of 
 BODY_TIMEOUT_S = 30.0
 WRITE_TIMEOUT_S = 30.0  # a stream's client that reads nothing for this long is cut off (its run is cancelled)
 KEEPALIVE_TIMEOUT_S = 75.0  # above the 60 s idle timeout of common load balancers, so they close first
+LINGERING_S = 2.0  # after an early answer (408, 413) the rest of a body is drained this long, then the socket closes
 
 
 class EdgeLimits:
@@ -73,7 +74,8 @@ class EdgeLimits:
 def runner_options(*, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> dict[str, Any]:
     """What `web.run_app` / `web.AppRunner` need for the edge's bounds (the tests' runners use the same)."""
     return {"handler_cancellation": True, "access_log": None, "keepalive_timeout": keepalive_timeout_s,
-            "max_line_size": 8190, "max_field_size": 8190, "auto_decompress": False}
+            "max_line_size": 8190, "max_field_size": 8190, "auto_decompress": False,
+            "lingering_time": LINGERING_S}
 
 
 def _error_response(exc: BaseException) -> web.Response:
@@ -464,10 +466,12 @@ def open_run_store(config: RuntimeConfig, *, state_dir: str | os.PathLike[str] |
 def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, run_store: RunStore | None = None,
               replica: str | None = None, key_reload_s: float = KEY_RELOAD_S,
               budget_refresh_s: float = BUDGET_REFRESH_S, body_timeout_s: float = BODY_TIMEOUT_S,
-              write_timeout_s: float = WRITE_TIMEOUT_S) -> web.Application:
+              write_timeout_s: float = WRITE_TIMEOUT_S,
+              metrics_listen: tuple[str, int] | None = None) -> web.Application:
     """The aiohttp application. The client starts and closes with it; so do the key reload timer and the runs.
     Without `run_store` the runs go to a SQLite file in a new temporary directory (tests; `serve` passes the
-    durable one)."""
+    durable one). With `metrics_listen` (host, port), /metrics is served there alone and not on the serving port:
+    its per-tenant token and cost series and Budget gauges are for Prometheus, not for every API caller."""
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app.on_response_prepare.append(_security_headers)
     app[RUNTIME_KEY] = runtime
@@ -489,7 +493,8 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     app.router.add_delete("/v1/runs/{run_id}", _run_cancel)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
+    if metrics_listen is None:
+        app.router.add_get("/metrics", _metrics)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/", _index)
 
@@ -502,7 +507,12 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
         budget = asyncio.get_running_loop().create_task(_refresh_budget(runtime, budget_refresh_s))
         spend = asyncio.get_running_loop().create_task(publish_budget_status(runtime))
         runs.start()
+        metrics_runner = None
+        if metrics_listen is not None:
+            metrics_runner = await _serve_metrics(runtime, *metrics_listen)
         yield
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         reload.cancel()
         budget.cancel()
         spend.cancel()
@@ -518,6 +528,19 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(drain)
     return app
+
+
+async def _serve_metrics(runtime: Runtime, host: str, port: int) -> web.AppRunner:
+    app = web.Application(client_max_size=1024)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=runtime.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, **runner_options())
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
 
 
 async def _reload_keys(identity: Identity | None, every_s: float) -> None:
@@ -580,7 +603,10 @@ def build_runtime(config: RuntimeConfig, *, state_dir: str | None = None,
 
 def serve(config: RuntimeConfig, *, host: str, port: int, state_dir: str | None = None) -> None:
     runtime, client = build_runtime(config, state_dir=state_dir)
-    app = build_app(runtime, client, run_store=open_run_store(config, state_dir=state_dir))
+    # AGENTFLEET_METRICS_PORT moves /metrics off the serving port (the port a NetworkPolicy opens to Prometheus).
+    metrics_port = os.environ.get("AGENTFLEET_METRICS_PORT")
+    app = build_app(runtime, client, run_store=open_run_store(config, state_dir=state_dir),
+                    metrics_listen=(host, int(metrics_port)) if metrics_port else None)
     loop = _event_loop()
     log.info("agentfleet runtime %s/%s on http://%s:%d (%s, replica %s)", config.namespace, config.app, host, port,
              type(loop).__module__.split(".")[0], app[RUNS_KEY].replica)
