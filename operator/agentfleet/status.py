@@ -23,7 +23,7 @@ from .render.prices import PRICE_MATCHES_NO_FLEET, PriceProblem
 __all__ = ["Verdict", "conditions_for", "failed", "modelfleet", "vectorindex", "agentapp", "budget",
            "window_bounds", "selector_string", "EvalSummary", "eval_summary", "gate_failures", "evaluation",
            "SUMMARY_METRICS", "BUDGET_EXHAUSTED", "PRICED", "RUNTIME_BUDGET_FIELDS", "LEDGER_NOT_SHARED",
-           "unshared_ledgers", "METRICS_AVAILABLE"]
+           "unshared_ledgers", "METRICS_AVAILABLE", "metrics_conditions"]
 
 Verdict = tuple[Status, str, str]
 """(Ready status, reason, message)."""
@@ -74,14 +74,29 @@ def _int(obj: dict[str, Any] | None, *path: str) -> int:
 METRICS_AVAILABLE = "MetricsAvailable"
 
 
-def _metrics_condition(fleet: ModelFleet, *, discovery: str, prometheus_url: str | None) -> Verdict | None:
+def metrics_conditions(fleet: ModelFleet, *, last_reason: str | None, prometheus_url: str | None,
+                       now: str) -> list[dict[str, Any]]:
+    """The fleet's conditions with MetricsAvailable as an autoscaler evaluation ending in `last_reason` makes it:
+    the autoscaler writes it together with its memo, so an evaluation that changes it is one status write (not a
+    memo now and the condition at the next reconcile)."""
+    discovery = fleet.status.metrics_discovery or "Annotations"
+    metrics = _metrics_condition(fleet, discovery=discovery, prometheus_url=prometheus_url, last_reason=last_reason)
+    conds = list(fleet.status.conditions)
+    conds = (remove(conds, METRICS_AVAILABLE) if metrics is None else
+             set_condition(conds, METRICS_AVAILABLE, *metrics, generation=fleet.metadata.generation, now=now))
+    return [c.wire() for c in conds]
+
+
+def _metrics_condition(fleet: ModelFleet, *, discovery: str, prometheus_url: str | None,
+                       last_reason: str | None = None) -> Verdict | None:
     """MetricsAvailable from the autoscaler's last evaluation; None when nothing reads metrics."""
     if not fleet.spec.autoscaling.enabled or fleet.spec.base_url:
         return None
     memo = fleet.status.autoscaler
-    if memo is None or memo.last_reason is None:
+    reason = last_reason if last_reason is not None else (memo.last_reason if memo is not None else None)
+    if reason is None:
         return None  # not evaluated yet: no claim either way
-    if memo.last_reason != "MetricsMissing":
+    if reason != "MetricsMissing":
         return ("True", "MetricsFlowing", f"vLLM metrics read from {prometheus_url or 'Prometheus'}")
     if discovery == "PodMonitor":
         how = (f"PodMonitor {engine_name(fleet.name)} is rendered: check that the Prometheus' podMonitorSelector "

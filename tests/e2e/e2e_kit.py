@@ -41,7 +41,7 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("apps/v1", "StatefulSet"), ("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"),
     ("v1", "ServiceAccount"), ("batch/v1", "Job"), ("policy/v1", "PodDisruptionBudget"),
     ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-    ("v1", "PersistentVolumeClaim"),
+    ("v1", "PersistentVolumeClaim"), ("networking.k8s.io/v1", "NetworkPolicy"),
 )
 CR_KINDS: tuple[tuple[str, str], ...] = tuple((API, k) for k in AGENTFLEET_KINDS)
 

@@ -25,9 +25,11 @@ def test_example_app_reconciles_to_ready(ns, operator):
     expected = expected_children()
     found = {}
     for kind in ("StatefulSet", "Deployment", "Service", "ConfigMap", "ServiceAccount", "Job",
-                 "PodDisruptionBudget", "Role", "RoleBinding", "PersistentVolumeClaim"):
+                 "PodDisruptionBudget", "Role", "RoleBinding", "PersistentVolumeClaim", "NetworkPolicy"):
         for item in ns.items(kind.lower()):
-            owners = [r for r in item["metadata"].get("ownerReferences") or [] if r.get("controller")]
+            # Children of our resources (a StatefulSet's own claims, owned by it, are the StatefulSet's business).
+            owners = [r for r in item["metadata"].get("ownerReferences") or []
+                      if r.get("controller") and r.get("apiVersion", "").startswith("agentfleet.io/")]
             if owners:
                 found[child_key(kind, item["metadata"]["name"])] = item
     assert set(found) == set(expected), {"missing": set(expected) - set(found), "extra": set(found) - set(expected)}

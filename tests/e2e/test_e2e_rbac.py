@@ -51,6 +51,12 @@ EXPECTED_RULES = {
     "rolebindings.rbac.authorization.k8s.io": "create delete get list patch watch",
     "endpointslices.discovery.k8s.io": "get list watch",
     "milvuses.milvus.io": "create delete get list patch watch",
+    "networkpolicies.networking.k8s.io": "create delete get list patch watch",
+    # optional engines' kinds, rendered only when their CRDs are served (multi-node fleets, Prometheus Operator)
+    "leaderworkersets.leaderworkerset.x-k8s.io": "create delete get list patch watch",
+    "podmonitors.monitoring.coreos.com": "create delete get list patch watch",
+    # the largest GPU count a node offers: a replica that fits no node is a condition, not a Pending pod
+    "nodes": "list",
     # every authenticated user
     "selfsubjectreviews.authentication.k8s.io": "create",
     "selfsubjectaccessreviews.authorization.k8s.io": "create",

@@ -211,3 +211,18 @@ def test_worst_problem_prefers_the_telling_reason():
     assert worst_problem(pods, now=T0).pod == "b"
     assert worst_problem(pods, now=T0, min_since_s=850).pod == "a"
     assert worst_problem(pods, now=T0, min_since_s=1000) is None
+
+
+@pytest.mark.parametrize(("last_reason", "state", "reason"), [
+    ("MetricsMissing", "False", "MetricsMissing"),
+    ("Hold", "True", "MetricsFlowing"),
+], ids=["missing", "flowing"])
+def test_the_autoscaler_writes_metrics_available_with_its_memo(kit, last_reason, state, reason):
+    """One evaluation, one status write: the condition an evaluation implies is computed with it (the e2e restart
+    test saw the condition arrive a reconcile later, a write after convergence)."""
+    fleet = kit.fleet("llm", {"replicas": 1}, generation=2)
+    conds = status.metrics_conditions(fleet, last_reason=last_reason, prometheus_url="http://prom:9090",
+                                      now="2026-01-01T00:00:00Z")
+    got = next(c for c in conds if c["type"] == "MetricsAvailable")
+    assert (got["status"], got["reason"], got["observedGeneration"]) == (state, reason, 2)
+    assert "http://prom:9090" in got["message"]

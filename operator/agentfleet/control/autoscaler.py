@@ -15,6 +15,7 @@ import kopf
 
 from .. import metrics_names as mn
 from .. import scaling
+from .. import status as status_view
 from ..api import ModelFleet, parse
 from ..errors import SpecError, UpstreamError
 from ..names import API_VERSION, GROUP, SCALER_FIELD_MANAGER, VERSION, engine_name
@@ -121,8 +122,10 @@ def _ready(kube: Kube, fleet: ModelFleet) -> int:
     return int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
 
 
-def evaluate(kube: Kube, prom: Any, body: dict[str, Any], *, now: dt.datetime) -> scaling.Decision | None:
-    """One evaluation of one fleet; None when autoscaling is off or it is not yet due."""
+def evaluate(kube: Kube, prom: Any, body: dict[str, Any], *, now: dt.datetime,
+             prometheus_url: str | None = None) -> scaling.Decision | None:
+    """One evaluation of one fleet; None when autoscaling is off or it is not yet due. `prometheus_url` names
+    where `prom` reads, for the MetricsAvailable condition's message."""
     fleet = parse(body)
     assert isinstance(fleet, ModelFleet)
     a = fleet.spec.autoscaling
@@ -177,6 +180,9 @@ def evaluate(kube: Kube, prom: Any, body: dict[str, Any], *, now: dt.datetime) -
         status["lastScale"] = {"fromReplicas": decision.from_replicas, "toReplicas": decision.to_replicas,
                                "reason": f"{decision.reason}: {decision.message}"[:500], "time": _stamp(now)}
     current_status = body.get("status") or {}
+    if "autoscaler" in status:  # the condition it implies goes in the same write
+        status["conditions"] = status_view.metrics_conditions(
+            fleet, last_reason=decision.reason, prometheus_url=prometheus_url, now=_stamp(now))
     status = {k: v for k, v in status.items() if k == "autoscaler" or current_status.get(k) != v}
     if status:
         kube.patch_status("ModelFleet", fleet.name, fleet.namespace, status)
@@ -213,7 +219,7 @@ def autoscale(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> N
         spec = (plain.get("spec") or {}).get("autoscaling") or {}
         url = spec.get("prometheusUrl") or memo.defaults.prometheus_url
         decision = evaluate(memo.kube, _prometheus(memo, url), plain,
-                            now=dt.datetime.now(dt.timezone.utc))
+                            now=dt.datetime.now(dt.timezone.utc), prometheus_url=url)
     except SpecError:
         return  # the reconcile handler reports spec errors
     if decision is not None and decision.is_change:
