@@ -10,7 +10,7 @@ __all__ = [
     "engine_name", "router_name", "fleet_url", "milvus_uri", "ingest_job_name",
     "milvus_name", "app_config_name", "REDIS_URL_ENV", "RUNTIME_PRE_STOP_S", "RUNTIME_SHUTDOWN_TIMEOUT_S",
     "RUNTIME_REPLICA_ENV", "SERVICE_ACCOUNT_DIR", "app_state_claim_name",
-    "app_budget_role_name",
+    "app_budget_role_name", "MCP_HEADERS_DIR", "MCP_HEADERS_DIR_ENV",
 ]
 
 GROUP = "agentfleet.io"
@@ -45,6 +45,10 @@ RUNTIME_PORT = 8080
 REDIS_URL_ENV = "AGENTFLEET_REDIS_URL"
 # Where a pod's service-account token, CA and namespace are mounted (the runtime publishes its Budget's spend).
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# An MCP server's `headersSecretRef` is mounted at <MCP_HEADERS_DIR>/<server name>/, one file per header (the
+# Secret's key is the header name); the runtime reads the directory from MCP_HEADERS_DIR_ENV when it is set.
+MCP_HEADERS_DIR = "/etc/agentfleet/mcp-headers"
+MCP_HEADERS_DIR_ENV = "AGENTFLEET_MCP_HEADERS_DIR"
 
 
 def app_state_claim_name(app: str) -> str:

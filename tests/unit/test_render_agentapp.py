@@ -176,6 +176,26 @@ def test_auth_secret_is_mounted(kit):
     assert kit.mount(kit.container(dep), "keys") == {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}
 
 
+@pytest.mark.parametrize("servers, mounted", [
+    pytest.param([{"name": "math", "url": "http://math:8000/mcp"}], {}, id="no-secret-no-volume"),
+    pytest.param([{"name": "crm_tools", "url": "http://crm/mcp", "headersSecretRef": {"name": "crm-token"}},
+                  {"name": "math", "url": "http://math:8000/mcp"}],
+                 {"crm_tools": "crm-token"}, id="secret-mounted-per-server"),
+])
+def test_mcp_headers_secret_is_mounted_for_the_runtime(kit, servers, mounted):
+    from agentfleet.names import MCP_HEADERS_DIR
+
+    app, related = _world(kit, {"tools": {"builtin": ["calculator"], "mcpServers": servers}})
+    dep = kit.one(_render(kit, app, related), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"] if v["name"].startswith("mcp-headers-")}
+    mounts = {m["mountPath"]: m for m in kit.container(dep)["volumeMounts"] if m["name"] in vols}
+    assert {path.rsplit("/", 1)[1]: vols[m["name"]]["secret"]["secretName"] for path, m in mounts.items()} == mounted
+    for path, m in mounts.items():
+        assert path.startswith(MCP_HEADERS_DIR + "/") and m["readOnly"] is True
+        assert vols[m["name"]]["secret"]["defaultMode"] == 0o444 and len(m["name"]) <= 63
+
+
 @pytest.mark.parametrize(
     "app_spec, index_spec, uri, token",
     [

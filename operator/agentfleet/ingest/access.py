@@ -1,5 +1,6 @@
-"""Who may read a document, resolved from (in order) its own front matter, the `_access.yaml` sidecar of the
-nearest directory at or above it that has a matching pattern, then the VectorIndex's access defaults. A sidecar is
+"""Who may read a document: the `_access.yaml` sidecar of the nearest directory at or above it that has a matching
+pattern grants access (then the VectorIndex's access defaults); the document's own metadata may only narrow that
+grant, never widen it or change its tenant (see `resolve_access`). A sidecar is
 a YAML list of `{pattern, tenant, groups}`; patterns are globs relative to the sidecar's directory (`**` crosses
 directories, `*` does not; a pattern without `/` matches a file name at any depth, as in .gitignore); the first
 matching entry of the nearest sidecar with a match wins. Nothing resolvable means skipped, never public,
@@ -113,35 +114,46 @@ def _nearest_rule(relpath: str, sidecars: Mapping[str, Sequence[AccessRule]]) ->
 def resolve_access(relpath: str, front_matter: Mapping[str, Any] | None,
                    sidecars: Mapping[str, Sequence[AccessRule]], *, default_tenant: str | None = None,
                    default_groups: Sequence[str] = (), allow_public: bool = False) -> Access | None:
-    """`sidecars` maps a directory (relative, "" for the root) to its parsed rules. Front matter beats a sidecar;
-    the nearest directory with a matching rule beats those above it, and only that one rule is used. Front matter
-    that names groups but no tenant takes the tenant from the rule or the defaults. A tenant without groups means
-    every member of the tenant. None: skip the document."""
-    tenant: str | None = None
-    groups: tuple[str, ...] | None = None
-    origin = ""
+    """`sidecars` maps a directory (relative, "" for the root) to its parsed rules. The grant is the nearest
+    directory's matching rule (only that one rule), its missing tenant or groups filled from the defaults; the
+    document's own metadata (front matter, HTML head <meta>, JSONL fields) may only narrow the grant: the same
+    tenant, and groups that are a subset of the granted groups (a grant without groups is the whole tenant, so
+    any groups narrow it). Metadata that would widen the grant or move the document to another tenant raises
+    AccessError (the document is skipped and reported), so whoever can add a file to a folder cannot publish it
+    beyond what the folder's owner granted. Only where nothing grants a tenant does the document's own tenant
+    count (a self-described corpus). A tenant without groups means every member of the tenant. None: skip."""
+    doc_tenant: str | None = None
+    doc_groups: tuple[str, ...] | None = None
     if front_matter:
-        tenant, groups = parse_access_fields(front_matter, "front matter")
-        if tenant is not None or groups is not None:
-            origin = "front matter"
-    if tenant is None or groups is None:
-        rule, where = _nearest_rule(relpath, sidecars)
-        if rule is not None:
-            if tenant is None:
-                tenant = rule.tenant
-                if groups is None:
-                    groups = rule.groups
-            elif groups is None and rule.tenant in (None, tenant):
-                # Groups named for another tenant never carry over to this one.
-                groups = rule.groups
-            origin = origin or where
+        doc_tenant, doc_groups = parse_access_fields(front_matter, "front matter")
+    rule, where = _nearest_rule(relpath, sidecars)
+    tenant = rule.tenant if rule else None
+    groups = rule.groups if rule else None
+    origin = where if rule else ""
     if tenant is None and default_tenant is not None:
         tenant = default_tenant
         if groups is None:
             groups = tuple(default_groups)
         origin = origin or "defaults"
     if tenant is None:
-        if allow_public and groups is None:
-            return Access(None, (), public=True, origin="public default")
-        return None
-    return Access(tenant, tuple(groups or ()), origin=origin)
+        # Nothing grants a tenant: the document describes itself, under the rule's groups when one matched.
+        if doc_tenant is None:
+            if allow_public and doc_groups is None and groups is None:
+                return Access(None, (), public=True, origin="public default")
+            return None
+        if groups and doc_groups is not None and not set(doc_groups) <= set(groups):
+            raise AccessError(f"front matter groups {list(doc_groups)} widen {where or 'the grant'}'s "
+                              f"{list(groups)}")
+        return Access(doc_tenant, tuple(doc_groups if doc_groups is not None else groups or ()),
+                      origin="front matter")
+    if doc_tenant is not None and doc_tenant != tenant:
+        raise AccessError(f"front matter tenant {doc_tenant!r} differs from {origin}'s {tenant!r}: a document "
+                          f"cannot move itself to another tenant")
+    granted = tuple(groups or ())
+    if doc_groups is not None:
+        if granted and (not doc_groups or not set(doc_groups) <= set(granted)):
+            # A grant with groups is read by members of those groups; no groups would be the whole tenant.
+            raise AccessError(f"front matter groups {list(doc_groups) or '(whole tenant)'} widen {origin}'s "
+                              f"{list(granted)}: a document may only narrow its directory's access")
+        return Access(tenant, doc_groups, origin="front matter")
+    return Access(tenant, granted, origin=origin)

@@ -4,16 +4,24 @@ into the cleaned document text.
 
 Tokens are counted as words and punctuation marks (`\\w+|[^\\w\\s]`), deterministic and model-free, so chunk ids
 do not change with the embedder. A WordPiece tokenizer (MiniLM's) yields ~1.1-1.3x as many tokens on English
-prose: keep sizeTokens at or below ~200 for the built-in embedder, which reads at most 256 tokens."""
+prose: keep sizeTokens at or below ~200 for the built-in embedder, which reads at most 256 tokens. A word longer
+than MAX_TOKEN_CHARS counts as several tokens and a chunk never spans more than MAX_CHUNK_CHARS characters, so
+hostile text (one 70,000-character word) still yields chunks that fit the store's text field."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-__all__ = ["Chunk", "Section", "clean", "sections", "chunk_document", "count_tokens", "TOKEN"]
+__all__ = ["Chunk", "Section", "clean", "sections", "chunk_document", "count_tokens", "TOKEN", "MAX_TOKEN_CHARS",
+           "MAX_CHUNK_CHARS"]
 
-TOKEN = re.compile(r"\w+|[^\w\s]")
+# No natural-language word is this long; a longer run of word characters (a base64 blob, an attack) is cut.
+MAX_TOKEN_CHARS = 100
+# The store's text field holds 65,535 (characters on milvus-lite, bytes on some Milvus versions): 16,000
+# characters fit either way, even at 4 UTF-8 bytes each.
+MAX_CHUNK_CHARS = 16_000
+TOKEN = re.compile(r"\w{1,%d}|[^\w\s]" % MAX_TOKEN_CHARS)
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^(```|~~~)")
 _BOILER = re.compile(r"^\s*(?:skip to (?:main )?content|back to top|cookie (?:settings|preferences)|"
@@ -99,8 +107,19 @@ def sections(text: str, *, heading_aware: bool) -> list[Section]:
 
 def _cut(spans: list[tuple[int, int]], text: str, begin: int, limit: int) -> int:
     """Index one past the last token of a window starting at `begin`: the last sentence or line end in the final
-    third of the window, else the hard limit."""
+    third of the window, else the hard limit. The window never spans more than MAX_CHUNK_CHARS characters."""
     end = min(begin + limit, len(spans))
+    if spans[end - 1][1] - spans[begin][0] > MAX_CHUNK_CHARS:
+        # Tokens are at most MAX_TOKEN_CHARS long, so the first one always fits; whitespace between tokens is
+        # what can still be long (clean() keeps indentation).
+        lo, hi = begin + 1, end
+        while lo < hi:  # the largest end whose span fits
+            mid = (lo + hi + 1) // 2
+            if spans[mid - 1][1] - spans[begin][0] <= MAX_CHUNK_CHARS:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
     if end == len(spans):
         return end
     floor = begin + max(1, (2 * limit) // 3)

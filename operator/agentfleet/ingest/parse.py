@@ -1,6 +1,8 @@
 """File bytes -> documents: front matter, title and heading-marked text for Markdown, plain text, HTML, PDF and
 JSONL (one document per record). Markup is reduced to Markdown-style headings so one chunker serves every
-format. HTML drops boilerplate elements (script, style, nav, header, footer, aside, form)."""
+format. HTML drops boilerplate elements (script, style, nav, header, footer, aside, form); only `<meta>` tags in
+its head count as metadata. YAML (front matter, `_access.yaml`) is read by `load_yaml`: safe types only, no
+aliases (a few nested aliases expand into gigabytes), and bounded in size."""
 
 from __future__ import annotations
 
@@ -13,12 +15,17 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ParsedDocument", "ParseError", "parse_file", "split_front_matter", "FORMATS"]
+__all__ = ["ParsedDocument", "ParseError", "parse_file", "split_front_matter", "load_yaml", "FORMATS",
+           "FRONT_MATTER_MAX_CHARS", "TITLE_MAX_CHARS"]
 
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".html": "html",
            ".htm": "html", ".pdf": "pdf", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 _FRONT = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S)
+# Front matter is a title and a few keys; 64 KiB is generous and keeps YAML parsing cheap.
+FRONT_MATTER_MAX_CHARS = 65_536
+# The store's title field holds 1,024 characters.
+TITLE_MAX_CHARS = 1_024
 
 
 class ParseError(ValueError):
@@ -36,15 +43,41 @@ class ParsedDocument:
     # its file name or record id: shown to users, but not embedded (a name like `0003` or `final_v2` is noise).
     title_from_name: bool = False
 
+    def __post_init__(self) -> None:
+        # A title is shown and embedded with every chunk; metadata can make it arbitrarily long.
+        self.title = " ".join(self.title.split())[:TITLE_MAX_CHARS] if len(self.title) > TITLE_MAX_CHARS \
+            else self.title
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases: `&a [x, x]` / `*a` nests into exponential expansion (billion laughs)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed here",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, *, max_chars: int) -> Any:
+    """Safe YAML without aliases and at most `max_chars` long; raises yaml.YAMLError (aliases, syntax) or
+    ValueError (size)."""
+    if len(text) > max_chars:
+        raise ValueError(f"{len(text)} characters, over the limit of {max_chars}")
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     m = _FRONT.match(text)
     if not m:
         return {}, text
     try:
-        meta = yaml.safe_load(m.group(1))
+        meta = load_yaml(m.group(1), max_chars=FRONT_MATTER_MAX_CHARS)
     except yaml.YAMLError as err:
         raise ParseError(f"front matter is not YAML: {err}") from None
+    except ValueError as err:
+        raise ParseError(f"front matter too large: {err}") from None
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
@@ -66,6 +99,7 @@ class _HTMLText(HTMLParser):
     SKIP = {"script", "style", "nav", "header", "footer", "aside", "form", "noscript", "template", "svg"}
     BLOCK = {"p", "div", "section", "article", "main", "li", "tr", "br", "pre", "blockquote", "table", "ul", "ol",
              "dd", "dt", "figcaption"}
+    HEAD = {"html", "head", "title", "meta", "link", "base", "style", "script", "noscript", "template"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -74,14 +108,18 @@ class _HTMLText(HTMLParser):
         self.meta: dict[str, str] = {}
         self._skip = 0
         self._in_title = False
+        # Only the head's <meta> tags are metadata: a body is content, often pasted from elsewhere.
+        self._in_body = False
         self._heading: int | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in self.HEAD:
+            self._in_body = True
         if tag in self.SKIP:
             self._skip += 1
         elif tag == "title":
             self._in_title = True
-        elif tag == "meta":
+        elif tag == "meta" and not self._in_body:
             a = dict(attrs)
             if a.get("name") and a.get("content") is not None:
                 self.meta[a["name"].lower()] = a["content"] or ""
@@ -105,6 +143,8 @@ class _HTMLText(HTMLParser):
             self.out.append("\n")
 
     def handle_data(self, data: str) -> None:
+        if data.strip() and not self._in_title and not self._skip:
+            self._in_body = True  # text outside any head element starts the body, as in a browser
         if self._in_title:
             self.title.append(data)
         elif not self._skip:

@@ -2,7 +2,8 @@
 and budget it references), a ServiceAccount, the orchestrator Deployment (`agentfleet serve`) and its Service.
 State that must outlive a pod: a SQLite ledger gets a PersistentVolumeClaim (one replica, Recreate); a Redis
 ledger gets its URL from a Secret. An app with a Budget gets a Role letting its runtime patch only that Budget's
-status (the spend it reads from the ledger), and the service-account token to do it with.
+status (the spend it reads from the ledger), and the service-account token to do it with. An MCP server's
+`headersSecretRef` is mounted for the runtime to send as that server's headers.
 References are resolved by the caller and passed in; a missing one is the caller's DependencyMissing."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import yaml
 from ..api import AgentApp, Budget, BudgetConfig, ModelEndpoint, ModelFleet, RuntimeConfig, VectorIndex
 from ..names import (
     CONFIG_HASH_ANNOTATION, GROUP, REDIS_URL_ENV, RUNTIME_PORT, RUNTIME_PRE_STOP_S, RUNTIME_REPLICA_ENV,
-    RUNTIME_SHUTDOWN_TIMEOUT_S, SERVICE_ACCOUNT_DIR, app_budget_role_name,
+    RUNTIME_SHUTDOWN_TIMEOUT_S, SERVICE_ACCOUNT_DIR, app_budget_role_name, MCP_HEADERS_DIR,
     app_config_name, app_state_claim_name, fleet_url,
 )
 from .defaults import Defaults
@@ -118,6 +119,15 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
         env.append({"name": REDIS_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     if index is not None and cfg.index is not None:
         env.extend(client_env(index))  # the index's Milvus token (external) or root credentials (authSecretRef)
+    for server in app.spec.tools.mcp_servers:
+        if server.headers_secret_ref is not None:
+            # Every key of the Secret becomes a header of every call to this server (mcp_tools reads the files
+            # per call, so a rotated Secret takes effect without a restart). Server names allow `_`, a volume name
+            # does not: the volume is named by a hash of the server name.
+            vol = f"mcp-headers-{stable_hash(server.name)[:10]}"
+            volumes.append({"name": vol, "secret": {"secretName": server.headers_secret_ref.name,
+                                                    "defaultMode": 0o444}})
+            mounts.append({"name": vol, "mountPath": f"{MCP_HEADERS_DIR}/{server.name}", "readOnly": True})
     extra: list[dict[str, Any]] = []
     if budget is not None:
         # The token is mounted by hand rather than automounted: only an app with a Budget gets one, and all it

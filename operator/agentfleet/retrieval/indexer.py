@@ -17,7 +17,7 @@ from ..ingest.pipeline import PlannedChunk, access_signature, document_key
 from .embedders import Embedder
 from .filters import stored_access
 from .progress import Progress
-from .store import MilvusStore, StoreError
+from .store import VARCHAR_MAX, MilvusStore, StoreError, row_problem
 
 __all__ = ["IngestOptions", "IngestSummary", "run_ingest", "rows_for", "wait_for_store"]
 
@@ -62,10 +62,17 @@ def rows_for(chunks: list[PlannedChunk], vectors: Any) -> list[dict[str, Any]]:
     for c, v in zip(chunks, vectors):
         acc = stored_access(c.access.tenant, c.access.groups, public=c.access.public)
         rows.append({"id": c.id, "vector": [float(x) for x in v], "tenant": acc.tenant, "groups": acc.groups,
-                     "doc": c.doc_key, "source": c.source[:4096], "title": c.title[:1024],
-                     "trail": json.dumps(list(c.trail), ensure_ascii=False)[:4096], "start": c.start, "end": c.end,
-                     "text": c.text})
+                     "doc": c.doc_key, "source": _clip(c.source, VARCHAR_MAX["source"]),
+                     "title": _clip(c.title, VARCHAR_MAX["title"]),
+                     "trail": _clip(json.dumps(list(c.trail), ensure_ascii=False), VARCHAR_MAX["trail"]),
+                     "start": c.start, "end": c.end, "text": c.text})
     return rows
+
+
+def _clip(value: str, limit_bytes: int) -> str:
+    """`value` cut to at most `limit_bytes` UTF-8 bytes, on a character boundary (display fields only)."""
+    data = value.encode("utf-8", "surrogatepass")
+    return value if len(data) <= limit_bytes else data[:limit_bytes].decode("utf-8", "ignore")
 
 
 def run_ingest(opts: IngestOptions, *, open_store: Callable[[], MilvusStore], embedder: Embedder,
@@ -133,8 +140,19 @@ def run_ingest(opts: IngestOptions, *, open_store: Callable[[], MilvusStore], em
             store.ensure_collection(dimension=embedder.dimension, shards=opts.shards)
             summary.deleted = store.delete_ids(stale)
             rows = rows_for(todo, vectors)
-            for b in range(0, len(rows), 1000):
-                store.upsert(rows[b:b + 1000])
+            fit = []
+            for row in rows:
+                reason = row_problem(row)
+                if reason is None:
+                    fit.append(row)
+                    continue
+                # One chunk the store cannot take must not end the ingest: report it, index the rest.
+                item = SkippedDocument(f"{row['source']} (chunk {row['id']})", reason, is_document=False)
+                summary.skipped.append(item)
+                summary.chunks -= 1
+                log.write(f"skipped {item.source}: {item.reason}\n")
+            for b in range(0, len(fit), 1000):
+                store.upsert(fit[b:b + 1000])
             store.flush()
     summary.seconds = clock() - started
     return summary

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Sequence
 from .analysis import query_terms, terms
 from .filters import GROUPS_FIELD_MAX, TENANT_FIELD_MAX, Principal, for_principal
 
-__all__ = ["Hit", "MilvusStore", "StoreError", "is_lite_uri", "OUTPUT_FIELDS", "BM25_FIELD"]
+__all__ = ["Hit", "MilvusStore", "StoreError", "is_lite_uri", "row_problem", "OUTPUT_FIELDS", "BM25_FIELD",
+           "VARCHAR_MAX"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,21 @@ class Hit:
     def wire(self) -> dict[str, Any]:
         return {"id": self.id, "score": round(self.score, 6), "source": self.source, "title": self.title,
                 "headings": list(self.trail), "start": self.start, "end": self.end, "text": self.text}
+
+
+# The VARCHAR fields' max_length, as `ensure_collection` creates them (one fact, one place).
+VARCHAR_MAX = {"id": 64, "tenant": TENANT_FIELD_MAX, "groups": GROUPS_FIELD_MAX, "doc": 64, "source": 4096,
+               "title": 1024, "trail": 4096, "text": TEXT_MAX}
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """Why the collection would refuse `row` (a string field over its max_length), or None. Checked in UTF-8
+    bytes, the stricter of the two counts (milvus-lite counts characters, Milvus servers have counted bytes)."""
+    for name, limit in VARCHAR_MAX.items():
+        value = row.get(name)
+        if isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) > limit:
+            return f"field {name} is {len(value.encode('utf-8', 'surrogatepass'))} bytes, over its {limit}"
+    return None
 
 
 def is_lite_uri(uri: str) -> bool:
@@ -119,14 +135,14 @@ class MilvusStore:
         from pymilvus import Function, FunctionType
 
         s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        s.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        s.add_field("id", DataType.VARCHAR, is_primary=True, max_length=VARCHAR_MAX["id"])
         s.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
         s.add_field("tenant", DataType.VARCHAR, max_length=TENANT_FIELD_MAX, is_partition_key=True)
         s.add_field("groups", DataType.VARCHAR, max_length=GROUPS_FIELD_MAX)
-        s.add_field("doc", DataType.VARCHAR, max_length=64)
-        s.add_field("source", DataType.VARCHAR, max_length=4096)
-        s.add_field("title", DataType.VARCHAR, max_length=1024)
-        s.add_field("trail", DataType.VARCHAR, max_length=4096)
+        s.add_field("doc", DataType.VARCHAR, max_length=VARCHAR_MAX["doc"])
+        s.add_field("source", DataType.VARCHAR, max_length=VARCHAR_MAX["source"])
+        s.add_field("title", DataType.VARCHAR, max_length=VARCHAR_MAX["title"])
+        s.add_field("trail", DataType.VARCHAR, max_length=VARCHAR_MAX["trail"])
         s.add_field("start", DataType.INT64)
         s.add_field("end", DataType.INT64)
         s.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX)
@@ -237,11 +253,18 @@ class MilvusStore:
         return len(ids)
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Rows as ingest makes them; a collection with full-text search also gets each row's analysed terms."""
+        """Rows as ingest makes them; a collection with full-text search also gets each row's analysed terms.
+        Raises StoreError when the engine refuses the batch."""
         if rows:
+            from pymilvus.exceptions import MilvusException
+
             if self.full_text:
                 rows = [{**r, TERMS_FIELD: terms(r["text"])[:TEXT_MAX]} for r in rows]
-            self.client.upsert(self.collection, list(rows))
+            try:
+                self.client.upsert(self.collection, list(rows))
+            except MilvusException as err:
+                # Ingest checks rows first (`row_problem`); what is left is the engine's reason, named.
+                raise StoreError(f"upsert refused: {getattr(err, 'message', None) or err}") from err
 
     def count(self) -> int:
         self.load()

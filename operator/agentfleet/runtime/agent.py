@@ -178,7 +178,8 @@ class ExternalTools(Protocol):
     """Tools served elsewhere (MCP servers): schemas by the names an agent lists, and calls that raise ToolFailed."""
 
     def schemas_for(self, names: Sequence[str]) -> list[ToolSchema]: ...
-    async def call(self, name: str, arguments: Mapping[str, Any]) -> str: ...
+    # `principal` is the task's (from authentication): the tool learns who asked, never from the model.
+    async def call(self, name: str, arguments: Mapping[str, Any], principal: Principal) -> str: ...
 
 
 Retrieve = Callable[[str, Principal], Awaitable[list[Any]]]
@@ -715,7 +716,7 @@ class _Agent:
             self.idle = 0 if fresh else self.idle + 1
             return text
         if self.ctx.external is not None:
-            return await self.ctx.external.call(action.tool, action.arguments)
+            return await self.ctx.external.call(action.tool, action.arguments, self.ctx.principal)
         raise ToolFailed(f"unknown tool {action.tool}")
 
     async def _delegate(self, step: Step, action: Action) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from ..router.proxy import ADMIN_TOKEN_HEADER, MAX_BODY_BYTES as ROUTER_MAX_BODY_BYTES, PROXIED
-from .protocol import ChatRequest, ErrorBody, RunRequest
+from .protocol import ChatRequest, ErrorBody, ResponseRequest, RunRequest
 
 __all__ = ["runtime_openapi", "router_openapi", "RUNTIME_FILE", "ROUTER_FILE", "write_files"]
 
@@ -32,9 +32,9 @@ _ERROR_STATUSES = {"400": "The request is wrong (the message and `param` say wha
                    "429": "Over a limit: a Budget, failed authentication (Retry-After) or runs in progress."}
 
 
-def _schemas() -> dict[str, Any]:
-    _, top = models_json_schema([(ChatRequest, "validation"), (RunRequest, "validation"),
-                                 (ErrorBody, "validation")], ref_template=_REF)
+def _schemas(*, with_responses: bool = True) -> dict[str, Any]:
+    models = [ChatRequest, RunRequest, ErrorBody] + ([ResponseRequest] if with_responses else [])
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
     return top.get("$defs", {})
 
 
@@ -65,6 +65,8 @@ def _op(summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None 
 _OBJECT = {"type": "object"}
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
 _RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+_RESPONSE_ID = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 70}}
+_MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 256}}
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                 "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"}}
 
@@ -79,6 +81,20 @@ def runtime_openapi() -> dict[str, Any]:
                      "content": {**_json_content(_OBJECT), "text/event-stream": {"schema": {"type": "string"}}}},
              **_errors("400", "401", "408", "413", "415", "429")},
             body=_ref("ChatRequest"), parameters=[_IDEMPOTENCY])},
+        "/v1/models": {"get": _op("OpenAI's model list: the AgentApp, by its name.",
+                                  {"200": ok_json, **_errors("401", "429")})},
+        "/v1/models/{model}": {"get": _op("One model of the list.", {"200": ok_json, **_errors("401", "404", "429")},
+                                          parameters=[_MODEL])},
+        "/v1/responses": {"post": _op(
+            "An OpenAI Responses API response answered by the agent (SSE with the documented event types when "
+            "`stream` is true); `previous_response_id` continues a stored response of the caller's.",
+            {"200": {"description": "The response, or its SSE events",
+                     "content": {**_json_content(_OBJECT), "text/event-stream": {"schema": {"type": "string"}}}},
+             **_errors("400", "401", "404", "408", "413", "415", "429")},
+            body=_ref("ResponseRequest"), parameters=[_IDEMPOTENCY])},
+        "/v1/responses/{response_id}": {"get": _op(
+            "A stored response of the caller's (someone else's, or one made with `store: false`, is a 404).",
+            {"200": ok_json, **run_errors}, parameters=[_RESPONSE_ID])},
         "/v1/runs": {"post": _op(
             "Start a run (an agent task that outlives the request).",
             {"202": {"description": "Accepted", "content": _json_content(_OBJECT)},
@@ -112,7 +128,8 @@ def runtime_openapi() -> dict[str, Any]:
     }
     return {"openapi": "3.1.0",
             "info": {"title": "agentfleet AgentApp runtime", "version": "v1alpha1",
-                     "description": "OpenAI-compatible chat completions and runs. Every 4xx is an ErrorBody."},
+                     "description": "OpenAI-compatible chat completions, responses and models, and runs. Every 4xx "
+                                    "is an ErrorBody."},
             "paths": paths,
             "components": {"schemas": _schemas(),
                            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
@@ -146,7 +163,7 @@ def router_openapi() -> dict[str, Any]:
                      "description": "An OpenAI-compatible reverse proxy. Every 4xx/503 it answers itself is an "
                                     "ErrorBody."},
             "paths": paths,
-            "components": {"schemas": _schemas(), "securitySchemes": {
+            "components": {"schemas": _schemas(with_responses=False), "securitySchemes": {
                 "adminToken": {"type": "apiKey", "in": "header", "name": ADMIN_TOKEN_HEADER}}},
             "security": [{"adminToken": []}]}
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import InvalidRequest
 
-__all__ = ["ChatMessage", "ChatRequest", "RunRequest", "ErrorBody", "ErrorDetail", "parse_body", "history_of",
-           "completion_body", "chunk", "MAX_INPUT_CHARS"]
+__all__ = ["ChatMessage", "ChatRequest", "RunRequest", "ResponseRequest", "ResponseInputMessage", "ErrorBody",
+           "ErrorDetail", "parse_body", "history_of", "completion_body", "chunk", "MAX_INPUT_CHARS"]
 
 MAX_INPUT_CHARS = 32_000
 
@@ -63,6 +63,72 @@ class ChatRequest(_Wire):
 
 class RunRequest(_Wire):
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
+
+
+class ResponseInputPart(_Wire):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class ResponseInputMessage(_Wire):
+    """An input item of the Responses API: a message (EasyInputMessage or `type: message`). Other item types
+    (function_call_output, images, files) are refused: this agent's tools run on the server."""
+
+    type: Literal["message"] | None = None
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ResponseInputPart] = Field(max_length=100)
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content
+
+
+class ResponseRequest(_Wire):
+    """`POST /v1/responses` (https://platform.openai.com/docs/api-reference/responses/create), the parts an agent
+    app can honour: `input` (text or messages), `instructions` (this turn only, as OpenAI does),
+    `previous_response_id` (the caller's own stored response), `stream`, `store`, `max_output_tokens`."""
+
+    model: str | None = None
+    input: str | list[ResponseInputMessage] = Field(max_length=200)
+    instructions: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
+    previous_response_id: str | None = Field(default=None, max_length=128)
+    stream: bool = False
+    store: bool = True
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=0,
+                                               description="Client-side tools are not supported: the AgentApp's "
+                                                           "tools are declared in its spec.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _messages_only(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for i, item in enumerate(v):
+                kind = item.get("type", "message") if isinstance(item, dict) else None
+                if kind != "message":
+                    raise ValueError(f"item {i} is a {str(kind)[:40]!r} item; only messages are taken (this "
+                                     "AgentApp's tools run on the server)")
+        return v
+
+    @field_validator("input")
+    @classmethod
+    def _has_text(cls, v: str | list[ResponseInputMessage]) -> str | list[ResponseInputMessage]:
+        texts = [v] if isinstance(v, str) else [m.text() for m in v if m.role == "user"]
+        if not any(t.strip() for t in texts):
+            raise ValueError("at least one non-empty user input is required")
+        total = len(v) if isinstance(v, str) else sum(len(m.text()) for m in v)
+        if total > MAX_INPUT_CHARS:
+            raise ValueError(f"the input is longer than {MAX_INPUT_CHARS} characters in total")
+        return v
+
+    def turns(self) -> list[dict[str, Any]]:
+        """This request's input as history turns (without the instructions)."""
+        if isinstance(self.input, str):
+            return [{"role": "user", "content": self.input}]
+        return history_of([ChatMessage(role=m.role, content=m.text()) for m in self.input])
 
 
 class ErrorDetail(BaseModel):

@@ -78,7 +78,7 @@ def _idem_key(p: Principal, key: str) -> str:
 class RunRecord:
     id: str
     principal: Principal
-    kind: str  # run | chat
+    kind: str  # run | chat | response
     created_s: float
     deadline_s: float  # wall clock: a run taken over keeps the deadline it was admitted with
     request: dict[str, Any]  # what the agent starts from: {"history": [...], "answer_max_tokens": n}

@@ -1,4 +1,5 @@
 """The runtime's HTTP glue (aiohttp): routes -> serving. `POST /v1/chat/completions` (JSON or SSE),
+`GET /v1/models`, `POST /v1/responses` (JSON or SSE) and `GET /v1/responses/{id}` (shapes in responses.py),
 `POST /v1/runs`, `GET|DELETE /v1/runs/{id}`, `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`
 and the chat page at `/`. Every failure is an OpenAI error body (errors.http_error), never a traceback; bodies are
 parsed only through request_body (bounded size, charset and depth) and read within a deadline. Failed
@@ -34,7 +35,11 @@ from .identity import Identity
 from .keystore import bearer_key
 from .llm import ModelClient
 from .metrics import CONTENT_TYPE_LATEST, RuntimeMetrics
-from .protocol import ChatRequest, RunRequest, chunk, completion_body, finish_reason, history_of, parse_body
+from .protocol import (
+    ChatMessage, ChatRequest, ResponseRequest, RunRequest, chunk, completion_body, finish_reason, history_of,
+    parse_body,
+)
+from .responses import RESPONSE_KIND, StreamEvents, chained_history, response_body, run_id_of
 from .runs import RunRecord, RunStore
 from .serving import Retrieval, Runtime, TaskOutcome
 from .tasks import CLIENT_EVENTS, RunManager, lease_seconds
@@ -49,6 +54,7 @@ RUNS_KEY: web.AppKey[RunManager] = web.AppKey("runs", RunManager)
 MAX_RUNS_KEY: web.AppKey[int] = web.AppKey("max_runs", int)
 THROTTLE_KEY: web.AppKey[FailedAuthThrottle] = web.AppKey("throttle", FailedAuthThrottle)
 LIMITS_KEY: web.AppKey["EdgeLimits"] = web.AppKey("edge_limits")
+STARTED_KEY: web.AppKey[float] = web.AppKey("started", float)
 EVENTS_POLL_S = 0.25
 SHUTDOWN_TIMEOUT_S = float(RUNTIME_SHUTDOWN_TIMEOUT_S)
 WEB_DIR = Path(__file__).with_name("web")
@@ -102,6 +108,22 @@ async def _security_headers(_: web.Request, response: web.StreamResponse) -> Non
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     if response.status >= 400:
         response.headers.setdefault("Cache-Control", "no-store")
+
+
+BUDGET_REMAINING_USD_HEADER = "X-Agentfleet-Budget-Remaining-Usd"
+BUDGET_REMAINING_TOKENS_HEADER = "X-Agentfleet-Budget-Remaining-Tokens"
+
+
+async def _budget_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The AgentApp's Budget as last read from the ledger (refreshed every few seconds), on the authenticated
+    answers of the /v1 API only: a refused or unauthenticated request learns nothing about the app's spending."""
+    if response.status >= 400 or not request.path.startswith("/v1/"):
+        return
+    seen = request.app[RUNTIME_KEY].budget_seen
+    if seen.get("remaining_usd") is not None:
+        response.headers[BUDGET_REMAINING_USD_HEADER] = f"{seen['remaining_usd']:.6f}"
+    if seen.get("remaining_tokens") is not None:
+        response.headers[BUDGET_REMAINING_TOKENS_HEADER] = str(seen["remaining_tokens"])
 
 
 @web.middleware
@@ -349,6 +371,145 @@ async def _chat_stream(request: web.Request, runs: RunManager, req: ChatRequest,
     return resp
 
 
+# --- models and responses --------------------------------------------------------------------------------------
+
+MAX_CONVERSATION_CHARS = 128_000  # a chain of responses replays its whole conversation to the agent
+
+
+def _model_card(request: web.Request) -> dict[str, Any]:
+    rt = request.app[RUNTIME_KEY]
+    return {"id": rt.config.app, "object": "model", "created": int(request.app[STARTED_KEY]),
+            "owned_by": rt.config.namespace or "agentfleet"}
+
+
+async def _models(request: web.Request) -> web.Response:
+    """OpenAI's model list: the AgentApp is the one model (sub-agents are not addressable on their own)."""
+    _principal(request)
+    return web.json_response({"object": "list", "data": [_model_card(request)]})
+
+
+async def _model(request: web.Request) -> web.Response:
+    _principal(request)
+    card = _model_card(request)
+    if request.match_info["model"] != card["id"]:
+        return _plain_error(404, f"no model {request.match_info['model'][:100]!r} here; GET /v1/models lists it",
+                            "model_not_found")
+    return web.json_response(card)
+
+
+def _no_response(param: str | None = None) -> web.Response:
+    return web.json_response({"error": {"message": "no such response", "type": "invalid_request_error",
+                                        "param": param, "code": "not_found"}}, status=404)
+
+
+async def _stored_response(request: web.Request, resp_id: str, principal: Principal) -> RunRecord | None:
+    """A response of the caller's that was stored; someone else's, an unknown one and `store: false` look alike."""
+    run_id = run_id_of(resp_id)
+    run = None if run_id is None else await request.app[RUNS_KEY].get(run_id, principal)
+    if run is None or run.kind != RESPONSE_KIND or not run.extra.get("store", True):
+        return None
+    return run
+
+
+async def _response_create(request: web.Request) -> web.StreamResponse:
+    rt, runs = request.app[RUNTIME_KEY], request.app[RUNS_KEY]
+    principal = _principal(request)
+    req: ResponseRequest = parse_body(ResponseRequest, await _json(request))
+    history: list[dict[str, Any]] = []
+    if req.previous_response_id is not None:
+        previous = await _stored_response(request, req.previous_response_id, principal)
+        if previous is None:
+            return _no_response("previous_response_id")
+        if not previous.is_done:
+            raise InvalidRequest("the previous response is still in progress", param="previous_response_id")
+        history = chained_history(previous)
+    # Instructions hold for this response only (OpenAI's rule): first in its history, left out when chained.
+    instructions = history_of([ChatMessage(role="developer", content=req.instructions or "")])
+    history = instructions + history + req.turns()
+    if sum(len(str(t.get("content") or "")) for t in history) > MAX_CONVERSATION_CHARS:
+        raise InvalidRequest(f"the conversation is longer than {MAX_CONVERSATION_CHARS} characters; start a new "
+                             "one (without previous_response_id)", param="previous_response_id")
+    extra = {"store": req.store, "instructions": req.instructions if instructions else None,
+             "previous_response_id": req.previous_response_id, "metadata": req.metadata or {}, "user": req.user}
+    run, budget = await runs.admit(principal, history, kind=RESPONSE_KIND,
+                                   idempotency_key=_idempotency_key(request),
+                                   answer_max_tokens=req.max_output_tokens, extra=extra)
+    model_name = rt.config.app
+    if budget is None:  # a retry with the same Idempotency-Key: the first request's response, once it is done
+        deadline_s = max(run.deadline_s - time.time(), 0.0) + 5.0
+        done = await runs.wait(run.id, principal, wait_s=deadline_s)
+        if done is None or not done.is_done:
+            raise UpstreamError("the first request with this Idempotency-Key is still running; retry later")
+        if not req.stream:
+            return web.json_response(response_body(done, model=model_name))
+        return await _response_stream(request, runs, done, None, model_name)
+    if not req.stream:
+        outcome = await runs.execute(run, budget)
+        _raise_if_empty_failure(outcome)
+        done = await runs.get(run.id, principal) or run
+        return web.json_response(response_body(done, model=model_name))
+    return await _response_stream(request, runs, run, budget, model_name)
+
+
+async def _response_stream(request: web.Request, runs: RunManager, run: RunRecord, budget: Any,
+                           model_name: str) -> web.StreamResponse:
+    """The Responses API's SSE: `event: <type>` and `data: <event>` per event, no `[DONE]`. A run that fails
+    after the stream started ends with response.failed (its error in the response), as OpenAI's does."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    events = StreamEvents(run, model=model_name)
+
+    async def send(evs: list[dict[str, Any]]) -> None:
+        for ev in evs:
+            data = json.dumps(ev, ensure_ascii=False, separators=(",", ":"))
+            await _write(request, resp, f"event: {ev['type']}\ndata: {data}\n\n".encode())
+
+    async def forward(event: dict[str, Any]) -> None:
+        if event.get("type") == "step":
+            await send(events.step(event["step"]))
+
+    async def on_delta(text: str) -> None:
+        for piece in _pieces(text) if len(text) > ANSWER_CHUNK_CHARS else [text]:
+            await send(events.delta(piece))
+
+    try:
+        await resp.prepare(request)
+        await send(events.start())
+    except BaseException:  # the client left before the task started: give its reservation back now
+        if budget is not None:
+            await asyncio.shield(budget.abandon())
+            await asyncio.shield(runs.abandon(run))
+        raise
+    if budget is None:  # a replay of a finished response
+        for step in (run.result or {}).get("steps") or []:
+            await send(events.step(step))
+        await send(events.finish(response_body(run, model=model_name)))
+        return resp
+    try:
+        await runs.execute(run, budget, forward=forward, on_delta=on_delta)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as e:  # the stream is open: report in-band
+        if not isinstance(e, AgentfleetError):
+            log.exception("response %s failed", run.id)
+        err = http_error(e).body["error"]
+        done = await runs.get(run.id, run.principal) or run
+        await send(events.finish(response_body(done, model=model_name, status="failed", error=err)))
+        return resp
+    # The finished record, as GET /v1/responses/{id} answers from it.
+    done = await runs.get(run.id, run.principal) or run
+    await send(events.finish(response_body(done, model=model_name)))
+    return resp
+
+
+async def _response_get(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    run = await _stored_response(request, request.match_info["response_id"], principal)
+    if run is None:
+        return _no_response()
+    return web.json_response(response_body(run, model=request.app[RUNTIME_KEY].config.app))
+
+
 # --- runs -------------------------------------------------------------------------------------------------------
 
 async def _run_create(request: web.Request) -> web.Response:
@@ -474,6 +635,7 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     its per-tenant token and cost series and Budget gauges are for Prometheus, not for every API caller."""
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app.on_response_prepare.append(_security_headers)
+    app.on_response_prepare.append(_budget_headers)
     app[RUNTIME_KEY] = runtime
     limits = runtime.config.failed_attempts
     app[THROTTLE_KEY] = FailedAuthThrottle(per_address_per_minute=limits.per_address_per_minute,
@@ -485,7 +647,12 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     runs = RunManager(runtime, run_store, replica=replica)
     app[RUNS_KEY] = runs
     app[MAX_RUNS_KEY] = max_runs
+    app[STARTED_KEY] = time.time()
     app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model}", _model)
+    app.router.add_post("/v1/responses", _response_create)
+    app.router.add_get("/v1/responses/{response_id}", _response_get)
     app.router.add_post("/v1/runs", _run_create)
     app.router.add_get("/v1/runs/{run_id}", _run_get)
     app.router.add_get("/v1/runs/{run_id}/events", _run_events)

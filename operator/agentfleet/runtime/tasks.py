@@ -196,8 +196,8 @@ class RunManager:
         return await self._db(self.store.find, principal, idempotency_key, now_s=self.wall())
 
     async def admit(self, principal: Principal, history: Sequence[dict[str, Any]], *, kind: str,
-                    idempotency_key: str | None, answer_max_tokens: int | None = None
-                    ) -> tuple[RunRecord, TaskBudget | None]:
+                    idempotency_key: str | None, answer_max_tokens: int | None = None,
+                    extra: dict[str, Any] | None = None) -> tuple[RunRecord, TaskBudget | None]:
         """A new run, admitted (its root reservation taken) and recorded — or the run an earlier request with the
         same Idempotency-Key started, with no budget (nothing new is reserved for a retry)."""
         if self.is_draining:
@@ -213,7 +213,7 @@ class RunManager:
                         deadline_s=now + self.runtime.config.limits.deadline_seconds,
                         request={"history": list(history), "answer_max_tokens": answer_max_tokens},
                         status="running", owner=self.replica, hold=budget.hold_id, degraded=budget.is_degraded,
-                        resumable=kind == "run" or idempotency_key is not None)
+                        resumable=kind == "run" or idempotency_key is not None, extra=dict(extra or {}))
         try:
             got, created = await asyncio.shield(self._db(self.store.create, run, idempotency_key=idempotency_key,
                                                          now_s=now))

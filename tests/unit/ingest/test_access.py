@@ -1,5 +1,6 @@
-"""Access resolution: front matter beats the sidecar, the nearest sidecar with a match wins, first matching entry
-wins, defaults last, nothing resolvable is skipped (never public unless allowPublic)."""
+"""Access resolution: the nearest sidecar with a match grants, first matching entry wins, defaults fill in, nothing
+resolvable is skipped (never public unless allowPublic); a document's own metadata only narrows the grant (same
+tenant, a subset of its groups) and an attempt to widen it is an error (the document is skipped and reported)."""
 
 import pytest
 
@@ -10,12 +11,30 @@ SIDECARS = {
     "finance": [AccessRule("q*.md", "acme", ("finance",)), AccessRule("*.md", None, ("finance-ro",))],
     "finance/deep": [AccessRule("only-this.md", "other", ("x",))],
     "ops": [AccessRule("reports/**", "acme", ("ops",))],
+    "team": [AccessRule("*", "acme", ("eng", "sre"))],
+    "wide": [AccessRule("*", "acme", None)],
 }
 
 CASES = [
     # id, path, front matter, defaults (tenant, groups, public), want (tenant, groups, public, origin) or None
-    ("front-matter-wins", "security-a.md", {"tenant": "globex", "groups": ["hr"]}, (None, (), False),
-     ("globex", ("hr",), False, "front matter")),
+    ("front-matter-cannot-change-tenant", "security-a.md", {"tenant": "globex", "groups": ["hr"]}, (None, (), False),
+     AccessError),
+    ("front-matter-cannot-widen-groups", "security-a.md", {"groups": ["hr"]}, (None, (), False), AccessError),
+    ("front-matter-narrows-groups", "team/a.md", {"groups": ["sre"]}, (None, (), False),
+     ("acme", ("sre",), False, "front matter")),
+    ("front-matter-subset-same-tenant", "team/a.md", {"tenant": "acme", "groups": ["eng", "sre"]}, (None, (), False),
+     ("acme", ("eng", "sre"), False, "front matter")),
+    ("front-matter-empty-groups-widen-to-tenant", "team/a.md", {"groups": []}, (None, (), False), AccessError),
+    ("front-matter-narrows-tenant-wide-grant", "wide/a.md", {"groups": ["eng"]}, (None, (), False),
+     ("acme", ("eng",), False, "front matter")),
+    ("front-matter-cannot-leave-defaults-tenant", "ops/readme.txt", {"tenant": "globex"}, ("acme", (), False),
+     AccessError),
+    ("front-matter-narrows-defaults", "ops/readme.txt", {"groups": ["eng"]}, ("acme", (), False),
+     ("acme", ("eng",), False, "front matter")),
+    ("self-described-where-nothing-grants", "ops/readme.txt", {"tenant": "globex", "groups": ["hr"]},
+     (None, (), False), ("globex", ("hr",), False, "front matter")),
+    ("rule-without-tenant-bounds-groups", "finance/notes.md", {"tenant": "acme", "groups": ["x"]}, (None, (), False),
+     AccessError),
     ("sidecar-first-match", "security-a.md", {}, (None, (), False), ("acme", ("eng",), False, "_access.yaml")),
     ("sidecar-later-entry", "faq.md", None, (None, (), False), ("acme", ("all",), False, "_access.yaml")),
     ("nearest-dir-wins", "finance/q3.md", {}, (None, (), False),
@@ -32,12 +51,10 @@ CASES = [
     ("no-match-no-defaults-skipped", "ops/readme.txt", {}, (None, (), False), None),
     ("no-match-public", "ops/readme.txt", {}, (None, (), True), (None, (), True, "public default")),
     ("defaults-beat-public", "ops/readme.txt", {}, ("acme", (), True), ("acme", (), False, "defaults")),
-    ("front-groups-sidecar-tenant", "faq.md", {"groups": ["hr"]}, (None, (), False),
-     ("acme", ("hr",), False, "front matter")),
-    ("front-tenant-keeps-own-not-other-tenants-groups", "faq.md", {"tenant": "globex"}, (None, (), False),
-     ("globex", (), False, "front matter")),
-    ("front-tenant-takes-same-tenant-groups", "faq.md", {"tenant": "acme"}, (None, (), False),
-     ("acme", ("all",), False, "front matter")),
+    ("front-groups-outside-grant", "faq.md", {"groups": ["hr"]}, (None, (), False), AccessError),
+    ("front-tenant-other-than-grant", "faq.md", {"tenant": "globex"}, (None, (), False), AccessError),
+    ("front-tenant-same-keeps-grant", "faq.md", {"tenant": "acme"}, (None, (), False),
+     ("acme", ("all",), False, "_access.yaml")),
     ("groups-only-never-public", "ops/x.txt", {"groups": ["a"]}, (None, (), True), None),
     ("hostile-names-kept-verbatim", "x.txt", {"tenant": 'a" or 1==1', "groups": ["%_|", "]"]}, (None, (), False),
      ('a" or 1==1', ("%_|", "]"), False, "front matter")),
@@ -46,6 +63,11 @@ CASES = [
 
 @pytest.mark.parametrize("path,front,defaults,want", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_resolve_access(path, front, defaults, want):
+    if want is AccessError:
+        with pytest.raises(AccessError):
+            resolve_access(path, front, SIDECARS, default_tenant=defaults[0], default_groups=defaults[1],
+                           allow_public=defaults[2])
+        return
     got = resolve_access(path, front, SIDECARS, default_tenant=defaults[0], default_groups=defaults[1],
                          allow_public=defaults[2])
     if want is None:
@@ -81,6 +103,8 @@ def test_parse_sidecar(data, ok):
     ("*.md", "a.md", True), ("*.md", "d/a.md", True), ("d/*.md", "d/a.md", True), ("d/*.md", "d/e/a.md", False),
     ("d/**", "d/e/a.md", True), ("**/a.md", "a.md", True), ("a?.md", "ab.md", True), ("[x].md", "x.md", False),
     ("./a.md", "a.md", True),
+    # A pattern cannot reach above its sidecar's directory: paths it is matched against never contain `..`.
+    ("../a.md", "a.md", False), ("**/../*.md", "d/a.md", False),
 ], ids=lambda v: str(v))
 def test_glob_match(pattern, path, want):
     assert glob_match(pattern, path) is want
