@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from ..errors import InvalidRequest, RequestTimeout, RequestTooLarge, http_error
+from .. import http_edge
 from ..request_body import check_content_encoding, parse_json
 from .keys import request_key
 from .state import FleetState, parse_load
@@ -337,6 +338,7 @@ async def _security_headers(_: web.Request, response: web.StreamResponse) -> Non
 
 def build_app(fleet: FleetState, settings: ProxySettings,
               on_startup: Callable[[web.Application], Awaitable[None]] | None = None) -> web.Application:
+    http_edge.install()  # protocol errors answer in the OpenAI shape too
     app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
     app.on_response_prepare.append(_security_headers)
     app["fleet"] = fleet

@@ -26,6 +26,7 @@ from ..errors import (
     AgentfleetError, AuthenticationFailed, InvalidRequest, RequestTimeout, RequestTooLarge, TooManyFailedAttempts,
     UpstreamError, http_error,
 )
+from .. import http_edge
 from ..request_body import MAX_JSON_BYTES, check_content_encoding, parse_json
 from ..names import RUNTIME_SHUTDOWN_TIMEOUT_S
 from ..retrieval.filters import Principal
@@ -633,6 +634,7 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     Without `run_store` the runs go to a SQLite file in a new temporary directory (tests; `serve` passes the
     durable one). With `metrics_listen` (host, port), /metrics is served there alone and not on the serving port:
     its per-tenant token and cost series and Budget gauges are for Prometheus, not for every API caller."""
+    http_edge.install()  # protocol errors answer in the OpenAI shape too
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app.on_response_prepare.append(_security_headers)
     app.on_response_prepare.append(_budget_headers)

@@ -94,6 +94,23 @@ def test_edge_answers_4xx_with_an_openai_error(edge: Any, server: str, method: s
     assert edge.unhandled.records == []
 
 
+@pytest.mark.parametrize("server", ["runtime", "router"])
+@pytest.mark.parametrize("data, status", [
+    (b"FROB /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"GET /v1/models HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: gimme\r\nContent-Length: 2\r\n\r\n{}", 417),
+], ids=["unknown-method", "broken-chunking", "bad-version", "odd-expect"])
+def test_framing_the_http_parser_refuses_is_an_openai_error_too(edge: Any, server: str, data: bytes,
+                                                                 status: int) -> None:
+    """aiohttp answers these before any handler runs; http_edge gives them the same body as everything else."""
+    reply = http(edge.runtime_port if server == "runtime" else edge.router_port, data)
+    assert reply.status == status, reply.body[:300]
+    err = reply.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert err["code"] in ("bad_http_request", "expectation_failed") and "Traceback" not in err["message"]
+
+
 # --- slow clients (raw sockets; bounded waits only) -----------------------------------------------------------
 
 def _closed_within(sock: socket.socket, limit_s: float) -> tuple[bool, bytes]:
