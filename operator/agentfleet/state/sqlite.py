@@ -67,6 +67,10 @@ class SqliteStore:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Writers of this process take turns here rather than in SQLite: a thread that finds the database locked
+        # sleeps in SQLite's busy handler (1, 2, 5, 10… ms), which put 100 ms on the p99 of concurrent requests.
+        # Other processes still queue through busy_timeout.
+        self._write = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._conn()
         for stmt in _SCHEMA:
@@ -89,25 +93,28 @@ class SqliteStore:
 
     def transact(self, fn: Callable[[_Txn], T], *, now_s: float) -> T:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(_Txn(conn, now_s))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(_Txn(conn, now_s))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         return result
 
     def prune(self, *, now_s: float) -> int:
         """Drop records past their retention (closed holds, old windows, finished tasks); returns how many."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            n = conn.execute("DELETE FROM records WHERE expires_s IS NOT NULL AND expires_s <= ?", (now_s,)).rowcount
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = conn.execute("DELETE FROM records WHERE expires_s IS NOT NULL AND expires_s <= ?",
+                                 (now_s,)).rowcount
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         return n
 
     def close(self) -> None:
