@@ -12,18 +12,18 @@ from typing import NamedTuple, Sequence
 from .api import AgentApp, Budget, Condition, EvaluationGate, EvaluationStatus, ModelFleet, VectorIndex
 from .conditions import DEGRADED, EVALUATED, PROGRESSING, READY, Status, remove, set_condition
 from .errors import AgentfleetError
-from .names import RUNTIME_PORT, SPEC_HASH_LABEL, engine_name, fleet_url
+from .names import ENGINE_PORT, RUNTIME_PORT, SPEC_HASH_LABEL, engine_name, fleet_url
 from .render.evaluation import EVAL_CONTAINER
 from .render.meta import selector_labels
 from .pods import worst_problem
-from .render.cluster import Capabilities
+from .render.cluster import INFERENCE_POOL, Capabilities
 from .render.modelfleet import ENGINE_APP, engine_workload_kind
 from .render.prices import PRICE_MATCHES_NO_FLEET, PriceProblem
 
 __all__ = ["Verdict", "conditions_for", "failed", "modelfleet", "vectorindex", "agentapp", "budget",
            "window_bounds", "selector_string", "EvalSummary", "eval_summary", "gate_failures", "evaluation",
            "SUMMARY_METRICS", "BUDGET_EXHAUSTED", "PRICED", "RUNTIME_BUDGET_FIELDS", "LEDGER_NOT_SHARED",
-           "unshared_ledgers", "METRICS_AVAILABLE", "metrics_conditions"]
+           "unshared_ledgers", "METRICS_AVAILABLE", "metrics_conditions", "INFERENCE_POOL_AVAILABLE"]
 
 Verdict = tuple[Status, str, str]
 """(Ready status, reason, message)."""
@@ -109,6 +109,25 @@ def _metrics_condition(fleet: ModelFleet, *, discovery: str, prometheus_url: str
             f"{prometheus_url or 'Prometheus'}; {how}; the autoscaler holds the replica count until they appear")
 
 
+INFERENCE_POOL_AVAILABLE = "InferencePoolAvailable"
+
+
+def _inference_pool_condition(fleet: ModelFleet, capabilities: Capabilities | None) -> Verdict | None:
+    """InferencePoolAvailable when spec.inferencePool.enabled: is the pool rendered, or is its CRD missing? None
+    when not asked for, or when the cluster was not read."""
+    if not fleet.spec.inference_pool.enabled or capabilities is None:
+        return None
+    api_version, kind = INFERENCE_POOL
+    if not capabilities.inference_pool:
+        return ("False", "CRDNotServed",
+                f"spec.inferencePool.enabled is true but the cluster does not serve {kind} ({api_version}): "
+                f"install the Gateway API Inference Extension's CRDs (v1.5.0 or newer when "
+                f"spec.inferencePool.endpointPickerRef is unset); the fleet is still served by its router")
+    return ("True", "Rendered",
+            f"{kind} {engine_name(fleet.name)} selects the serving engine pods on port {ENGINE_PORT}: route to it "
+            f"with an HTTPRoute backendRef (group inference.networking.k8s.io, kind {kind})")
+
+
 def _fit_problem(fleet: ModelFleet, capabilities: Capabilities | None) -> str | None:
     """Why one replica's pod cannot fit any node that exists now (None: it fits, or the nodes are unknown or
     offer none of the resource yet, e.g. a node group scaling from zero)."""
@@ -138,7 +157,8 @@ def modelfleet(fleet: ModelFleet, *, statefulset: dict[str, Any] | None, router:
         return {
             "observedGeneration": gen, "replicas": 0, "readyReplicas": 0, "selector": selector_string(fleet),
             "endpoint": fleet.spec.base_url, "servedModelName": fleet.served_model_name,
-            "conditions": conditions_for(remove(fleet.status.conditions, METRICS_AVAILABLE),
+            "conditions": conditions_for(remove(remove(fleet.status.conditions, METRICS_AVAILABLE),
+                                                INFERENCE_POOL_AVAILABLE),
                                          ("True", "External", f"served by {fleet.spec.base_url}"),
                                          generation=gen, now=now),
         }
@@ -191,6 +211,9 @@ def modelfleet(fleet: ModelFleet, *, statefulset: dict[str, Any] | None, router:
     parsed = [Condition.model_validate(c) for c in conds]
     parsed = (remove(parsed, METRICS_AVAILABLE) if metrics is None else
               set_condition(parsed, METRICS_AVAILABLE, *metrics, generation=gen, now=now))
+    pool = _inference_pool_condition(fleet, capabilities)
+    parsed = (remove(parsed, INFERENCE_POOL_AVAILABLE) if pool is None else
+              set_condition(parsed, INFERENCE_POOL_AVAILABLE, *pool, generation=gen, now=now))
     return {
         "observedGeneration": gen,
         "replicas": current,

@@ -1,10 +1,11 @@
 """Every child the ModelFleet renderer can produce, against the real schemas (issue 13): the Prometheus Operator's
-PodMonitor and LeaderWorkerSet CRDs taken from the projects' released Go modules are installed on the test API
-server; each child is server-side dry-run applied in a namespace labelled
-pod-security.kubernetes.io/enforce=restricted, and each pod template is dry-run created as a Pod there (Pod
-Security admission enforces on Pods, not on the StatefulSets that make them). A wrong field in a rendered
-LeaderWorkerSet, PodMonitor, NetworkPolicy or pod fails here. Then the operator's reconcile, with its capability
-detection, renders a LeaderWorkerSet and a PodMonitor on its own and says so in status."""
+PodMonitor, LeaderWorkerSet and Gateway API Inference Extension InferencePool (issue 15) CRDs taken from the
+projects' released Go modules are installed on the test API server; each child is server-side dry-run applied in a
+namespace labelled pod-security.kubernetes.io/enforce=restricted, and each pod template is dry-run created as a
+Pod there (Pod Security admission enforces on Pods, not on the StatefulSets that make them). A wrong field in a
+rendered LeaderWorkerSet, PodMonitor, InferencePool, NetworkPolicy or pod fails here. Then the operator's
+reconcile, with its capability detection, renders a LeaderWorkerSet, a PodMonitor and an InferencePool on its own
+and says so in status."""
 
 from __future__ import annotations
 
@@ -36,9 +37,13 @@ THIRD_PARTY_CRDS = {
                                           "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml"),
     "leaderworkersets.leaderworkerset.x-k8s.io": ("sigs.k8s.io/lws", "v0.7.0",
                                                   "config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml"),
+    # v1.5.0 made endpointPickerRef optional; v1.6.2 is the release the Go module proxy serves.
+    "inferencepools.inference.networking.k8s.io": ("sigs.k8s.io/gateway-api-inference-extension", "v1.6.2",
+                                                   "config/crd/bases/inference.networking.k8s.io_inferencepools.yaml"),
 }
 CACHE = Path(os.environ.get("AGENTFLEET_CACHE", Path.home() / ".cache" / "agentfleet")).expanduser() / "crds"
-ALL = Capabilities(pod_monitor=True, leader_worker_set=True, gpu_allocatable={"nvidia.com/gpu": 8})
+ALL = Capabilities(pod_monitor=True, leader_worker_set=True, inference_pool=True,
+                   gpu_allocatable={"nvidia.com/gpu": 8})
 API = "agentfleet.io/v1alpha1"
 
 
@@ -110,8 +115,8 @@ def dry_run(cluster, manifest: dict[str, Any], *, create: bool = False) -> subpr
 
 LAYOUTS = [
     pytest.param({}, id="defaults"),
-    pytest.param({"engine": {"parallelism": {"tensor": 8, "pipeline": 2}, "gpu": {"perNode": 8}}},
-                 id="leaderworkerset"),
+    pytest.param({"engine": {"parallelism": {"tensor": 8, "pipeline": 2}, "gpu": {"perNode": 8}},
+                  "inferencePool": {"enabled": True}}, id="leaderworkerset"),
     pytest.param({"model": {"uri": "pvc://weights/qwen"}, "engine": {
         "cache": {"mode": "PerReplica", "size": "100Gi"}, "drain": {"shutdownTimeoutSeconds": 300},
         "pod": {"tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
@@ -124,7 +129,9 @@ LAYOUTS = [
         "adapters": [{"name": "sql", "uri": "pvc://adapters/sql"}],
         "networkPolicy": {"allowFrom": [{"namespaceSelector": {"matchLabels": {
             "kubernetes.io/metadata.name": "ingress"}}}]},
-        "autoscaling": {"podMonitorLabels": {"release": "kube-prometheus-stack"}}}, id="everything-set"),
+        "autoscaling": {"podMonitorLabels": {"release": "kube-prometheus-stack"}},
+        "inferencePool": {"enabled": True, "endpointPickerRef": {"name": "qwen-epp", "port": 9002,
+                                                                 "failureMode": "FailOpen"}}}, id="everything-set"),
     pytest.param({"engine": {"cache": {"mode": "Shared", "claimName": "weights"}}}, id="shared-cache"),
 ]
 
@@ -140,6 +147,7 @@ def test_every_child_passes_the_real_schemas_in_a_restricted_namespace(cluster, 
     kinds = {c["kind"] for c in children}
     assert {"PodMonitor", "NetworkPolicy", "Service", "Deployment"} <= kinds
     assert kinds & {"StatefulSet", "LeaderWorkerSet"}
+    assert ("InferencePool" in kinds) is fleet.spec.inference_pool.enabled
 
     # ServiceAccounts the pods name must exist for a Pod to be admitted.
     for sa in {render_sa for c in children for t in pod_templates(c)
@@ -199,6 +207,44 @@ def test_reconcile_detects_the_cluster_and_renders_for_it(cluster, third_party_c
     assert kubectl.get("statefulset", "big-engine") is None
     assert (st["workload"], st["metricsDiscovery"], st["gpusPerReplica"], st["podsPerReplica"]) == (
         "LeaderWorkerSet", "PodMonitor", 16, 2)
+
+
+def test_reconcile_renders_an_owned_inference_pool_over_the_serving_engines(cluster, third_party_crds, kube, kubectl):
+    doc = fleet_doc("gw", kubectl.ns, {"inferencePool": {"enabled": True}})
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    cluster_caps._cache.clear()
+    rec.reconcile(kube, kubectl.get("modelfleet", "gw"), defaults=Defaults(), now=dt.datetime.now(dt.timezone.utc))
+
+    pool = kubectl.get("inferencepool", "gw-engine")
+    svc = kubectl.get("service", "gw-engine")
+    sts = kubectl.get("statefulset", "gw-engine")
+    fleet = kubectl.get("modelfleet", "gw")
+    assert pool is not None and svc is not None and sts is not None
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    http = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
+    assert pool["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    assert pool["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    assert pool["spec"]["targetPorts"] == [{"number": n} for n in http]
+    assert [(r["kind"], r["name"], r["uid"], r.get("controller")) for r in pool["metadata"]["ownerReferences"]] == [
+        ("ModelFleet", "gw", fleet["metadata"]["uid"], True)]
+    cond = kubectl.condition("modelfleet", "gw", "InferencePoolAvailable")
+    assert (cond["status"], cond["reason"]) == ("True", "Rendered"), cond
+
+    # Switched off: the pool is pruned and the condition goes with it.
+    kubectl("patch", "modelfleet", "gw", "--type=merge", "-p",
+            json.dumps({"spec": {"inferencePool": {"enabled": False}}}))
+    rec.reconcile(kube, kubectl.get("modelfleet", "gw"), defaults=Defaults(), now=dt.datetime.now(dt.timezone.utc))
+    assert kubectl.get("inferencepool", "gw-engine") is None
+    assert kubectl.condition("modelfleet", "gw", "InferencePoolAvailable") is None
+
+
+def test_the_inference_pool_schema_really_enforces(cluster, third_party_crds, kubectl):
+    """Negative control: the released CRD refuses a pool without targetPorts, so the dry-runs above prove something."""
+    bad = {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+           "metadata": {"name": "bad", "namespace": kubectl.ns},
+           "spec": {"selector": {"matchLabels": {"app": "vllm"}}}}
+    out = dry_run(cluster, bad)
+    assert out.returncode != 0 and "targetPorts" in out.stderr, out.stderr
 
 
 def test_a_replica_that_fits_no_node_says_so(cluster, third_party_crds, kube, kubectl):

@@ -55,6 +55,8 @@ EXPECTED_RULES = {
     # optional engines' kinds, rendered only when their CRDs are served (multi-node fleets, Prometheus Operator)
     "leaderworkersets.leaderworkerset.x-k8s.io": "create delete get list patch watch",
     "podmonitors.monitoring.coreos.com": "create delete get list patch watch",
+    # spec.inferencePool: the Gateway API Inference Extension's pool over a fleet's engines
+    "inferencepools.inference.networking.k8s.io": "create delete get list patch watch",
     # the largest GPU count a node offers: a replica that fits no node is a condition, not a Pending pod
     "nodes": "list",
     # every authenticated user

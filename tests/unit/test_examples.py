@@ -266,9 +266,10 @@ NEEDS = [
     # The router's Role grants these, and RBAC forbids granting what the operator does not hold.
     ("discovery.k8s.io", "endpointslices", {"get", "list", "watch"}),
     ("milvus.io", "milvuses", {"get", "list", "watch", "create", "patch", "delete"}),
-    # ModelFleet: multi-node replicas, PodMonitor discovery, NetworkPolicies, GPU capacity per node.
+    # ModelFleet: multi-node replicas, PodMonitor discovery, InferencePool, NetworkPolicies, GPU capacity per node.
     ("leaderworkerset.x-k8s.io", "leaderworkersets", {"get", "list", "watch", "create", "patch", "delete"}),
     ("monitoring.coreos.com", "podmonitors", {"get", "list", "watch", "create", "patch", "delete"}),
+    ("inference.networking.k8s.io", "inferencepools", {"get", "list", "watch", "create", "patch", "delete"}),
     ("networking.k8s.io", "networkpolicies", {"get", "list", "watch", "create", "patch", "delete"}),
     ("", "nodes", {"list"}),
 ]

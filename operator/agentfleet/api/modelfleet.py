@@ -9,14 +9,15 @@ from pydantic import Field
 
 from ..names import API_VERSION
 from .base import (
-    DNS1123_LABEL, CRDInfo, Condition, LocalRef, Model, PrinterColumn, Resource, Rule, SecretKeyRef, StatusModel,
+    DNS1123_LABEL, RFC1035_LABEL, CRDInfo, Condition, LocalRef, Model, PrinterColumn, Resource, Rule, SecretKeyRef,
+    StatusModel,
 )
 
 __all__ = [
     "ModelSource", "GPUSpec", "ComputeResources", "EngineSpec", "AutoscalingSpec", "RouterSpec", "PricingSpec",
     "ModelFleetSpec", "ScalingDecision", "AutoscalerMemory", "ModelFleetStatus", "ModelFleet", "RouterPolicy",
     "ParallelismSpec", "RouterResources", "DrainSpec", "WeightCacheSpec", "PodOptions", "NetworkPolicySpec",
-    "LoRAAdapter", "RESERVED_ENGINE_FLAGS",
+    "LoRAAdapter", "RESERVED_ENGINE_FLAGS", "EndpointPickerRef", "InferencePoolSpec",
 ]
 
 RouterPolicy = Literal["prefix-aware", "session", "least-load", "round-robin"]
@@ -152,6 +153,31 @@ class LoRAAdapter(Model):
     uri: str = Field(
         pattern=r"^(hf://[^/\s]+/[^\s]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?|/[^\s]*)$",
         description="hf://ORG/ADAPTER, pvc://CLAIM/PATH (mounted read-only) or an absolute path in the image.")
+
+
+class EndpointPickerRef(Model):
+    """The Endpoint Picker (EPP) a Gateway API Inference Extension gateway asks, per request and over Envoy's
+    ext_proc gRPC protocol, which engine pod to send it to: a Service in the fleet's namespace. agentfleet does not
+    run one (see the README)."""
+
+    name: str = Field(pattern=RFC1035_LABEL, max_length=63, description="The picker's Service.")
+    port: int = Field(ge=1, le=65535, description="The Service port (not the target port) of its ext_proc server.")
+    failure_mode: Literal["FailOpen", "FailClose"] = Field(
+        default="FailClose",
+        description="When the picker does not answer: FailOpen sends the request to an engine anyway, FailClose "
+                    "drops it.")
+
+
+class InferencePoolSpec(Model):
+    """An InferencePool (inference.networking.k8s.io/v1, the Gateway API Inference Extension) selecting the engine
+    pods that serve HTTP, so a conformant gateway can route to them with an HTTPRoute backendRef. Rendered only
+    where the cluster serves the CRD; condition InferencePoolAvailable says whether it is."""
+
+    enabled: bool = False
+    endpoint_picker_ref: EndpointPickerRef | None = Field(
+        default=None,
+        description="Optional since the extension's v1.5.0 CRD (required before it: older CRDs refuse a pool "
+                    "without one); without it the gateway implementation must pick endpoints itself.")
 
 
 class ComputeResources(Model):
@@ -298,6 +324,12 @@ class PricingSpec(Model):
 
 
 class ModelFleetSpec(Model):
+    __rules__: ClassVar = (
+        Rule("!has(self.baseUrl) || !has(self.inferencePool) || !self.inferencePool.enabled",
+             "inferencePool.enabled needs engines to select: a fleet with baseUrl runs none",
+             lambda s: s.base_url is None or not s.inference_pool.enabled, "inferencePool.enabled"),
+    )
+
     model: ModelSource
     engine: EngineSpec = Field(default_factory=EngineSpec)
     replicas: int = Field(default=1, ge=0, le=1000,
@@ -310,6 +342,7 @@ class ModelFleetSpec(Model):
         description="LoRA adapters loaded next to the base model (vLLM --enable-lora --lora-modules); clients "
                     "select one by sending its name as the model.")
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    inference_pool: InferencePoolSpec = Field(default_factory=InferencePoolSpec)
     base_url: str | None = Field(
         default=None, pattern=r"^https?://\S+$",
         description="An OpenAI-compatible server (ending in /v1) that already serves this model, e.g. a GPU box "

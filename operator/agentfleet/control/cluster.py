@@ -1,7 +1,7 @@
 """Detects what the cluster offers a ModelFleet, through the API: is the Prometheus Operator's PodMonitor kind
-served, is LeaderWorkerSet's, and how many GPUs of each extended resource the largest node can give one pod.
-Remembered for a minute per client, so that a reconcile does not rediscover the API (a kind that is absent
-costs a full discovery each time it is looked up)."""
+served, is LeaderWorkerSet's, is the Gateway API Inference Extension's InferencePool, and how many GPUs of each
+extended resource the largest node can give one pod. Remembered for a minute per client, so that a reconcile does
+not rediscover the API (a kind that is absent costs a full discovery each time it is looked up)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from ..errors import UpstreamError
-from ..render.cluster import LEADER_WORKER_SET, POD_MONITOR, Capabilities
+from ..render.cluster import INFERENCE_POOL, LEADER_WORKER_SET, POD_MONITOR, Capabilities
 from .kube import Kube
 
 __all__ = ["capabilities", "gpu_allocatable", "CACHE_S"]
@@ -64,7 +64,7 @@ def capabilities(kube: Kube, *, now: float | None = None) -> Capabilities:
         log.info("cannot list nodes (GPU capacity unknown): %s", err)
         nodes = None
     caps = Capabilities(pod_monitor=_served(kube, *POD_MONITOR), leader_worker_set=_served(kube, *LEADER_WORKER_SET),
-                        gpu_allocatable=nodes)
+                        inference_pool=_served(kube, *INFERENCE_POOL), gpu_allocatable=nodes)
     with _lock:
         _cache[id(kube)] = (t, caps)
     return caps

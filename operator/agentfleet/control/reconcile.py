@@ -17,7 +17,7 @@ from ..names import (
     SPEC_HASH_LABEL, engine_name, router_name,
 )
 from ..render import Defaults
-from ..render.cluster import LEADER_WORKER_SET, POD_MONITOR
+from ..render.cluster import INFERENCE_POOL, LEADER_WORKER_SET, POD_MONITOR
 from ..render.evaluation import EVALUATION_LABEL, waiting_message
 from . import cluster
 from .kube import Kube
@@ -105,8 +105,10 @@ def _prune(kube: Kube, obj: Resource, children: list[dict[str, Any]]) -> list[st
     selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={obj.name},{LABEL_PART_OF}={obj.kind.lower()}"
     pruned = []
     caps = _capabilities(kube, obj)
-    absent = set() if caps is None else ({POD_MONITOR} if not caps.pod_monitor else set()) | (
-        {LEADER_WORKER_SET} if not caps.leader_worker_set else set())
+    absent = set() if caps is None else {kind for kind, served in ((POD_MONITOR, caps.pod_monitor),
+                                                                   (LEADER_WORKER_SET, caps.leader_worker_set),
+                                                                   (INFERENCE_POOL, caps.inference_pool))
+                                          if not served}
     for api_version, kind in render.CHILD_KINDS[obj.kind]:
         if (api_version, kind) in absent:
             continue  # known not served (detected, cached): no discovery round-trip per reconcile
@@ -144,7 +146,8 @@ def _ingest_summary(kube: Kube, namespace: str, job_name: str) -> dict[str, int]
 
 
 def _capabilities(kube: Kube, obj: Resource) -> render.Capabilities | None:
-    """What the cluster offers a ModelFleet (PodMonitor, LeaderWorkerSet, GPUs per node); None for other kinds."""
+    """What the cluster offers a ModelFleet (PodMonitor, LeaderWorkerSet, InferencePool, GPUs per node); None for
+    other kinds."""
     return cluster.capabilities(kube) if isinstance(obj, ModelFleet) and not obj.spec.base_url else None
 
 

@@ -9,7 +9,7 @@ from ..api import AgentApp, Budget, ModelFleet, Resource, VectorIndex
 from ..errors import DependencyMissing
 from ..names import CONFIG_HASH_ANNOTATION, fleet_url
 from .agentapp import agentapp, runtime_config
-from .cluster import LEADER_WORKER_SET, POD_MONITOR, Capabilities
+from .cluster import INFERENCE_POOL, LEADER_WORKER_SET, POD_MONITOR, Capabilities
 from .defaults import Defaults
 from .evaluation import evaluation
 from .meta import child_meta, labels, owner_reference, selector_labels, stable_hash
@@ -30,7 +30,8 @@ CHILD_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
     "ModelFleet": (("v1", "Service"), ("apps/v1", "StatefulSet"), ("policy/v1", "PodDisruptionBudget"),
                    ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
                    ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment"),
-                   ("networking.k8s.io/v1", "NetworkPolicy"), POD_MONITOR, LEADER_WORKER_SET),
+                   ("networking.k8s.io/v1", "NetworkPolicy"), POD_MONITOR, LEADER_WORKER_SET,
+                   INFERENCE_POOL),
     "VectorIndex": (("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet"),
                     ("networking.k8s.io/v1", "NetworkPolicy"), ("milvus.io/v1beta1", "Milvus"), ("batch/v1", "Job")),
     "AgentApp": (("v1", "ServiceAccount"), ("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"),
@@ -67,7 +68,7 @@ def render(obj: Resource, *, related: Related, defaults: Defaults,
     """Every child of `obj`. Raises DependencyMissing when a reference is not in `related`. `suite`: the
     ConfigMap named by an AgentApp's spec.evaluation.suiteRef, None while it does not exist (no evaluation runs;
     it is not a dependency: the app itself serves without it). `capabilities`: what the cluster offers a
-    ModelFleet (PodMonitor, LeaderWorkerSet, GPUs per node); None renders offline."""
+    ModelFleet (PodMonitor, LeaderWorkerSet, InferencePool, GPUs per node); None renders offline."""
     missing = missing_references(obj, related)
     if missing:
         raise DependencyMissing(obj.ref(), missing)

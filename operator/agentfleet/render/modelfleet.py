@@ -1,8 +1,9 @@
-"""ModelFleet -> its children: the vLLM engines (a StatefulSet, one pod per replica; or a LeaderWorkerSet, one
-group of pods per replica, when a replica needs more GPUs than one node gives), a headless Service over the
-pods that serve HTTP, a PodDisruptionBudget, a PodMonitor when the cluster runs the Prometheus Operator,
-NetworkPolicies, and the fleet's router (Deployment, Service, ServiceAccount and a Role to read the engine's
-EndpointSlices). Every pod passes a `restricted` Pod Security namespace."""
+"""ModelFleet -> its children: the vLLM engines (a StatefulSet, one pod per replica; or a LeaderWorkerSet, one group
+of pods per replica, when a replica needs more GPUs than one node gives), a headless Service over the pods that
+serve HTTP, a PodDisruptionBudget, a PodMonitor when the cluster runs the Prometheus Operator, an InferencePool
+(Gateway API Inference Extension) when asked for and served, NetworkPolicies, and the fleet's router (Deployment,
+Service, ServiceAccount and a Role to read the engine's EndpointSlices). Every pod passes a `restricted` Pod
+Security namespace."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..api import ModelFleet
 from ..api.modelfleet import PodOptions
 from ..names import ENGINE_PORT, LABEL_INSTANCE, LABEL_NAME, ROUTER_PORT, engine_name, router_name
 from .agentapp import RUNTIME_APP
-from .cluster import LEADER_WORKER_SET, POD_MONITOR, Capabilities
+from .cluster import INFERENCE_POOL, LEADER_WORKER_SET, POD_MONITOR, Capabilities
 from .defaults import Defaults
 from .evaluation import EVAL_APP
 from .meta import child_meta, pod_labels, selector_labels
@@ -386,6 +387,25 @@ def _pod_monitor(fleet: ModelFleet) -> dict[str, Any]:
     }
 
 
+def _inference_pool(fleet: ModelFleet) -> dict[str, Any]:
+    """The serving engine pods as a Gateway API Inference Extension pool: the same selector as the engine Service
+    (LeaderWorkerSet: the leaders only), vLLM's port as the one target port."""
+    api_version, kind = INFERENCE_POOL
+    pool = fleet.spec.inference_pool
+    spec: dict[str, Any] = {"selector": {"matchLabels": _serving_selector(fleet)},
+                            "targetPorts": [{"number": ENGINE_PORT}]}
+    picker = pool.endpoint_picker_ref
+    if picker is not None:
+        spec["endpointPickerRef"] = {"name": picker.name, "port": {"number": picker.port},
+                                     "failureMode": picker.failure_mode}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": child_meta(fleet, engine_name(fleet.name), app=ENGINE_APP, component="engine"),
+        "spec": spec,
+    }
+
+
 def _peers(fleet: ModelFleet, *apps: str) -> list[dict[str, Any]]:
     return copy.deepcopy([
         {"podSelector": {"matchExpressions": [{"key": LABEL_NAME, "operator": "In", "values": list(apps)}]}},
@@ -519,9 +539,10 @@ def _router(fleet: ModelFleet, d: Defaults) -> list[dict[str, Any]]:
 
 def modelfleet(fleet: ModelFleet, defaults: Defaults, capabilities: Capabilities | None = None
                ) -> list[dict[str, Any]]:
-    """Every child. `capabilities` None (an offline render): render what the spec asks for, a LeaderWorkerSet
-    included, and no PodMonitor. Known capabilities: no engine workload when a replica needs a LeaderWorkerSet
-    the cluster does not serve (status says so), and a PodMonitor when the Prometheus Operator is there."""
+    """Every child. `capabilities` None (an offline render): render what the spec asks for, a LeaderWorkerSet and
+    an InferencePool included, and no PodMonitor. Known capabilities: no engine workload when a replica needs a
+    LeaderWorkerSet the cluster does not serve, no InferencePool when its CRD is not served (status says so), and
+    a PodMonitor when the Prometheus Operator is there."""
     if fleet.spec.base_url:
         return []  # served elsewhere: nothing to run
     children = [_engine_service(fleet)]
@@ -532,6 +553,8 @@ def modelfleet(fleet: ModelFleet, defaults: Defaults, capabilities: Capabilities
     children.append(_engine_pdb(fleet))
     if capabilities is not None and capabilities.pod_monitor:
         children.append(_pod_monitor(fleet))
+    if fleet.spec.inference_pool.enabled and (capabilities is None or capabilities.inference_pool):
+        children.append(_inference_pool(fleet))
     if fleet.spec.network_policy.enabled:
         children += _network_policies(fleet)
     children += _router(fleet, defaults)
