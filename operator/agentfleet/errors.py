@@ -10,8 +10,8 @@ from typing import Any
 
 __all__ = ["Problem", "AgentfleetError", "SpecError", "DependencyMissing", "UpstreamError", "UpstreamTimeout",
            "BudgetExhausted", "AuthenticationFailed", "InvalidRequest", "RequestTooLarge",
-           "UnsupportedMediaType", "RequestTimeout", "TooManyFailedAttempts", "LedgerError", "StateUnavailable", "Draining", "ReservationNotFound",
-           "ReservationClosed", "HttpError", "http_error"]
+           "UnsupportedMediaType", "RequestTimeout", "TooManyFailedAttempts", "TooManyRequests", "LedgerError",
+           "StateUnavailable", "Draining", "ReservationNotFound", "ReservationClosed", "HttpError", "http_error"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,17 @@ class TooManyFailedAttempts(AgentfleetError):
         super().__init__(message)
 
 
+class TooManyRequests(AgentfleetError):
+    """A per-key or per-tenant limit on starting runs (concurrency or rate) is reached (HTTP 429). `by` names
+    which: key_concurrency, tenant_concurrency, key_rate or tenant_rate."""
+
+    reason = "TooManyRequests"
+
+    def __init__(self, message: str, *, by: str, retry_after_s: float):
+        self.by, self.retry_after_s = by, retry_after_s
+        super().__init__(message)
+
+
 class LedgerError(AgentfleetError):
     """The ledger was used wrongly (a programming error in the runtime, not the user's): maps to a 500."""
 
@@ -186,6 +197,10 @@ def http_error(exc: BaseException) -> HttpError:
                          {"WWW-Authenticate": "Bearer"})
     if isinstance(exc, TooManyFailedAttempts):
         return HttpError(429, _body(str(exc), "invalid_request_error", "too_many_failed_attempts"),
+                         {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+    if isinstance(exc, TooManyRequests):
+        code = "rate_limit_exceeded" if exc.by.endswith("_rate") else "concurrency_limit_exceeded"
+        return HttpError(429, _body(str(exc), "requests", code),
                          {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, RequestTooLarge):
         return HttpError(413, _body(str(exc), "invalid_request_error", "request_too_large", exc.param))

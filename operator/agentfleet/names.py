@@ -6,7 +6,7 @@ from __future__ import annotations
 __all__ = [
     "GROUP", "VERSION", "API_VERSION", "CATEGORY", "FINALIZER", "FIELD_MANAGER", "SCALER_FIELD_MANAGER",
     "ANNOTATION_PREFIX", "CONFIG_HASH_ANNOTATION", "SPEC_HASH_LABEL", "MANAGED_BY", "LABEL_NAME", "LABEL_INSTANCE",
-    "LABEL_COMPONENT", "LABEL_MANAGED_BY", "LABEL_PART_OF", "ENGINE_PORT", "ROUTER_PORT", "RUNTIME_PORT",
+    "LABEL_COMPONENT", "LABEL_MANAGED_BY", "LABEL_PART_OF", "ENGINE_PORT", "ROUTER_PORT", "RUNTIME_PORT", "RUNTIME_METRICS_PORT", "RUNTIME_METRICS_PORT_ENV",
     "engine_name", "router_name", "fleet_url", "milvus_uri", "ingest_job_name",
     "milvus_name", "app_config_name", "REDIS_URL_ENV", "RUNTIME_PRE_STOP_S", "RUNTIME_SHUTDOWN_TIMEOUT_S",
     "RUNTIME_REPLICA_ENV", "SERVICE_ACCOUNT_DIR", "app_state_claim_name",
@@ -39,6 +39,10 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 ENGINE_PORT = 8000
 ROUTER_PORT = 8000
 RUNTIME_PORT = 8080
+# The runtime's /metrics listens here, not on the serving port: per-tenant usage and Budget gauges are for
+# Prometheus, not for every client that can reach the Service.
+RUNTIME_METRICS_PORT = 9090
+RUNTIME_METRICS_PORT_ENV = "AGENTFLEET_METRICS_PORT"
 
 # The runtime reads the ledger's Redis URL from this variable when its configuration carries none (an AgentApp's
 # ledger.redisUrlSecretRef is rendered into it).

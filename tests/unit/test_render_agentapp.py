@@ -225,7 +225,8 @@ def test_index_access(kit, app_spec, index_spec, uri, token):
     assert (cfg.index.uri if cfg.index else None) == uri
     assert (cfg.index.token_env if cfg.index else None) == (MILVUS_TOKEN_ENV if token else None)
     assert (kit.env(c, MILVUS_TOKEN_ENV) or {}).get("valueFrom") == ({"secretKeyRef": token} if token else None)
-    assert [e["name"] for e in c["env"]] == ["AGENTFLEET_STATE_DIR", "AGENTFLEET_REPLICA", "AGENTFLEET_SHUTDOWN_TIMEOUT_S",
+    assert [e["name"] for e in c["env"]] == ["AGENTFLEET_STATE_DIR", "AGENTFLEET_REPLICA",
+                                             "AGENTFLEET_SHUTDOWN_TIMEOUT_S", "AGENTFLEET_METRICS_PORT",
                                              *([MILVUS_TOKEN_ENV] if token else [])]
     assert (cfg.index is None) is (app.spec.index is None)
 
@@ -499,3 +500,18 @@ def test_the_runtime_gets_the_root_credentials_of_an_index_with_milvus_auth(kit)
     password = next(e for e in c["env"] if e["name"] == "MILVUS_ROOT_PASSWORD")
     assert password["valueFrom"] == {"secretKeyRef": {"name": "milvus-auth", "key": "pw"}}
     assert kit.env(c, MILVUS_TOKEN_ENV) == {"name": MILVUS_TOKEN_ENV, "value": "root:$(MILVUS_ROOT_PASSWORD)"}
+
+
+def test_metrics_are_served_off_the_serving_port(kit):
+    """Per-tenant usage and Budget gauges are for Prometheus: the pod serves /metrics on its own named port (what
+    AGENTFLEET_METRICS_PORT tells the runtime), the scrape annotation points there and the Service does not."""
+    app, related = _world(kit, {"replicas": 1})
+    children = _render(kit, app, related)
+    dep = kit.one(children, "Deployment", "assistant")
+    c = kit.container(dep)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert set(ports) == {"http", "metrics"} and ports["http"] != ports["metrics"]
+    assert kit.env(c, "AGENTFLEET_METRICS_PORT")["value"] == str(ports["metrics"])
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
+    svc = kit.one(children, "Service", "assistant")
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["http"]

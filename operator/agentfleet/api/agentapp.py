@@ -88,10 +88,33 @@ class FailedAttempts(Model):
                                            description="Failures naming one key prefix (its first 8 characters).")
 
 
+class CallerLimit(Model):
+    """Limits on starting runs (chat completions, responses and /v1/runs), per replica; 0 turns one off."""
+
+    concurrent_runs: int = Field(ge=0, le=100000, description="Runs in progress at once.")
+    runs_per_minute: int = Field(default=0, ge=0, le=1000000,
+                                 description="Runs started per minute (a token bucket; the burst is one minute's "
+                                             "worth).")
+
+
+def default_per_key() -> CallerLimit:
+    return CallerLimit(concurrent_runs=100)
+
+
+def default_per_tenant() -> CallerLimit:
+    return CallerLimit(concurrent_runs=500)
+
+
 class AuthSpec(Model):
     api_keys_secret_ref: SecretKeyRef = Field(
         description="Secret key holding YAML: API key -> {user, tenant, groups}.")
     failed_attempts: FailedAttempts = Field(default_factory=FailedAttempts)
+    per_key: CallerLimit = Field(
+        default_factory=default_per_key,
+        description="Each API key's share: by default a tenth of a replica's 1,000-run registry, so one key cannot "
+                    "fill it (or hold every reservation of the Budget) for everyone.")
+    per_tenant: CallerLimit = Field(default_factory=default_per_tenant,
+                                    description="Each tenant's share, all its keys together.")
     trusted_proxies: list[str] = Field(
         default_factory=list, max_length=32,
         description="CIDRs of proxies (an ingress) whose X-Forwarded-For names the client; empty: the TCP peer is "

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .agentapp import FailedAttempts, LedgerSpec, LoopLimits, ModelRole, RetrievalMode, SubAgent, ToolsSpec
+from .agentapp import (CallerLimit, FailedAttempts, LedgerSpec, LoopLimits, ModelRole, RetrievalMode, SubAgent,
+                       ToolsSpec, default_per_key, default_per_tenant)
 from .base import Model
 from .budget import BudgetSpec
 from .vectorindex import AccessDefaults, ChunkingSpec, EmbeddingSpec
@@ -53,4 +54,6 @@ class RuntimeConfig(Model):
     ledger: LedgerSpec
     api_keys_file: str = Field(description="YAML file: API key -> {user, tenant, groups}.")
     failed_attempts: FailedAttempts = Field(default_factory=FailedAttempts)
+    per_key: CallerLimit = Field(default_factory=default_per_key)
+    per_tenant: CallerLimit = Field(default_factory=default_per_tenant)
     trusted_proxies: list[str] = Field(default_factory=list)

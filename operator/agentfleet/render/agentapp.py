@@ -15,8 +15,8 @@ import yaml
 
 from ..api import AgentApp, Budget, BudgetConfig, ModelEndpoint, ModelFleet, RuntimeConfig, VectorIndex
 from ..names import (
-    CONFIG_HASH_ANNOTATION, GROUP, REDIS_URL_ENV, RUNTIME_PORT, RUNTIME_PRE_STOP_S, RUNTIME_REPLICA_ENV,
-    RUNTIME_SHUTDOWN_TIMEOUT_S, SERVICE_ACCOUNT_DIR, app_budget_role_name, MCP_HEADERS_DIR,
+    CONFIG_HASH_ANNOTATION, GROUP, REDIS_URL_ENV, RUNTIME_METRICS_PORT, RUNTIME_METRICS_PORT_ENV, RUNTIME_PORT,
+    RUNTIME_PRE_STOP_S, RUNTIME_REPLICA_ENV, RUNTIME_SHUTDOWN_TIMEOUT_S, SERVICE_ACCOUNT_DIR, app_budget_role_name, MCP_HEADERS_DIR,
     app_config_name, app_state_claim_name, fleet_url,
 )
 from .defaults import Defaults
@@ -74,6 +74,7 @@ def runtime_config(app: AgentApp, *, fleets: dict[str, ModelFleet], index: Vecto
         system_prompt=app.spec.system_prompt, tools=app.spec.tools, sub_agents=app.spec.sub_agents,
         limits=app.spec.limits, ledger=app.spec.ledger, api_keys_file=keys_file,
         failed_attempts=app.spec.auth.failed_attempts, trusted_proxies=app.spec.auth.trusted_proxies,
+        per_key=app.spec.auth.per_key, per_tenant=app.spec.auth.per_tenant,
     )
 
 
@@ -113,6 +114,8 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
         # The replica's name in the run store's leases: the pod's own, so a restarted pod is a new replica.
         {"name": RUNTIME_REPLICA_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "AGENTFLEET_SHUTDOWN_TIMEOUT_S", "value": str(RUNTIME_SHUTDOWN_TIMEOUT_S)},
+        # /metrics on its own port (named "metrics"): the serving port answers only the API and the probes.
+        {"name": RUNTIME_METRICS_PORT_ENV, "value": str(RUNTIME_METRICS_PORT)},
     ]
     if ledger.redis_url_secret_ref is not None:
         ref = ledger.redis_url_secret_ref
@@ -167,7 +170,7 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
                         "labels": pod_labels(app, app=RUNTIME_APP, component="runtime"),
                         # A new configuration rolls the pods: ConfigMap changes alone would not.
                         "annotations": {CONFIG_HASH_ANNOTATION: cfg_hash, "prometheus.io/scrape": "true",
-                                        "prometheus.io/port": str(RUNTIME_PORT)},
+                                        "prometheus.io/port": str(RUNTIME_METRICS_PORT)},
                     },
                     "spec": {
                         "serviceAccountName": app.name,
@@ -182,7 +185,8 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
                             "command": ["agentfleet", "serve"],
                             "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--port", str(RUNTIME_PORT)],
                             "env": env,
-                            "ports": [{"name": "http", "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
+                            "ports": [{"name": "http", "containerPort": RUNTIME_PORT, "protocol": "TCP"},
+                                      {"name": "metrics", "containerPort": RUNTIME_METRICS_PORT, "protocol": "TCP"}],
                             "resources": {"requests": dict(app.spec.resources),
                                           "limits": {k: v for k, v in app.spec.resources.items()
                                                      if k == "memory"}},

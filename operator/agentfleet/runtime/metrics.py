@@ -44,6 +44,10 @@ class RuntimeMetrics:
         self.auth_throttled = Counter("agentfleet_runtime_auth_throttled_total",
                                       "Requests refused (429) for too many failed authentications, by which limit.",
                                       ["by"], registry=r)
+        self.caller_limited = Counter("agentfleet_runtime_caller_limited_total",
+                                      "Runs refused (429) by a per-key or per-tenant limit, by which limit "
+                                      "(key_concurrency, tenant_concurrency, key_rate, tenant_rate).", ["by"],
+                                      registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

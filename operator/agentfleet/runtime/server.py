@@ -28,10 +28,11 @@ from ..errors import (
 )
 from .. import http_edge
 from ..request_body import MAX_JSON_BYTES, check_content_encoding, parse_json
-from ..names import RUNTIME_SHUTDOWN_TIMEOUT_S
+from ..names import RUNTIME_METRICS_PORT_ENV, RUNTIME_SHUTDOWN_TIMEOUT_S
 from ..retrieval.filters import Principal
 from ..state import open_store
 from .budget_status import publish_budget_status
+from .caller_limits import caller_digest
 from .identity import Identity
 from .keystore import bearer_key
 from .llm import ModelClient
@@ -56,6 +57,7 @@ MAX_RUNS_KEY: web.AppKey[int] = web.AppKey("max_runs", int)
 THROTTLE_KEY: web.AppKey[FailedAuthThrottle] = web.AppKey("throttle", FailedAuthThrottle)
 LIMITS_KEY: web.AppKey["EdgeLimits"] = web.AppKey("edge_limits")
 STARTED_KEY: web.AppKey[float] = web.AppKey("started", float)
+CALLER_KEY: web.RequestKey[str] = web.RequestKey("caller", str)  # the authenticated key's digest
 EVENTS_POLL_S = 0.25
 SHUTDOWN_TIMEOUT_S = float(RUNTIME_SHUTDOWN_TIMEOUT_S)
 WEB_DIR = Path(__file__).with_name("web")
@@ -127,6 +129,13 @@ async def _budget_headers(request: web.Request, response: web.StreamResponse) ->
         response.headers[BUDGET_REMAINING_TOKENS_HEADER] = str(seen["remaining_tokens"])
 
 
+async def _rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """`x-ratelimit-limit-requests` / `-remaining-requests` for the authenticated key, when its rate is limited."""
+    caller = request.get(CALLER_KEY)
+    if caller is not None:
+        response.headers.update(request.app[RUNS_KEY].limits.headers(caller, time.monotonic()))
+
+
 @web.middleware
 async def _errors_and_metrics(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                               ) -> web.StreamResponse:
@@ -183,12 +192,19 @@ def _principal(request: web.Request) -> Principal:
         raise TooManyFailedAttempts("too many failed authentication attempts; retry later",
                                     retry_after_s=refused.retry_after_s)
     try:
-        return rt.identity.authenticate(authorization)
+        principal = rt.identity.authenticate(authorization)
     except AuthenticationFailed:
         throttle.failed(address, prefix, now_s)
         reason = "invalid" if key else ("missing" if not (authorization or "").strip() else "malformed")
         rt.metrics.auth_failures.labels(reason).inc()
         raise
+    request[CALLER_KEY] = caller_digest(key or "")
+    return principal
+
+
+def _caller(request: web.Request) -> str | None:
+    """The authenticated API key's digest (set by _principal): what the per-key limits count."""
+    return request.get(CALLER_KEY)
 
 
 async def _json(request: web.Request) -> Any:
@@ -262,6 +278,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     # A chat completion is a run too: recorded step by step, and a retry with the same Idempotency-Key gets the
     # answer of the first request instead of paying for a second one. 429 here, before any stream starts.
     run, budget = await runs.admit(principal, history, kind="chat", idempotency_key=_idempotency_key(request),
+                                   caller=_caller(request),
                                    answer_max_tokens=req.max_completion_tokens or req.max_tokens)
     model_name = rt.config.app
     completion_id = "chatcmpl-" + run.id.removeprefix("run-")
@@ -433,7 +450,7 @@ async def _response_create(request: web.Request) -> web.StreamResponse:
     extra = {"store": req.store, "instructions": req.instructions if instructions else None,
              "previous_response_id": req.previous_response_id, "metadata": req.metadata or {}, "user": req.user}
     run, budget = await runs.admit(principal, history, kind=RESPONSE_KIND,
-                                   idempotency_key=_idempotency_key(request),
+                                   idempotency_key=_idempotency_key(request), caller=_caller(request),
                                    answer_max_tokens=req.max_output_tokens, extra=extra)
     model_name = rt.config.app
     if budget is None:  # a retry with the same Idempotency-Key: the first request's response, once it is done
@@ -525,7 +542,7 @@ async def _run_create(request: web.Request) -> web.Response:
     runs.starting += 1  # counted from here: admission awaits the store, and others arrive meanwhile
     try:
         run, budget = await runs.admit(principal, [{"role": "user", "content": req.input}], kind="run",
-                                       idempotency_key=_idempotency_key(request))
+                                       idempotency_key=_idempotency_key(request), caller=_caller(request))
         if budget is None:  # the same Idempotency-Key again: the same run
             return web.json_response(run.wire(await runs.steps(run)), status=200)
         runs.spawn(run, budget)
@@ -638,6 +655,7 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app.on_response_prepare.append(_security_headers)
     app.on_response_prepare.append(_budget_headers)
+    app.on_response_prepare.append(_rate_headers)
     app[RUNTIME_KEY] = runtime
     limits = runtime.config.failed_attempts
     app[THROTTLE_KEY] = FailedAuthThrottle(per_address_per_minute=limits.per_address_per_minute,
@@ -773,7 +791,7 @@ def build_runtime(config: RuntimeConfig, *, state_dir: str | None = None,
 def serve(config: RuntimeConfig, *, host: str, port: int, state_dir: str | None = None) -> None:
     runtime, client = build_runtime(config, state_dir=state_dir)
     # AGENTFLEET_METRICS_PORT moves /metrics off the serving port (the port a NetworkPolicy opens to Prometheus).
-    metrics_port = os.environ.get("AGENTFLEET_METRICS_PORT")
+    metrics_port = os.environ.get(RUNTIME_METRICS_PORT_ENV)
     app = build_app(runtime, client, run_store=open_run_store(config, state_dir=state_dir),
                     metrics_listen=(host, int(metrics_port)) if metrics_port else None)
     loop = _event_loop()

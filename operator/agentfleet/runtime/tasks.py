@@ -22,10 +22,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
-from ..errors import AgentfleetError, Draining, StateUnavailable, http_error
+from ..errors import AgentfleetError, Draining, StateUnavailable, TooManyRequests, http_error
 from ..names import RUNTIME_REPLICA_ENV
 from ..retrieval.filters import Principal
 from .agent import Resume
+from .caller_limits import CallerLimits, Slot
 from .runs import LeaseLost, RunRecord, RunStore
 from .serving import Runtime, TaskBudget, TaskOutcome, until_available
 
@@ -122,6 +123,12 @@ class RunManager:
         self.wall = wall
         self.local: dict[str, _Local] = {}
         self.starting = 0  # runs being admitted (not yet in `local`)
+        cfg = runtime.config
+        self.limits = CallerLimits(key_concurrent_runs=cfg.per_key.concurrent_runs,
+                                   tenant_concurrent_runs=cfg.per_tenant.concurrent_runs,
+                                   key_runs_per_minute=cfg.per_key.runs_per_minute,
+                                   tenant_runs_per_minute=cfg.per_tenant.runs_per_minute)
+        self._slots: dict[str, Slot] = {}  # runs admitted here: their places in the per-key/tenant counts
         self.is_draining = False
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="runs")
         self._timers: list[asyncio.Task[None]] = []
@@ -197,14 +204,40 @@ class RunManager:
 
     async def admit(self, principal: Principal, history: Sequence[dict[str, Any]], *, kind: str,
                     idempotency_key: str | None, answer_max_tokens: int | None = None,
-                    extra: dict[str, Any] | None = None) -> tuple[RunRecord, TaskBudget | None]:
+                    extra: dict[str, Any] | None = None, caller: str | None = None
+                    ) -> tuple[RunRecord, TaskBudget | None]:
         """A new run, admitted (its root reservation taken) and recorded — or the run an earlier request with the
-        same Idempotency-Key started, with no budget (nothing new is reserved for a retry)."""
+        same Idempotency-Key started, with no budget (nothing new is reserved for a retry). `caller` (the API
+        key's digest) and the principal's tenant take a slot of the per-key and per-tenant limits (429 past them),
+        held until the run stops on this replica."""
         if self.is_draining:
             raise Draining("this replica is shutting down; retry (another replica takes the request)")
         seen = await self.existing(principal, idempotency_key)
         if seen is not None:
             return seen, None
+        try:
+            slot = self.limits.acquire(caller or f"user:{principal.user}", principal.tenant, time.monotonic())
+        except TooManyRequests as e:
+            self.runtime.metrics.caller_limited.labels(e.by).inc()
+            raise
+        try:
+            run, budget = await self._admit(principal, history, kind=kind, idempotency_key=idempotency_key,
+                                            answer_max_tokens=answer_max_tokens, extra=extra)
+        except BaseException:
+            self.limits.release(slot)
+            raise
+        if budget is None:
+            self.limits.release(slot)
+        else:
+            self._slots[run.id] = slot
+        return run, budget
+
+    def _release_slot(self, run_id: str) -> None:
+        self.limits.release(self._slots.pop(run_id, None))
+
+    async def _admit(self, principal: Principal, history: Sequence[dict[str, Any]], *, kind: str,
+                     idempotency_key: str | None, answer_max_tokens: int | None,
+                     extra: dict[str, Any] | None) -> tuple[RunRecord, TaskBudget | None]:
         hexid = uuid.uuid4().hex
         task_id = "task-" + hexid
         budget = await self.runtime.admit(principal, task_id)
@@ -287,6 +320,7 @@ class RunManager:
         finally:
             log_.close()
             self.local.pop(run.id, None)
+            self._release_slot(run.id)
 
     async def _finish(self, run: RunRecord, status: str, *, result: dict[str, Any] | None = None,
                       error: dict[str, Any] | None = None, events: list[dict[str, Any]] | None = None) -> None:
@@ -298,6 +332,7 @@ class RunManager:
 
     async def abandon(self, run: RunRecord) -> None:
         """A run whose client left before it started: recorded as cancelled."""
+        self._release_slot(run.id)
         await self._finish(run, "cancelled", error={"message": "the client went away", "type": "cancelled",
                                                     "param": None, "code": "cancelled"})
 
