@@ -67,6 +67,15 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     return memo.kube.connection_info()
 
 
+def namespace_terminating(err: BaseException) -> bool:
+    """The API server's refusal to create anything in a namespace being deleted (403, cause
+    NamespaceTerminating): the resource goes with its namespace, so there is nothing to converge or retry."""
+    status = getattr(err, "status", None)
+    body = getattr(err, "body", None)
+    return status == 403 and "NamespaceTerminating" in (body.decode(errors="replace") if isinstance(body, bytes)
+                                                        else str(body))
+
+
 def _converge(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     plain = _plain(body)
     try:
@@ -76,6 +85,10 @@ def _converge(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> N
     except DependencyMissing as err:
         raise kopf.TemporaryError(str(err), delay=DEPENDENCY_RETRY_S) from None
     except (UpstreamError, ApiException, DynamicApiError) as err:
+        if namespace_terminating(err):
+            logger.info("namespace %s is being deleted: nothing to converge", (plain.get("metadata") or {})
+                        .get("namespace"))
+            return
         raise kopf.TemporaryError(f"{type(err).__name__}: {err}", delay=UPSTREAM_RETRY_S) from None
     logger.debug("reconciled %s", obj.ref())
     if isinstance(obj, AgentApp) and obj.spec.budget_ref is not None:
