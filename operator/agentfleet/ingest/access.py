@@ -69,8 +69,12 @@ def parse_sidecar(data: Any, where: str) -> list[AccessRule]:
     for i, entry in enumerate(data):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("pattern"), str):
             raise AccessError(f"{where}: entry {i + 1} needs a string 'pattern'")
+        pattern = entry["pattern"]
+        if pattern.startswith("/") or ".." in pattern.replace("\\", "/").split("/"):
+            raise AccessError(f"{where}: entry {i + 1}: pattern {pattern!r} must stay inside its directory "
+                              f"(no '..' segment or leading '/')")
         tenant, groups = parse_access_fields(entry, f"{where}: entry {i + 1}")
-        rules.append(AccessRule(entry["pattern"], tenant, groups))
+        rules.append(AccessRule(pattern, tenant, groups))
     return rules
 
 

@@ -160,7 +160,10 @@ def load_corpus(root: Path, *, worker: int = 0, workers: int = 1,
             path = Path(os.path.realpath(Path(root, rel)))  # read what was checked to be inside the root
             if not inside_root(root, path):
                 raise OSError("symbolic link to outside the source directory")
-            size = path.stat().st_size
+            st = path.stat()
+            if st.st_nlink > 1:  # the other name may be anywhere on the volume: a Secret, another tenant's file
+                raise OSError("hard link: another name for this file may lie outside the source directory")
+            size = st.st_size
             if size > MAX_FILE_BYTES:
                 raise OSError(f"{size} bytes is over the per-document limit of {MAX_FILE_BYTES}")
             parsed = parse_file(rel, path.read_bytes())

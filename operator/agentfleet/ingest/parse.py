@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 
 __all__ = ["ParsedDocument", "ParseError", "parse_file", "split_front_matter", "load_yaml", "FORMATS",
-           "FRONT_MATTER_MAX_CHARS", "TITLE_MAX_CHARS"]
+           "FRONT_MATTER_MAX_CHARS", "TITLE_MAX_CHARS", "MAX_TEXT_CHARS", "MAX_PDF_PAGES", "PDF_MAX_SECONDS"]
 
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".html": "html",
            ".htm": "html", ".pdf": "pdf", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -26,6 +27,12 @@ _FRONT = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r
 FRONT_MATTER_MAX_CHARS = 65_536
 # The store's title field holds 1,024 characters.
 TITLE_MAX_CHARS = 1_024
+# Per document, whatever the file's size (64 MiB at most): extracted text (20 M characters is ~10,000 pages; a
+# compressed PDF can expand far beyond its file), PDF pages, and the time spent extracting a PDF. pypdf bounds each
+# decompressed stream itself (75 MB), so a decompression bomb fails its stream, and these bound the sum.
+MAX_TEXT_CHARS = 20_000_000
+MAX_PDF_PAGES = 5_000
+PDF_MAX_SECONDS = 120.0
 
 
 class ParseError(ValueError):
@@ -170,13 +177,27 @@ def _html(relpath: str, text: str) -> ParsedDocument:
 def _pdf(relpath: str, data: bytes) -> ParsedDocument:
     try:
         from pypdf import PdfReader
-        from pypdf.errors import PyPdfError
+        from pypdf.errors import LimitReachedError, PyPdfError
 
         reader = PdfReader(io.BytesIO(data))
-        pages = [(page.extract_text() or "") for page in reader.pages]
+        if len(reader.pages) > MAX_PDF_PAGES:
+            raise ParseError(f"PDF: {len(reader.pages)} pages, over the per-document limit of {MAX_PDF_PAGES}")
+        started, chars, pages = time.monotonic(), 0, []
+        for page in reader.pages:
+            text = page.extract_text() or ""
+            chars += len(text)
+            if chars > MAX_TEXT_CHARS:
+                raise ParseError(f"PDF: over {MAX_TEXT_CHARS} characters of text, the per-document limit")
+            if time.monotonic() - started > PDF_MAX_SECONDS:
+                raise ParseError(f"PDF: text extraction took over {PDF_MAX_SECONDS:.0f} s")
+            pages.append(text)
         info_title = (reader.metadata.title if reader.metadata else None) or ""
-    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as err:
-        raise ParseError(f"PDF: {err}") from None
+    except ParseError:
+        raise
+    except LimitReachedError as err:
+        raise ParseError(f"PDF: a stream decompresses past the limit ({err})") from None
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError, RecursionError) as err:
+        raise ParseError(f"PDF: {type(err).__name__}: {err}"[:500]) from None
     # Running headers and footers: a line on at least half of 3+ pages is boilerplate.
     if len(pages) >= 3:
         counts: dict[str, int] = {}
@@ -232,6 +253,8 @@ def parse_file(relpath: str, data: bytes) -> list[ParsedDocument]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ParseError(f"{len(text)} characters of text, over the per-document limit of {MAX_TEXT_CHARS}")
     if fmt == "jsonl":
         return _jsonl(relpath, text)
     if fmt == "html":

@@ -106,6 +106,91 @@ def test_symlinks_leaving_the_root_are_reported_and_never_read(tmp_path):
     assert not any("TOPSECRET" in d.parsed.text for d in docs.values())
 
 
+def test_hard_links_are_reported_and_never_read(tmp_path):
+    """A hard link is the same file under a second name; the other name may be a Secret on the same volume."""
+    src, secret = secret_outside(tmp_path)
+    os.link(secret / "token.md", src / "leak.md")
+    docs, skipped = split(src)
+    assert list(docs) == ["ok.md"]
+    assert skipped["leak.md"].startswith("hard link")
+    assert not any("TOPSECRET" in d.parsed.text for d in docs.values())
+
+
+@pytest.mark.parametrize("pattern", ["../secret/*.md", "a/../../b.md", "/etc/*", "..\\x.md"])
+def test_access_patterns_stay_inside_their_directory(tmp_path, pattern):
+    src = tmp_path / "src"
+    (src / "team").mkdir(parents=True)
+    (src / "team" / "_access.yaml").write_text(json.dumps([{"pattern": pattern, "tenant": "acme"}]))
+    (src / "team" / "a.md").write_text("# A\n\ntext")
+    (src / "ok.md").write_text("---\ntenant: acme\n---\nfine")
+    docs, skipped = split(src)
+    assert list(docs) == ["ok.md"]
+    assert any("must stay inside its directory" in r for r in skipped.values()), skipped
+
+
+def _pdf_with_stream(content: bytes, *, pages: int = 1) -> bytes:
+    """A minimal PDF whose every page draws `content` through one FlateDecode stream (written by hand: a bomb
+    is a few hundred KiB on disk)."""
+    import zlib
+
+    packed = zlib.compress(content, 9)
+    objs = [b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % (4 + i) for i in range(pages)) + b"] /Count %d >>"
+            % pages,
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(packed) + packed + b"\nendstream"]
+    objs += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R >>" for _ in range(pages)]
+    out, offsets = io.BytesIO(), []
+    out.write(b"%PDF-1.4\n")
+    for i, body in enumerate(objs, 1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % i + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1))
+    for off in offsets:
+        out.write(b"%010d 00000 n \n" % off)
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("content", [
+    b"0" * 200_000_000,                                                             # 200 MB of zeros
+    b"BT /F1 12 Tf 72 712 Td (" + b"a" * 1000 + b") Tj ET\n" * 150_000,             # 150 MB of text operators
+])
+def test_pdf_decompression_bomb_is_bounded_in_time_and_memory(content):
+    """A few hundred KiB on disk that inflate past pypdf's 75 MB stream limit: refused, or read no further than
+    the limit, never inflated whole."""
+    import tracemalloc
+
+    bomb = _pdf_with_stream(content)
+    assert len(bomb) < 1_000_000
+    tracemalloc.start()
+    t0 = time.monotonic()
+    try:
+        docs = parse_file("bomb.pdf", bomb)
+        assert sum(len(d.text) for d in docs) <= 20_000_000
+    except ParseError as err:
+        assert "PDF" in str(err)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert time.monotonic() - t0 < 60
+    assert peak < 200_000_000, peak
+
+
+def test_pdf_pages_and_text_are_bounded(monkeypatch):
+    from agentfleet.ingest import parse
+
+    text = b"BT /F1 12 Tf 72 712 Td (hello world) Tj ET"
+    assert parse_file("ok.pdf", _pdf_with_stream(text, pages=3))[0].format == "pdf"
+    monkeypatch.setattr(parse, "MAX_PDF_PAGES", 2)
+    with pytest.raises(ParseError, match="3 pages, over the per-document limit of 2"):
+        parse_file("many.pdf", _pdf_with_stream(text, pages=3))
+    monkeypatch.setattr(parse, "MAX_PDF_PAGES", 5_000)
+    monkeypatch.setattr(parse, "MAX_TEXT_CHARS", 10)
+    with pytest.raises(ParseError, match="per-document limit"):
+        parse_file("long.md", b"# T\n\n" + b"word " * 10)
+
+
 def test_links_inside_the_root_are_followed_like_a_configmap_mount(tmp_path):
     """A mounted ConfigMap: `key -> ..data/key`, `..data -> ..2026_12_06_…`: every link stays inside."""
     src = tmp_path / "src"
