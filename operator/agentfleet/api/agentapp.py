@@ -17,7 +17,7 @@ from .base import (
 __all__ = [
     "FleetRoles", "IndexRef", "MCPServer", "ToolsSpec", "SubAgent", "LoopLimits", "AuthSpec", "FailedAttempts", "LedgerSpec",
     "AgentAppSpec", "AgentAppStatus", "AgentApp", "BuiltinTool", "LedgerStorage", "ModelRole", "ConfigMapKeyRef",
-    "EvaluationGate", "EvaluationSpec", "EvaluationStatus", "cron_problem",
+    "EvaluationGate", "EvaluationSpec", "EvaluationStatus", "TelemetrySpec", "cron_problem",
 ]
 
 BuiltinTool = Literal["retrieve", "delegate", "calculator"]
@@ -277,6 +277,20 @@ class EvaluationSpec(Model):
         return value
 
 
+class TelemetrySpec(Model):
+    """OpenTelemetry traces and metrics (GenAI semantic conventions) sent over OTLP/HTTP. Absent: off, and no
+    span is made. Attributes carry names, counts, ids and cost, never prompts, answers, passages or the
+    caller's groups."""
+
+    otlp_endpoint: str = Field(pattern=r"^https?://\S+$", description=(
+        "OTLP/HTTP base URL of a collector (e.g. http://otel-collector.observability:4318); /v1/traces and "
+        "/v1/metrics are appended."))
+    service_name: str | None = Field(default=None, max_length=253,
+                                     description="service.name of the runtime's spans (default: the AgentApp's name).")
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description=(
+        "Share of new traces recorded; a caller's sampled traceparent is always followed."))
+
+
 class AgentAppSpec(Model):
     __rules__: ClassVar = (
         Rule("self.replicas <= 1 || self.ledger.backend == 'redis'",
@@ -302,6 +316,7 @@ class AgentAppSpec(Model):
     image: str | None = None
     resources: dict[str, str] = Field(default_factory=lambda: {"cpu": "500m", "memory": "512Mi"})
     evaluation: EvaluationSpec | None = None
+    telemetry: TelemetrySpec | None = None
 
 
 class EvaluationStatus(StatusModel):

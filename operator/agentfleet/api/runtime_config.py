@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .agentapp import (CallerLimit, FailedAttempts, LedgerSpec, LoopLimits, ModelRole, RetrievalMode, SubAgent,
-                       ToolsSpec, default_per_key, default_per_tenant)
+                       TelemetrySpec, ToolsSpec, default_per_key, default_per_tenant)
 from .base import Model
 from .budget import BudgetSpec
 from .vectorindex import AccessDefaults, ChunkingSpec, EmbeddingSpec
@@ -57,3 +57,4 @@ class RuntimeConfig(Model):
     per_key: CallerLimit = Field(default_factory=default_per_key)
     per_tenant: CallerLimit = Field(default_factory=default_per_tenant)
     trusted_proxies: list[str] = Field(default_factory=list)
+    telemetry: TelemetrySpec | None = Field(default=None, description="OpenTelemetry export; absent: off.")

@@ -74,7 +74,7 @@ def runtime_config(app: AgentApp, *, fleets: dict[str, ModelFleet], index: Vecto
         system_prompt=app.spec.system_prompt, tools=app.spec.tools, sub_agents=app.spec.sub_agents,
         limits=app.spec.limits, ledger=app.spec.ledger, api_keys_file=keys_file,
         failed_attempts=app.spec.auth.failed_attempts, trusted_proxies=app.spec.auth.trusted_proxies,
-        per_key=app.spec.auth.per_key, per_tenant=app.spec.auth.per_tenant,
+        per_key=app.spec.auth.per_key, per_tenant=app.spec.auth.per_tenant, telemetry=app.spec.telemetry,
     )
 
 

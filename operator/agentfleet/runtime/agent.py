@@ -43,10 +43,11 @@ from ..api.agentapp import LoopLimits, ModelRole, SubAgent
 from ..api.budget import RoutingSpec
 from ..errors import BudgetExhausted, UpstreamError, UpstreamTimeout
 from ..retrieval.filters import Principal
+from ..telemetry import DISABLED, PROVIDER, Telemetry
 from .actions import FINAL, Action, Malformed, ToolSchema, action_schema, parse_action, response_format
 from .pricing import prompt_token_bound
 from .routing import StepKind, choose_role
-from .runs import is_idempotent
+from .runs import MCP_SEPARATOR, is_idempotent
 from .tools import CALCULATOR, RETRIEVE, CalculatorError, Citation, CitationBook, calculate, format_hits
 
 __all__ = ["StopReason", "Completion", "Meter", "ModelCall", "CallBudget", "ExternalTools", "ToolFailed",
@@ -127,6 +128,7 @@ class Completion:
     tool_calls: tuple[Mapping[str, Any], ...] = ()
     attempts: int = 1
     note: str = ""
+    finish_reason: str = ""  # as the engine reported it ("stop", "length", "tool_calls"); "" when it did not
 
 
 @dataclass
@@ -211,6 +213,9 @@ class TaskContext:
     max_tool_errors: int = MAX_TOOL_ERRORS  # tool errors (or searches finding nothing new) in a row: tool use ends
     resume: Resume | None = None  # the recorded state of a run another replica started (the root agent resumes it)
     idempotent_tools: frozenset[str] = frozenset({"retrieve", "calculator"})  # an interrupted call may run again
+    telemetry: Telemetry = DISABLED  # spans of the task tree (telemetry.py); off by default
+    request_models: Mapping[str, str] = field(default_factory=dict)  # role -> the served model name requested
+    span_attributes: Mapping[str, Any] = field(default_factory=dict)  # more agentfleet.* attributes of the root span
 
     def remaining_s(self) -> float:
         return self.deadline_s - self.clock()
@@ -487,6 +492,42 @@ class _Agent:
         prompt_bound = prompt_bytes + prompt_token_bound((), messages=len(messages))
         max_tokens = max(1, min(max_tokens, left_tokens))
         self.calls += 1
+        if not ctx.telemetry.is_enabled:
+            return await self._reserve_and_call(step, messages, fmt=fmt, max_tokens=max_tokens, stream=stream,
+                                                stop=stop, prompt_bound=prompt_bound, timeout_s=timeout_s)
+        model = ctx.request_models.get(step.role, step.role)
+        attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": PROVIDER, "gen_ai.request.model": model,
+                 "gen_ai.request.max_tokens": max_tokens, "gen_ai.request.temperature": 0.0,
+                 "gen_ai.conversation.id": ctx.task_id, "gen_ai.agent.name": self.spec.name,
+                 "agentfleet.step": step.n, "agentfleet.step.kind": step.kind, "agentfleet.model_role": step.role,
+                 "agentfleet.route_reason": step.route_reason}
+        started, error_type = ctx.clock(), None
+        with ctx.telemetry.span(f"chat {model}", attrs, kind="client") as span:
+            try:
+                c = await self._reserve_and_call(step, messages, fmt=fmt, max_tokens=max_tokens, stream=stream,
+                                                 stop=stop, prompt_bound=prompt_bound, timeout_s=timeout_s)
+            except BaseException as e:
+                error_type = getattr(e, "reason", None) or type(e).__name__
+                raise
+            finally:
+                span.set_attributes({"gen_ai.usage.input_tokens": step.prompt_tokens,
+                                     "gen_ai.usage.output_tokens": step.completion_tokens,
+                                     "agentfleet.cost_usd": step.cost_micro_usd / 1e6})
+                if step.model:
+                    span.set_attribute("gen_ai.response.model", step.model)
+                ctx.telemetry.record_chat(model=model, response_model=step.model, input_tokens=step.prompt_tokens,
+                                          output_tokens=step.completion_tokens, duration_s=ctx.clock() - started,
+                                          error_type=error_type)
+            if c.finish_reason:
+                span.set_attribute("gen_ai.response.finish_reasons", [c.finish_reason])
+            if c.attempts > 1:
+                span.set_attribute("agentfleet.attempts", c.attempts)
+            return c
+
+    async def _reserve_and_call(self, step: Step, messages: list[dict[str, Any]], *, fmt: Mapping[str, Any] | None,
+                                max_tokens: int, stream: bool, stop: Sequence[str], prompt_bound: int,
+                                timeout_s: float) -> Completion:
+        ctx, limits = self.ctx, self.ctx.limits
         started = ctx.clock()
         try:
             hold = await self.budget.reserve(step.role, prompt_tokens=prompt_bound, max_tokens=max_tokens)  # type: ignore[arg-type]
@@ -526,7 +567,7 @@ class _Agent:
             prompt, completion = c.prompt_tokens, c.completion_tokens
         else:  # ... and one that reports no usage is charged the bound, never nothing
             prompt, completion = prompt_bound, c.completion_tokens or max_tokens
-        c = Completion(c.text, prompt, completion, c.model, c.tool_calls, c.attempts, c.note)
+        c = Completion(c.text, prompt, completion, c.model, c.tool_calls, c.attempts, c.note, c.finish_reason)
         if c.attempts > 1 or c.note:
             step.route_reason = "; ".join(x for x in (step.route_reason, f"{c.attempts} attempts", c.note) if x)
         await self._settle(step, hold, c, started)
@@ -553,11 +594,35 @@ class _Agent:
 
     # --- the loop --------------------------------------------------------------------------------------------
     async def run(self) -> AgentResult:
-        try:
-            answer = await self._loop()
-            return AgentResult(self.spec.name, answer, "answered", self.detail, self.steps)
-        except _Stop as stop:
-            return AgentResult(self.spec.name, self.partial, stop.reason, stop.detail, self.steps)
+        ctx = self.ctx
+        attrs: dict[str, Any] = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": PROVIDER,
+                                 "gen_ai.agent.name": self.spec.name, "gen_ai.conversation.id": ctx.task_id,
+                                 "agentfleet.agent.depth": self.spec.depth}
+        if self.spec.depth == 0:
+            attrs.update(ctx.span_attributes)
+        with ctx.telemetry.span(f"invoke_agent {self.spec.name}", attrs) as span:
+            try:
+                answer = await self._loop()
+                result = AgentResult(self.spec.name, answer, "answered", self.detail, self.steps)
+            except _Stop as stop:
+                result = AgentResult(self.spec.name, self.partial, stop.reason, stop.detail, self.steps)
+            if ctx.telemetry.is_enabled:
+                span.set_attributes(self._span_totals(result))
+            return result
+
+    def _span_totals(self, result: AgentResult) -> dict[str, Any]:
+        """The invoke_agent span's closing attributes: this agent's own model calls (a sub-agent's are on its own
+        span); the root adds the whole task tree's cost."""
+        own = [s for s in self.steps if s.role != NO_MODEL]
+        out: dict[str, Any] = {
+            "gen_ai.usage.input_tokens": sum(s.prompt_tokens for s in own),
+            "gen_ai.usage.output_tokens": sum(s.completion_tokens for s in own),
+            "agentfleet.cost_usd": sum(s.cost_micro_usd for s in own) / 1e6,
+            "agentfleet.stop_reason": result.stop_reason, "agentfleet.steps": len(self.steps)}
+        if self.spec.depth == 0:
+            out["agentfleet.task.cost_usd"] = self.ctx.cost_micro_usd / 1e6
+            out["agentfleet.task.tokens"] = self.ctx.tokens_used
+        return out
 
     async def _loop(self) -> str:
         if self.final is not None:  # resumed after the answer was written: nothing left to do
@@ -663,6 +728,21 @@ class _Agent:
         await self._complete_tool(step, action, call_id)
 
     async def _complete_tool(self, step: Step, action: Action, call_id: str, *, interrupted: bool = False) -> None:
+        if not self.ctx.telemetry.is_enabled:
+            return await self._run_tool(step, action, call_id, interrupted=interrupted)
+        server, is_mcp, _ = action.tool.partition(MCP_SEPARATOR)  # an MCP server's tools: "<server>__<tool>"
+        kind = "datastore" if action.tool == RETRIEVE.name else "extension" if is_mcp else "function"
+        attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": action.tool,
+                 "gen_ai.tool.call.id": call_id, "gen_ai.tool.type": kind, "gen_ai.agent.name": self.spec.name,
+                 "gen_ai.conversation.id": self.ctx.task_id, "agentfleet.step": step.n}
+        if is_mcp:
+            attrs["agentfleet.mcp.server"] = server
+        with self.ctx.telemetry.span(f"execute_tool {action.tool}", attrs) as span:
+            await self._run_tool(step, action, call_id, interrupted=interrupted)
+            if step.error:  # low cardinality: the observation (the model's to read) may hold the tool's own text
+                span.set_attribute("error.type", "tool_timeout" if step.error == "tool_timeout" else "tool_error")
+
+    async def _run_tool(self, step: Step, action: Action, call_id: str, *, interrupted: bool = False) -> None:
         """Run the tool (or, for a call interrupted by a replica's death that is not safe to repeat, record that it
         was interrupted for the model to handle) and append its result."""
         timeout_s = min(float(self.ctx.limits.tool_timeout_seconds), max(self.ctx.remaining_s(), 0.0))

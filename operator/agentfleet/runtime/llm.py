@@ -28,12 +28,14 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from ..api.agentapp import ModelRole
 from ..api.runtime_config import ModelEndpoint
 from ..errors import UpstreamError, UpstreamTimeout
+from ..telemetry import DISABLED, Telemetry
 from .agent import Completion, Meter
 
 __all__ = ["ModelClient", "SESSION_HEADER", "CONNECT_TIMEOUT_S", "MAX_ATTEMPTS"]
@@ -151,8 +153,10 @@ class ModelClient:
     """Callable as the agent's ModelCall. `start()` inside the event loop, `close()` on shutdown."""
 
     def __init__(self, endpoints: Mapping[str, ModelEndpoint], *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
-                 pool_size: int = 256):
+                 pool_size: int = 256, telemetry: Telemetry = DISABLED):
         self.endpoints = dict(endpoints)
+        # The caller's chat span goes out as `traceparent` on every request (the router passes it on to the engine).
+        self.telemetry = telemetry
         self.connect_timeout_s = connect_timeout_s
         self.pool_size = pool_size
         self.session: aiohttp.ClientSession | None = None
@@ -184,6 +188,11 @@ class ModelClient:
             body["response_format"] = dict(response_format)
         if stop:
             body["stop"] = list(stop)
+        if self.telemetry.is_enabled:
+            where = urlsplit(ep.url)
+            self.telemetry.current_span().set_attributes({
+                "server.address": where.hostname or "", "server.port": where.port or (443 if where.scheme == "https"
+                                                                                      else 80)})
         usage = _Usage(meter if meter is not None else Meter(model=ep.model))
         usage.meter.model = usage.meter.model or ep.model
         forward = _Forward(on_delta)
@@ -211,7 +220,7 @@ class ModelClient:
             m = usage.meter
             return Completion(text=c.text, prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens,
                               model=m.model or ep.model, tool_calls=c.tool_calls, attempts=m.attempts,
-                              note="; ".join(notes))
+                              note="; ".join(notes), finish_reason=c.finish_reason)
 
     async def _attempt(self, role: str, ep: ModelEndpoint, body: dict[str, Any], session_id: str, left_s: float,
                        timeout_s: float, usage: _Usage, attempt: _Attempt, forward: _Forward) -> Completion:
@@ -221,7 +230,8 @@ class ModelClient:
             raise UpstreamTimeout(f"{role} model {ep.model} did not answer within {timeout_s:.1f}s")
         body["stream_options"] = {"include_usage": True} if ep.url in self.plain_usage else STREAM_OPTIONS
         try:
-            async with self.session.post(url, json=body, headers={SESSION_HEADER: session_id},
+            headers = self.telemetry.inject({SESSION_HEADER: session_id})
+            async with self.session.post(url, json=body, headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=left_s,
                                                                        sock_connect=self.connect_timeout_s)) as r:
                 if r.status != 200:
@@ -265,7 +275,8 @@ class ModelClient:
         try:
             if "error" in data and not data.get("choices"):
                 raise _MidStream(f"error: {_short(json.dumps(data['error']))}")
-            msg = data["choices"][0]["message"]
+            choice = data["choices"][0]
+            msg = choice["message"]
             reported = data.get("usage") or {}
             text = msg.get("content") or ""
             attempt.prompt = int(reported.get("prompt_tokens") or 0)
@@ -273,7 +284,8 @@ class ModelClient:
             attempt.is_complete = attempt.has_output = True
             usage.meter.model = str(data.get("model") or ep.model)
             return Completion(text=text, prompt_tokens=attempt.prompt, completion_tokens=attempt.completion,
-                              model=usage.meter.model, tool_calls=tuple(msg.get("tool_calls") or ()))
+                              model=usage.meter.model, tool_calls=tuple(msg.get("tool_calls") or ()),
+                              finish_reason=str(choice.get("finish_reason") or ""))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             raise UpstreamError(f"{role} model {ep.model} returned a malformed completion") from None
 
@@ -284,6 +296,7 @@ class ModelClient:
         calls: dict[int, dict[str, Any]] = {}  # streamed tool calls by index
         meter = usage.meter
         finished = done = False  # finished: a finish_reason or [DONE] arrived, the answer is whole
+        finish_reason = ""
         rest = b""
         try:
             # Whatever arrived, at once, then its lines: one await per read instead of one per line (measured:
@@ -331,7 +344,7 @@ class ModelClient:
                             call["function"]["arguments"] += fn.get("arguments") or ""
                             attempt.has_output = True
                         if choice.get("finish_reason"):
-                            finished = True
+                            finished, finish_reason = True, str(choice["finish_reason"])
                 usage.publish()  # before the deltas go out: a cancellation while one is written sees them counted
                 if forward.on_delta is not None:
                     for text in out:  # each as the engine sent it
@@ -351,7 +364,7 @@ class ModelClient:
         usage.publish()
         return Completion(text="".join(parts), prompt_tokens=attempt.prompt,
                           completion_tokens=attempt.completion + attempt.deltas_since_report, model=meter.model,
-                          tool_calls=tuple(calls[i] for i in sorted(calls)))
+                          tool_calls=tuple(calls[i] for i in sorted(calls)), finish_reason=finish_reason)
 
     async def probe(self, role: ModelRole, *, timeout_s: float = 2.0) -> str | None:
         """None when the role's server lists its models; else why not."""

@@ -23,6 +23,7 @@ from urllib.parse import quote
 from ..api.agentapp import MCPServer
 from ..names import MCP_HEADERS_DIR, MCP_HEADERS_DIR_ENV
 from ..retrieval.filters import Principal
+from ..telemetry import DISABLED, Telemetry
 from .actions import ToolSchema
 from .agent import ToolFailed
 from .runs import MCP_SEPARATOR
@@ -102,6 +103,7 @@ class McpTools:
     problems: dict[str, str] = field(default_factory=dict)
     # Where headersSecretRef Secrets are mounted; None: MCP_HEADERS_DIR_ENV, else names.MCP_HEADERS_DIR.
     headers_dir: Path | None = None
+    telemetry: Telemetry = DISABLED  # a tool call carries the execute_tool span as `traceparent`
 
     def _headers(self, server: str, has_secret: bool, principal: Principal | None) -> dict[str, str]:
         root = self.headers_dir or Path(os.environ.get(MCP_HEADERS_DIR_ENV) or MCP_HEADERS_DIR)
@@ -161,8 +163,9 @@ class McpTools:
         if t is None:
             raise McpError(f"unknown MCP tool {name}")
         try:
-            async with create_mcp_http_client(headers=self._headers(t.server, t.has_secret_headers, principal)) \
-                    as http, streamable_http_client(t.url, http_client=http) as streams:
+            headers = self.telemetry.inject(self._headers(t.server, t.has_secret_headers, principal))
+            async with create_mcp_http_client(headers=headers) as http, \
+                    streamable_http_client(t.url, http_client=http) as streams:
                 async with ClientSession(streams[0], streams[1]) as session:
                     await session.initialize()
                     result = await session.call_tool(t.tool, dict(arguments))

@@ -115,6 +115,17 @@ def runtime_openapi() -> dict[str, Any]:
                                   "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"}},
                         {"name": "Last-Event-ID", "in": "header", "required": False,
                          "schema": {"type": "string"}}])},
+        "/a2a": {"post": _op(
+            "A2A JSON-RPC 2.0 (protocol 0.3): message/send, message/stream (SSE), tasks/get and tasks/cancel, each "
+            "task a run of the caller's. After authentication every answer is 200 with a JSON-RPC result or error.",
+            {"200": {"description": "A JSON-RPC response, or SSE of JSON-RPC responses for message/stream",
+                     "content": {**_json_content(_OBJECT), "text/event-stream": {"schema": {"type": "string"}}}},
+             **_errors("401", "408", "413", "415", "429")},
+            body=_OBJECT)},
+        "/.well-known/agent-card.json": {"get": _op("The A2A agent card (public: names, skills, auth scheme).",
+                                                    {"200": ok_json}, secured=False)},
+        "/.well-known/agent.json": {"get": _op("The A2A agent card at its A2A 0.2 path.", {"200": ok_json},
+                                               secured=False)},
         "/healthz": {"get": _op("Liveness.", {"200": ok_json}, secured=False)},
         "/readyz": {"get": _op("Readiness of this process (the kubelet's probe: no credential).",
                                {"200": ok_json, "503": {"description": "Not ready",

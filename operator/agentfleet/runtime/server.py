@@ -168,6 +168,15 @@ async def _errors_and_metrics(request: web.Request, handler: Callable[[web.Reque
         rt.metrics.request_seconds.labels(route, str(status)).observe(time.monotonic() - started)
 
 
+@web.middleware
+async def _trace_context(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    """Installed only with telemetry on: the caller's W3C traceparent parents the spans of its request, and of a
+    run it starts (the run's task copies this context)."""
+    with request.app[RUNTIME_KEY].telemetry.incoming(request.headers):
+        return await handler(request)
+
+
 def _principal(request: web.Request) -> Principal:
     """The caller, behind the failed-authentication throttle: a client (or a key prefix) over its limit gets 429
     before its key is looked at, so a throttled client learns nothing more about the keys it tries."""
@@ -652,7 +661,8 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     durable one). With `metrics_listen` (host, port), /metrics is served there alone and not on the serving port:
     its per-tenant token and cost series and Budget gauges are for Prometheus, not for every API caller."""
     http_edge.install()  # protocol errors answer in the OpenAI shape too
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
+    middlewares = [_trace_context, _errors_and_metrics] if runtime.telemetry.is_enabled else [_errors_and_metrics]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app.on_response_prepare.append(_security_headers)
     app.on_response_prepare.append(_budget_headers)
     app.on_response_prepare.append(_rate_headers)
@@ -684,6 +694,9 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
         app.router.add_get("/metrics", _metrics)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/", _index)
+    from .a2a_server import add_routes as add_a2a_routes  # here: a2a_server imports this module
+
+    add_a2a_routes(app)  # the agent card and POST /a2a (A2A JSON-RPC)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await client.start()
@@ -775,17 +788,20 @@ def open_retrieval(config: RuntimeConfig, metrics: RuntimeMetrics) -> Retrieval 
 def build_runtime(config: RuntimeConfig, *, state_dir: str | None = None,
                   with_retrieval: bool = True) -> tuple[Runtime, ModelClient]:
     metrics = RuntimeMetrics()
-    client = ModelClient(config.models)
+    telemetry = Runtime.open_telemetry(config)
+    client = ModelClient(config.models, telemetry=telemetry)
     identity = Identity(config.api_keys_file)
     retrieval = open_retrieval(config, metrics) if with_retrieval else None
+    if retrieval is not None:
+        retrieval.telemetry = telemetry
     ledger = Runtime.open_ledger(config, state_dir=state_dir)
     external = None
     if config.tools.mcp_servers:
         from .mcp_tools import McpTools
 
-        external = McpTools(config.tools.mcp_servers)
+        external = McpTools(config.tools.mcp_servers, telemetry=telemetry)
     return Runtime(config, model=client, identity=identity, ledger=ledger, retrieval=retrieval,
-                   metrics=metrics, external=external), client
+                   metrics=metrics, external=external, telemetry=telemetry), client
 
 
 def serve(config: RuntimeConfig, *, host: str, port: int, state_dir: str | None = None) -> None:

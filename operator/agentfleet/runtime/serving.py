@@ -27,6 +27,7 @@ from ..api.runtime_config import RuntimeConfig
 from ..errors import BudgetExhausted, ReservationClosed, StateUnavailable, UpstreamError
 from ..ledger import Account, Amount, Ledger, Reservation, budget_applies, open_ledger
 from ..retrieval.filters import Principal
+from ..telemetry import DISABLED, Telemetry, TelemetrySettings, start as start_telemetry
 from .agent import AgentResult, AgentSpec, CallBudget, ExternalTools, ModelCall, Resume, TaskContext, run_agent
 from .identity import Identity
 from .metrics import RuntimeMetrics
@@ -140,8 +141,10 @@ class Retrieval:
     """The retrieve tool's edge: the Retriever (pymilvus + embedder, both blocking) on one dedicated thread, so
     the store client and the cache are never used from two threads at once and the event loop never blocks."""
 
-    def __init__(self, retriever: Any, *, top_k: int, metrics: RuntimeMetrics, timeout_s: float = 30.0):
+    def __init__(self, retriever: Any, *, top_k: int, metrics: RuntimeMetrics, timeout_s: float = 30.0,
+                 telemetry: Telemetry = DISABLED):
         self.retriever, self.top_k, self.metrics, self.timeout_s = retriever, top_k, metrics, timeout_s
+        self.telemetry = telemetry
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
 
     def _search(self, query: str, principal: Principal) -> list[Any]:
@@ -153,6 +156,19 @@ class Retrieval:
         return hits
 
     async def __call__(self, query: str, principal: Principal) -> list[Any]:
+        if not self.telemetry.is_enabled:
+            return await self._timed(query, principal)
+        # The span names the collection and counts; the query, the passages and the principal's groups (the
+        # filter) stay out of it.
+        collection = str(getattr(getattr(self.retriever, "store", None), "collection", "") or "index")
+        with self.telemetry.span(f"retrieval {collection}", {
+                "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": collection,
+                "gen_ai.retrieval.top_k": self.top_k, "agentfleet.retrieval.k": self.top_k}, kind="client") as span:
+            hits = await self._timed(query, principal)
+            span.set_attribute("agentfleet.retrieval.hits", len(hits))
+            return hits
+
+    async def _timed(self, query: str, principal: Principal) -> list[Any]:
         started = time.monotonic()
         try:
             return await asyncio.get_running_loop().run_in_executor(self.pool, self._search, query, principal)
@@ -206,8 +222,10 @@ class Runtime:
     def __init__(self, config: RuntimeConfig, *, model: ModelCall, identity: Identity | None,
                  ledger: Ledger | None = None, retrieval: Retrieval | None = None,
                  metrics: RuntimeMetrics | None = None, clock: Callable[[], float] = time.monotonic,
-                 external: ExternalTools | None = None):
+                 external: ExternalTools | None = None, telemetry: Telemetry = DISABLED):
         self.config, self.model, self.identity, self.ledger = config, model, identity, ledger
+        self.telemetry = telemetry
+        self.request_models = {role: endpoint_for(role, config.models).model for role in ("large", "small")}
         self.external = external
         self.retrieval = retrieval
         self.metrics = metrics or RuntimeMetrics()
@@ -233,12 +251,23 @@ class Runtime:
         return open_ledger(config.ledger, sqlite_path=base / "ledger.db",
                            hold_ttl_s=config.limits.deadline_seconds + 300)
 
+    @staticmethod
+    def open_telemetry(config: RuntimeConfig) -> Telemetry:
+        """Live OpenTelemetry when the AgentApp sets spec.telemetry, else DISABLED (nothing imported)."""
+        t = config.telemetry
+        if t is None:
+            return DISABLED
+        return start_telemetry(TelemetrySettings(
+            otlp_endpoint=t.otlp_endpoint, service_name=t.service_name or config.app, sample_ratio=t.sample_ratio,
+            resource={"service.namespace": config.namespace, "agentfleet.app": config.app}))
+
     async def _ledger(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.ledger_pool,
                                                                 functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
         self.ledger_pool.shutdown(wait=True)
+        self.telemetry.shutdown()
 
     # --- admission --------------------------------------------------------------------------------------------
     def account_for(self, principal: Principal) -> Account | None:
@@ -334,7 +363,10 @@ class Runtime:
                           retrieve=self.retrieval if self.retrieval is not None and
                           "retrieve" in cfg.tools.builtin else None,
                           sub_agents=self.sub_agents, clock=self.clock, emit=emit,
-                          answer_max_tokens=answer_max_tokens, external=self.external)
+                          answer_max_tokens=answer_max_tokens, external=self.external,
+                          telemetry=self.telemetry, request_models=self.request_models,
+                          span_attributes=self._span_attributes(principal, task_id, budget)
+                          if self.telemetry.is_enabled else {})
         tools = list(cfg.tools.builtin) + (["delegate"] if self.sub_agents and "delegate" not in
                                             cfg.tools.builtin else []) + [m.name for m in cfg.tools.mcp_servers]
         spec = AgentSpec(cfg.app, cfg.system_prompt, tuple(tools))
@@ -366,6 +398,20 @@ class Runtime:
             # transaction per request cost ~20 % of the ledger's throughput (`agentfleet bench runtime --budget`).
             outcome.budget = {"name": self.config.budget.name, **self.budget_seen}
         return outcome
+
+    def _span_attributes(self, principal: Principal, task_id: str, budget: TaskBudget) -> dict[str, Any]:
+        """The root invoke_agent span's agentfleet.* attributes: the task, the tenant and the Budget as last read
+        (never the user or the groups)."""
+        out: dict[str, Any] = {"agentfleet.app": self.config.app, "agentfleet.task_id": task_id,
+                               "agentfleet.tenant": principal.tenant, "agentfleet.budget.degraded": budget.is_degraded}
+        b = self.config.budget
+        if b is not None and budget.account is not None:
+            out["agentfleet.budget.name"] = b.name
+            for key in ("remaining_usd", "spent_usd", "remaining_tokens"):
+                value = self.budget_seen.get(key)
+                if value is not None:
+                    out[f"agentfleet.budget.{key}"] = value
+        return out
 
     def _observe(self, principal: Principal, o: TaskOutcome) -> None:
         m = self.metrics

@@ -28,6 +28,8 @@ from agentfleet.runtime.server import build_app
 from agentfleet.runtime.serving import Retrieval, Runtime
 from agentfleet.runtime.identity import Identity
 from agentfleet.runtime.metrics import RuntimeMetrics
+from agentfleet.telemetry import DISABLED
+
 
 def _sim_missing() -> str | None:
     """Why the llm-d simulator cannot run here (None when it can: cached, or buildable with Go)."""
@@ -145,16 +147,18 @@ class Served:
 async def serve(config: RuntimeConfig, tmp: Path, *, retriever: Any = None, ledger: Any = None,
                 with_ledger: bool = True, key_reload_s: float = 5.0,
                 external: Any = None, run_store: Any = None, replica: str | None = None,
-                max_runs: int = 1000) -> AsyncIterator[Served]:
-    """`run_store` and `ledger` shared by several `serve`s make them replicas of one app."""
+                max_runs: int = 1000, telemetry: Any = None) -> AsyncIterator[Served]:
+    """`run_store` and `ledger` shared by several `serve`s make them replicas of one app. `telemetry`: what
+    Runtime.open_telemetry made of the config (None: off)."""
     metrics = RuntimeMetrics()
-    client = ModelClient(config.models)
+    telemetry = telemetry or DISABLED
+    client = ModelClient(config.models, telemetry=telemetry)
     if ledger is None and with_ledger:
         ledger = Runtime.open_ledger(config, state_dir=tmp)
     retrieval = Retrieval(retriever, top_k=config.index.top_k if config.index else 3,
-                          metrics=metrics) if retriever is not None else None
+                          metrics=metrics, telemetry=telemetry) if retriever is not None else None
     rt = Runtime(config, model=client, identity=Identity(config.api_keys_file), ledger=ledger,
-                 retrieval=retrieval, metrics=metrics, external=external)
+                 retrieval=retrieval, metrics=metrics, external=external, telemetry=telemetry)
     app = build_app(rt, client, key_reload_s=key_reload_s, run_store=run_store, replica=replica, max_runs=max_runs)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     await runner.setup()
@@ -209,6 +213,8 @@ async def scripted(reply: Reply) -> AsyncIterator[Scripted]:
             for i in range(0, len(text), 5):
                 chunk = {"model": body["model"], "choices": [{"index": 0, "delta": {"content": text[i:i + 5]}}]}
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            end = {"model": body["model"], "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            await resp.write(f"data: {json.dumps(end)}\n\n".encode())  # as vLLM ends a choice
             await resp.write(f"data: {json.dumps({'model': body['model'], 'choices': [], 'usage': usage})}\n\n"
                              .encode())
             await resp.write(b"data: [DONE]\n\n")
