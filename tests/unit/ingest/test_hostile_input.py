@@ -177,6 +177,22 @@ def test_pdf_decompression_bomb_is_bounded_in_time_and_memory(content):
     assert peak < 200_000_000, peak
 
 
+def test_deeply_nested_html_is_parsed_in_bounded_time_and_memory():
+    """100,000 unclosed nested elements (and as many closed ones): the HTML reader is a flat tokenizer, so depth
+    costs neither recursion nor a tree."""
+    import tracemalloc
+
+    page = ("<html><head><title>Deep</title></head><body>" + "<div>" * 100_000 + "deep text"
+            + "<span><b>" * 50_000 + "more" + "</b></span>" * 50_000 + "</body></html>").encode()
+    tracemalloc.start()
+    t0 = time.monotonic()
+    docs = parse_file("deep.html", page)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.monotonic() - t0 < 30 and peak < 100_000_000, peak
+    assert docs[0].title == "Deep" and "deep text" in docs[0].text and "more" in docs[0].text
+
+
 def test_pdf_pages_and_text_are_bounded(monkeypatch):
     from agentfleet.ingest import parse
 
