@@ -389,3 +389,31 @@ def test_fleet_names_are_rfc1035_labels_that_fit(kit, name, accepted):
 
     assert [c["metadata"]["name"] for c in children if not kit.dns1035.match(c["metadata"]["name"])] == []
     assert kit.child_problems(children, fleet) == []
+
+
+# --- vLLM's own traces ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("telemetry, args, env", [
+    (None, [], {}),
+    ({"otlpTracesEndpoint": "grpc://otel.obs:4317"}, ["--otlp-traces-endpoint", "grpc://otel.obs:4317"],
+     {"OTEL_SERVICE_NAME": "llm-engine", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true"}),
+    ({"otlpTracesEndpoint": "https://otel.example:4318", "serviceName": "gpu-pool", "collectDetailedTraces": "model"},
+     ["--otlp-traces-endpoint", "https://otel.example:4318", "--collect-detailed-traces", "model"],
+     {"OTEL_SERVICE_NAME": "gpu-pool"}),
+])
+def test_engine_telemetry(kit, telemetry, args, env):
+    """engine.telemetry: vLLM exports a span per request, parented by the traceparent the runtime sends."""
+    spec = {"engine": {"telemetry": telemetry}} if telemetry else {}
+    fleet, sts = _engine(kit, spec)
+    c = kit.container(sts)
+    flags = [a for a in c["args"] if a in ("--otlp-traces-endpoint", "--collect-detailed-traces")]
+    got = [x for i, a in enumerate(c["args"]) if a in flags for x in (a, c["args"][i + 1])]
+    assert got == args
+    otel = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("OTEL_")}
+    assert otel == env
+
+
+@pytest.mark.parametrize("extra", [["--otlp-traces-endpoint", "grpc://x:4317"], ["--collect-detailed-traces=all"]])
+def test_trace_flags_have_a_field_of_their_own(kit, extra):
+    with pytest.raises(SpecError, match="extraArgs"):
+        kit.fleet(spec={"engine": {"extraArgs": extra}})

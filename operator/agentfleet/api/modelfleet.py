@@ -17,7 +17,7 @@ __all__ = [
     "ModelSource", "GPUSpec", "ComputeResources", "EngineSpec", "AutoscalingSpec", "RouterSpec", "PricingSpec",
     "ModelFleetSpec", "ScalingDecision", "AutoscalerMemory", "ModelFleetStatus", "ModelFleet", "RouterPolicy",
     "ParallelismSpec", "RouterResources", "DrainSpec", "WeightCacheSpec", "PodOptions", "NetworkPolicySpec",
-    "LoRAAdapter", "RESERVED_ENGINE_FLAGS", "EndpointPickerRef", "InferencePoolSpec",
+    "LoRAAdapter", "RESERVED_ENGINE_FLAGS", "EndpointPickerRef", "InferencePoolSpec", "EngineTelemetry",
 ]
 
 RouterPolicy = Literal["prefix-aware", "session", "least-load", "round-robin"]
@@ -25,7 +25,8 @@ RouterPolicy = Literal["prefix-aware", "session", "least-load", "round-robin"]
 # vLLM flags that have a field of their own: in extraArgs they would change the GPU layout behind the renderer's
 # back (the GPU request, the pods per replica), so they are rejected in favour of the field.
 RESERVED_ENGINE_FLAGS = ("--pipeline-parallel-size", "--pipeline_parallel_size", "-pp",
-                         "--tensor-parallel-size", "--tensor_parallel_size", "-tp")
+                         "--tensor-parallel-size", "--tensor_parallel_size", "-tp",
+                         "--otlp-traces-endpoint", "--collect-detailed-traces")
 
 
 def _reserved_flag(arg: str) -> bool:
@@ -191,6 +192,21 @@ class RouterResources(Model):
                         description="Memory request and limit.")
 
 
+class EngineTelemetry(Model):
+    """vLLM's own OpenTelemetry traces: a span per request, in the trace whose W3C traceparent the request carries
+    (the runtime sends its chat span; the router passes the header through), so one trace shows a task from the
+    runtime to the engine."""
+
+    otlp_traces_endpoint: str = Field(
+        pattern=r"^(grpc|https?)://\S+$",
+        description="The collector's OTLP endpoint, e.g. grpc://otel-collector.observability:4317 (vLLM's "
+                    "--otlp-traces-endpoint).")
+    service_name: str | None = Field(default=None, max_length=253,
+                                     description="OTEL_SERVICE_NAME of the engines; default <fleet>-engine.")
+    collect_detailed_traces: Literal["model", "worker", "all"] | None = Field(
+        default=None, description="vLLM's --collect-detailed-traces (adds per-step model timings; costs latency).")
+
+
 class EngineSpec(Model):
     """The vLLM engine of one replica."""
 
@@ -230,6 +246,7 @@ class EngineSpec(Model):
     # Bounded so that the API server's CEL cost estimate of the extraArgs rule stays within its budget.
     extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=list, max_length=256, description="Passed to vLLM verbatim, after ours.")
+    telemetry: EngineTelemetry | None = Field(default=None, description="vLLM's OpenTelemetry traces; off unset.")
     shm_size: str = Field(default="8Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
                           description="Size of the memory-backed /dev/shm (NCCL needs it for tensor parallelism).")
     startup_timeout_seconds: int = Field(default=1800, ge=60, le=86400,

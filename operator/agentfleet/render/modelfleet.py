@@ -111,6 +111,10 @@ def engine_args(fleet: ModelFleet, d: Defaults | None = None) -> list[str]:
     timeout_s = eng.drain.shutdown_timeout_seconds
     if timeout_s > 0 and supports_shutdown_timeout(_image(fleet, d or Defaults())):
         args += ["--shutdown-timeout", str(timeout_s)]
+    if eng.telemetry is not None:
+        args += ["--otlp-traces-endpoint", eng.telemetry.otlp_traces_endpoint]
+        if eng.telemetry.collect_detailed_traces:
+            args += ["--collect-detailed-traces", eng.telemetry.collect_detailed_traces]
     return args + list(eng.extra_args)
 
 
@@ -189,6 +193,10 @@ def _engine_pod(fleet: ModelFleet, d: Defaults, *, role: str = "single") -> dict
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
     ]
+    if eng.telemetry is not None:
+        env.append({"name": "OTEL_SERVICE_NAME", "value": eng.telemetry.service_name or engine_name(fleet.name)})
+        if eng.telemetry.otlp_traces_endpoint.startswith("grpc://"):
+            env.append({"name": "OTEL_EXPORTER_OTLP_TRACES_INSECURE", "value": "true"})  # grpc:// is plaintext
     env_from: list[dict[str, Any]] = []
     ref = fleet.spec.model.token_secret_ref
     if ref and fleet.spec.model.uri.startswith("hf://"):
