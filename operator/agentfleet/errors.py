@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Problem", "AgentfleetError", "SpecError", "DependencyMissing", "UpstreamError", "UpstreamTimeout",
-           "BudgetExhausted", "AuthenticationFailed", "InvalidRequest", "RequestTooLarge",
+           "BudgetExhausted", "AuthenticationFailed", "DelegationRefused", "InvalidRequest", "RequestTooLarge",
            "UnsupportedMediaType", "RequestTimeout", "TooManyFailedAttempts", "TooManyRequests", "LedgerError",
            "StateUnavailable", "Draining", "ReservationNotFound", "ReservationClosed", "HttpError", "http_error"]
 
@@ -93,6 +93,14 @@ class AuthenticationFailed(AgentfleetError):
     """No API key, or one the key store does not hold. The message never echoes the key."""
 
     reason = "AuthenticationFailed"
+
+
+class DelegationRefused(AgentfleetError):
+    """A valid API key sent on-behalf-of headers it may not send: a key without `delegate: true`, another tenant
+    than the key's, or no user (HTTP 403). Not a failed authentication: the failed-auth throttle does not count
+    it."""
+
+    reason = "DelegationRefused"
 
 
 class InvalidRequest(AgentfleetError):
@@ -195,6 +203,8 @@ def http_error(exc: BaseException) -> HttpError:
     if isinstance(exc, AuthenticationFailed):
         return HttpError(401, _body(str(exc), "invalid_request_error", "invalid_api_key"),
                          {"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, DelegationRefused):
+        return HttpError(403, _body(str(exc), "invalid_request_error", "delegation_refused"))
     if isinstance(exc, TooManyFailedAttempts):
         return HttpError(429, _body(str(exc), "invalid_request_error", "too_many_failed_attempts"),
                          {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})

@@ -11,7 +11,8 @@ __all__ = [
     "engine_name", "router_name", "fleet_url", "milvus_uri", "ingest_job_name",
     "milvus_name", "app_config_name", "REDIS_URL_ENV", "RUNTIME_PRE_STOP_S", "RUNTIME_SHUTDOWN_TIMEOUT_S",
     "RUNTIME_REPLICA_ENV", "SERVICE_ACCOUNT_DIR", "app_state_claim_name",
-    "app_budget_role_name", "MCP_HEADERS_DIR", "MCP_HEADERS_DIR_ENV",
+    "app_budget_role_name", "MCP_HEADERS_DIR", "MCP_HEADERS_DIR_ENV", "A2A_KEYS_DIR", "A2A_KEYS_DIR_ENV",
+    "A2A_KEY_FILE",
 ]
 
 GROUP = "agentfleet.io"
@@ -54,6 +55,12 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Secret's key is the header name); the runtime reads the directory from MCP_HEADERS_DIR_ENV when it is set.
 MCP_HEADERS_DIR = "/etc/agentfleet/mcp-headers"
 MCP_HEADERS_DIR_ENV = "AGENTFLEET_MCP_HEADERS_DIR"
+# An a2a sub-agent's `keySecretRef` (this app's API key at the remote agent) is mounted as the file
+# <A2A_KEYS_DIR>/<sub-agent name>/key (a directory mount, so a rotated Secret reaches the pod); the runtime reads
+# the directory from A2A_KEYS_DIR_ENV when it is set.
+A2A_KEYS_DIR = "/etc/agentfleet/a2a-keys"
+A2A_KEYS_DIR_ENV = "AGENTFLEET_A2A_KEYS_DIR"
+A2A_KEY_FILE = "key"
 
 
 def app_state_claim_name(app: str) -> str:

@@ -90,6 +90,16 @@ INVALID = [
     ("ledger-size-not-a-quantity", with_(APP, "spec.ledger", {"storage": {"size": "lots"}}),
      "spec.ledger.storage.size", "should match pattern"),
     ("retrieve-without-index", with_(APP, "spec.index", None), "spec.index", "the retrieve tool needs an index"),
+    ("sub-agent-without-prompt", with_(APP, "spec.subAgents", [{"name": "r", "description": "d"}]),
+     "spec.subAgents[0].systemPrompt", "a local sub-agent needs systemPrompt"),
+    *[(f"a2a-sub-agent-with-{field}", with_(APP, "spec.subAgents", [{
+        "name": "r", "description": "d", field: value,
+        "a2a": {"url": "http://b.team-b:8080/a2a", "keySecretRef": {"name": "b-key", "key": "key"}}}]),
+       "spec.subAgents[0].a2a", "an a2a sub-agent runs remotely") for field, value in (
+        ("systemPrompt", "x"), ("tools", []), ("modelRole", "small"))],
+    ("a2a-url-not-http", with_(APP, "spec.subAgents", [{"name": "r", "description": "d", "a2a": {
+        "url": "grpc://b:50051", "keySecretRef": {"name": "b-key", "key": "key"}}}]),
+     "spec.subAgents[0].a2a.url", "should match pattern"),
     ("missing-auth", with_(APP, "spec.auth", None), "spec.auth", "required field is missing"),
     ("bad-tool", with_(APP, "spec.tools", {"builtin": ["shell"]}), "spec.tools.builtin[0]", "'shell'"),
     ("negative-budget", with_(BUDGET, "spec.limits.costUsd", -1), "spec.limits.costUsd",
@@ -137,3 +147,16 @@ def test_wire_form_is_camel_case_and_round_trips():
     assert wire["engine"]["maxNumSeqs"] == 64
     assert "max_num_seqs" not in wire["engine"]
     assert parse({**FLEET, "spec": wire}).spec == fleet.spec
+
+
+def test_a_sub_agent_is_local_or_a_remote_a2a_agent():
+    remote = {"name": "research", "description": "Asks team B.",
+              "a2a": {"url": "https://b.team-b:8080/a2a", "keySecretRef": {"name": "b-key", "key": "key"}}}
+    local = {"name": "math", "description": "Computes.", "systemPrompt": "Compute."}
+    app = parse(with_(APP, "spec.subAgents", [remote, local]))
+    got_remote, got_local = app.spec.sub_agents
+    assert got_remote.a2a is not None and got_remote.a2a.url == "https://b.team-b:8080/a2a"
+    assert got_remote.a2a.key_secret_ref.name == "b-key" and got_remote.local_tools == ()
+    assert got_remote.wire() == {**remote, "budgetShare": 0.25}  # spelled a2a on the wire, not a2A
+    assert (got_local.a2a, got_local.local_tools, got_local.role) == (None, ("retrieve",), "small")
+    assert got_local.wire() == {**local, "budgetShare": 0.25}

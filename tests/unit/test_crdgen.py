@@ -73,8 +73,11 @@ def rules(kind):
     ("AgentApp", "self.backend != 'redis' || has(self.redisUrlSecretRef) || has(self.redisUrl)",
      ".redisUrlSecretRef"),
     ("Budget", "has(self.tokens) || has(self.costUsd)", None),
+    ("AgentApp", "has(self.a2a) || has(self.systemPrompt)", ".systemPrompt"),
+    ("AgentApp", "!has(self.a2a) || (!has(self.systemPrompt) && !has(self.tools) && !has(self.modelRole))",
+     ".a2a"),
 ], ids=["fleet-min-max", "fleet-gpu-tp", "name-length", "index-overlap", "app-ledger", "app-redis-url",
-        "budget-limits"])
+        "budget-limits", "sub-agent-prompt", "sub-agent-a2a-exclusive"])
 def test_cel_rules_come_from_the_models(kind, rule, field_path):
     found = [r for r in rules(kind) if r["rule"] == rule]
     assert found, rules(kind)

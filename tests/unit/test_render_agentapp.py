@@ -196,6 +196,22 @@ def test_mcp_headers_secret_is_mounted_for_the_runtime(kit, servers, mounted):
         assert vols[m["name"]]["secret"]["defaultMode"] == 0o444 and len(m["name"]) <= 63
 
 
+def test_a2a_sub_agent_key_is_mounted_as_a_file_per_sub_agent(kit):
+    from agentfleet.names import A2A_KEY_FILE, A2A_KEYS_DIR
+
+    subs = [{"name": "team_b", "description": "Asks team B.",
+             "a2a": {"url": "http://b.team-b:8080/a2a", "keySecretRef": {"name": "b-key", "key": "app-a"}}},
+            {"name": "math", "description": "Computes.", "systemPrompt": "Compute.", "tools": ["calculator"]}]
+    app, related = _world(kit, {"tools": {"builtin": ["calculator"]}, "subAgents": subs})
+    dep = kit.one(_render(kit, app, related), "Deployment")
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"].startswith("a2a-key-")}
+    mounts = [m for m in kit.container(dep)["volumeMounts"] if m["name"] in vols]
+    assert [(m["mountPath"], m["readOnly"]) for m in mounts] == [(f"{A2A_KEYS_DIR}/team_b", True)]
+    secret = vols[mounts[0]["name"]]["secret"]
+    assert secret == {"secretName": "b-key", "defaultMode": 0o444, "items": [{"key": "app-a", "path": A2A_KEY_FILE}]}
+    assert len(mounts[0]["name"]) <= 63
+
+
 @pytest.mark.parametrize(
     "app_spec, index_spec, uri, token",
     [

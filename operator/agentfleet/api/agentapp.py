@@ -15,7 +15,8 @@ from .base import (
 )
 
 __all__ = [
-    "FleetRoles", "IndexRef", "MCPServer", "ToolsSpec", "SubAgent", "LoopLimits", "AuthSpec", "FailedAttempts", "LedgerSpec",
+    "FleetRoles", "IndexRef", "MCPServer", "ToolsSpec", "A2AAgent", "SubAgent", "LoopLimits", "AuthSpec",
+    "FailedAttempts", "LedgerSpec", "DEFAULT_SUB_AGENT_TOOLS", "DEFAULT_SUB_AGENT_ROLE",
     "AgentAppSpec", "AgentAppStatus", "AgentApp", "BuiltinTool", "LedgerStorage", "ModelRole", "ConfigMapKeyRef",
     "EvaluationGate", "EvaluationSpec", "EvaluationStatus", "TelemetrySpec", "cron_problem",
 ]
@@ -59,13 +60,61 @@ class ToolsSpec(Model):
     mcp_servers: list[MCPServer] = Field(default_factory=list)
 
 
+class A2AAgent(Model):
+    """A remote agent spoken to over A2A (0.3, JSON-RPC `message/send`, blocking): another AgentApp or any A2A
+    server. This app authenticates with its own API key there and names the end user in on-behalf-of headers;
+    the remote app accepts them only from a key its key store marks `delegate: true`, and only narrowed to that
+    key's tenant and groups."""
+
+    url: str = Field(pattern=r"^https?://\S+$", max_length=2048, description=(
+        "The remote agent's JSON-RPC endpoint (its agent card's url), e.g. http://research.team-b:8080/a2a."))
+    key_secret_ref: SecretKeyRef = Field(description=(
+        "Secret key holding this app's API key at the remote agent (sent as `Authorization: Bearer`); mounted into "
+        "the runtime, never read by the operator."))
+
+
+DEFAULT_SUB_AGENT_TOOLS: tuple[str, ...] = ("retrieve",)
+DEFAULT_SUB_AGENT_ROLE: ModelRole = "small"
+
+
 class SubAgent(Model):
+    """A local sub-agent (systemPrompt, tools, modelRole: run by this runtime's loop on this app's fleets and
+    Budget) or a remote A2A agent (a2a: its prompt, tools, models and Budget are the remote app's)."""
+
+    __rules__: ClassVar = (
+        Rule("has(self.a2a) || has(self.systemPrompt)",
+             "a local sub-agent needs systemPrompt (or set a2a to call a remote A2A agent)",
+             lambda s: s.a2a is not None or s.system_prompt is not None, "systemPrompt"),
+        Rule("!has(self.a2a) || (!has(self.systemPrompt) && !has(self.tools) && !has(self.modelRole))",
+             "an a2a sub-agent runs remotely: its system prompt, tools and model are the remote app's, so leave "
+             "out systemPrompt, tools and modelRole",
+             lambda s: s.a2a is None or (s.system_prompt is None and s.tools is None and s.model_role is None),
+             "a2a"),
+    )
+
     name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
     description: str = Field(min_length=1, description="Tells the parent agent when to delegate.")
-    system_prompt: str = Field(min_length=1)
-    tools: list[str] = Field(default_factory=lambda: ["retrieve"], description="Built-in or MCP tool names.")
-    model_role: ModelRole = "small"
-    budget_share: float = Field(default=0.25, gt=0, le=1, description="Share of the parent's remaining budget.")
+    system_prompt: str | None = Field(default=None, min_length=1,
+                                      description="A local sub-agent's instructions (required unless a2a is set).")
+    tools: list[str] | None = Field(default=None, description=(
+        "Built-in or MCP tool names of a local sub-agent (default: retrieve)."))
+    model_role: ModelRole | None = Field(default=None,
+                                         description="The fleet a local sub-agent runs on (default: small).")
+    budget_share: float = Field(default=0.25, gt=0, le=1, description=(
+        "Share of the parent's remaining budget (a local sub-agent; an a2a one spends the remote app's Budget)."))
+    a2a: A2AAgent | None = Field(default=None, alias="a2a",  # to_camel would spell it a2A
+                                 description="Call a remote A2A agent instead of running one here.")
+
+    @property
+    def local_tools(self) -> tuple[str, ...]:
+        """The tools a local sub-agent runs with (none for an a2a one)."""
+        if self.a2a is not None:
+            return ()
+        return tuple(self.tools) if self.tools is not None else DEFAULT_SUB_AGENT_TOOLS
+
+    @property
+    def role(self) -> ModelRole:
+        return self.model_role or DEFAULT_SUB_AGENT_ROLE
 
 
 class LoopLimits(Model):

@@ -3,7 +3,8 @@ and budget it references), a ServiceAccount, the orchestrator Deployment (`agent
 State that must outlive a pod: a SQLite ledger gets a PersistentVolumeClaim (one replica, Recreate); a Redis
 ledger gets its URL from a Secret. An app with a Budget gets a Role letting its runtime patch only that Budget's
 status (the spend it reads from the ledger), and the service-account token to do it with. An MCP server's
-`headersSecretRef` is mounted for the runtime to send as that server's headers.
+`headersSecretRef` is mounted for the runtime to send as that server's headers, an a2a sub-agent's `keySecretRef`
+as the key it calls the remote agent with.
 References are resolved by the caller and passed in; a missing one is the caller's DependencyMissing."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..api import AgentApp, Budget, BudgetConfig, ModelEndpoint, ModelFleet, Run
 from ..names import (
     CONFIG_HASH_ANNOTATION, GROUP, REDIS_URL_ENV, RUNTIME_METRICS_PORT, RUNTIME_METRICS_PORT_ENV, RUNTIME_PORT,
     RUNTIME_PRE_STOP_S, RUNTIME_REPLICA_ENV, RUNTIME_SHUTDOWN_TIMEOUT_S, SERVICE_ACCOUNT_DIR, app_budget_role_name, MCP_HEADERS_DIR,
+    A2A_KEY_FILE, A2A_KEYS_DIR,
     app_config_name, app_state_claim_name, fleet_url,
 )
 from .defaults import Defaults
@@ -131,6 +133,15 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
             volumes.append({"name": vol, "secret": {"secretName": server.headers_secret_ref.name,
                                                     "defaultMode": 0o444}})
             mounts.append({"name": vol, "mountPath": f"{MCP_HEADERS_DIR}/{server.name}", "readOnly": True})
+    for sub in app.spec.sub_agents:
+        if sub.a2a is not None:
+            # This app's API key at the remote agent, as the file <A2A_KEYS_DIR>/<sub-agent>/key: a directory
+            # mount (not subPath), so a rotated Secret reaches the pod; a2a_client reads it per call.
+            ref = sub.a2a.key_secret_ref
+            vol = f"a2a-key-{stable_hash(sub.name)[:10]}"
+            volumes.append({"name": vol, "secret": {"secretName": ref.name, "defaultMode": 0o444,
+                                                    "items": [{"key": ref.key, "path": A2A_KEY_FILE}]}})
+            mounts.append({"name": vol, "mountPath": f"{A2A_KEYS_DIR}/{sub.name}", "readOnly": True})
     extra: list[dict[str, Any]] = []
     if budget is not None:
         # The token is mounted by hand rather than automounted: only an app with a Budget gets one, and all it

@@ -28,18 +28,25 @@ Rules kept here:
   delegation depth and parallel sub-agents. A cap ends the task with its reason and the partial answer. maxSteps
   counts model calls: the retrieve-first step makes none.
 - Budget: reserve before each model call, settle after, release when the call fails or is cancelled; a
-  sub-agent draws on a slice of its parent's reservation."""
+  sub-agent draws on a slice of its parent's reservation.
+- A remote sub-agent (`subAgents[].a2a`) is one A2A `message/send` through the TaskContext's `remote` (the edge is
+  a2a_client.py), as the task's principal, bounded by the tool timeout and the deadline. It spends the remote
+  app's Budget, not this one's: its step records the remote task id and cost, and charges nothing here. Its
+  messageId is derived from the task, the step and the call, so a replica that repeats an interrupted delegation
+  gets the remote task already started (A2A's messageId is the remote's idempotency key). Any failure is the
+  sub-agent's result (stop reason `remote_error`), never an exception out of the loop."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
 
-from ..api.agentapp import LoopLimits, ModelRole, SubAgent
+from ..api.agentapp import A2AAgent, LoopLimits, ModelRole, SubAgent
 from ..api.budget import RoutingSpec
 from ..errors import BudgetExhausted, UpstreamError, UpstreamTimeout
 from ..retrieval.filters import Principal
@@ -51,12 +58,12 @@ from .runs import MCP_SEPARATOR, is_idempotent
 from .tools import CALCULATOR, RETRIEVE, CalculatorError, Citation, CitationBook, calculate, format_hits
 
 __all__ = ["StopReason", "Completion", "Meter", "ModelCall", "CallBudget", "ExternalTools", "ToolFailed",
-           "TaskContext", "AgentSpec", "Step", "Resume",
+           "RemoteAgents", "RemoteAnswer", "TaskContext", "AgentSpec", "Step", "Resume",
            "AgentResult", "run_agent", "build_tools", "answer_messages", "DELEGATE_NAME", "ACTION_MAX_TOKENS",
            "ANSWER_MAX_TOKENS", "ANSWER_STOP", "ANSWER_PASSAGES", "NO_MODEL", "MAX_TOOL_ERRORS"]
 
 StopReason = Literal["answered", "max_steps", "max_tokens", "deadline", "malformed_action", "budget_exhausted",
-                     "model_error", "cancelled"]
+                     "model_error", "cancelled", "remote_error"]
 DELEGATE_NAME = "delegate"
 ACTION_MAX_TOKENS = 384
 ANSWER_MAX_TOKENS = 768
@@ -184,6 +191,26 @@ class ExternalTools(Protocol):
     async def call(self, name: str, arguments: Mapping[str, Any], principal: Principal) -> str: ...
 
 
+@dataclass(frozen=True)
+class RemoteAnswer:
+    """What a remote A2A agent answered: its text, and what its Task said about itself (when it did)."""
+
+    answer: str
+    task_id: str | None = None
+    state: str = "completed"
+    citations: tuple[Mapping[str, Any], ...] = ()
+    cost_usd: float | None = None
+    usage: Mapping[str, Any] | None = None
+
+
+class RemoteAgents(Protocol):
+    """Remote A2A sub-agents (a2a_client.A2AClient). `principal` is the task's: sent as on-behalf-of, never taken
+    from the model. A failure raises ToolFailed, whose message the parent model reads."""
+
+    async def send(self, name: str, agent: A2AAgent, task: str, principal: Principal, *, message_id: str,
+                   context_id: str, timeout_s: float) -> RemoteAnswer: ...
+
+
 Retrieve = Callable[[str, Principal], Awaitable[list[Any]]]
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -216,6 +243,7 @@ class TaskContext:
     telemetry: Telemetry = DISABLED  # spans of the task tree (telemetry.py); off by default
     request_models: Mapping[str, str] = field(default_factory=dict)  # role -> the served model name requested
     span_attributes: Mapping[str, Any] = field(default_factory=dict)  # more agentfleet.* attributes of the root span
+    remote: RemoteAgents | None = None  # the A2A client of subAgents[].a2a
 
     def remaining_s(self) -> float:
         return self.deadline_s - self.clock()
@@ -257,6 +285,7 @@ class Step:
     seconds: float = 0.0
     route_reason: str = ""
     sub_agents: list[dict[str, Any]] = field(default_factory=list)
+    remote: dict[str, Any] | None = None  # a remote A2A call: url, task_id, state, cost_usd, usage (remote spend)
 
     def wire(self) -> dict[str, Any]:
         out = {"n": self.n, "agent": self.agent, "kind": self.kind, "role": self.role, "model": self.model,
@@ -266,6 +295,8 @@ class Step:
                "seconds": round(self.seconds, 4), "route": self.route_reason}
         if self.sub_agents:
             out["sub_agents"] = self.sub_agents
+        if self.remote is not None:
+            out["remote"] = self.remote
         return out
 
 
@@ -276,7 +307,8 @@ class Step:
                    error=d.get("error"), prompt_tokens=int(d.get("prompt_tokens") or 0),
                    completion_tokens=int(d.get("completion_tokens") or 0),
                    cost_micro_usd=round(float(d.get("cost_usd") or 0) * 1e6), seconds=float(d.get("seconds") or 0),
-                   route_reason=d.get("route") or "", sub_agents=list(d.get("sub_agents") or []))
+                   route_reason=d.get("route") or "", sub_agents=list(d.get("sub_agents") or []),
+                   remote=d.get("remote"))
 
 
 @dataclass(frozen=True)
@@ -457,10 +489,11 @@ class _Agent:
         self.is_resumed = True
 
     def _is_idempotent(self, tool: str) -> bool:
-        """Whether an interrupted call of `tool` may run again: delegation is, when every sub-agent's tools are."""
+        """Whether an interrupted call of `tool` may run again: delegation is, when every sub-agent's tools are (a
+        remote one has none here: its repeated messageId is answered with the task it already started)."""
         safe = self.ctx.idempotent_tools
         if tool == DELEGATE_NAME:
-            return all(is_idempotent(t, safe) for a in self.ctx.sub_agents.values() for t in a.tools)
+            return all(is_idempotent(t, safe) for a in self.ctx.sub_agents.values() for t in a.local_tools)
         return is_idempotent(tool, safe)
 
     # --- one model call under the caps and the budget ----------------------------------------------------
@@ -808,12 +841,14 @@ class _Agent:
         async def one(i: int, call: Mapping[str, Any]) -> AgentResult:
             sub = self.ctx.sub_agents[call["agent"]]
             async with slots:
+                if sub.a2a is not None:
+                    return await self._remote(step, i, sub.name, sub.a2a, str(call["task"]))
                 try:
                     budget = await self.budget.child(sub.budget_share)
                 except BudgetExhausted as e:
                     return AgentResult(sub.name, "", "budget_exhausted", str(e), [])
                 try:
-                    spec = AgentSpec(sub.name, sub.system_prompt, tuple(sub.tools), sub.model_role, self.spec.depth + 1)
+                    spec = AgentSpec(sub.name, sub.system_prompt or "", sub.local_tools, sub.role, self.spec.depth + 1)
                     return await _Agent(self.ctx, spec, budget, [{"role": "user", "content": str(call["task"])}],
                                         f"{self.session_id}/{sub.name}-{step.n}-{i}", None).run()
                 finally:
@@ -826,6 +861,42 @@ class _Agent:
             tail = "" if r.is_complete else f" (stopped early: {r.stop_reason}: {r.detail})"
             parts.append(f"{r.agent}: {r.answer or '(no answer)'}{tail}")
         return "\n".join(parts)
+
+    async def _remote(self, step: Step, i: int, name: str, agent: A2AAgent, task: str) -> AgentResult:
+        """One remote A2A sub-agent: its answer (citation markers renumbered into this task's book) or its failure,
+        as a one-step AgentResult. Nothing is charged here: the remote app's Budget pays for its run."""
+        ctx = self.ctx
+        timeout_s = min(float(ctx.limits.tool_timeout_seconds), max(ctx.remaining_s(), 0.0))
+        rstep = Step(1, name, "a2a", NO_MODEL, action="message/send", arguments={"task": task},
+                     route_reason="remote A2A agent")
+        rstep.remote = {"url": agent.url}
+        started = ctx.clock()
+        attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": PROVIDER, "gen_ai.agent.name": name,
+                 "gen_ai.conversation.id": ctx.task_id, "agentfleet.agent.depth": self.spec.depth + 1,
+                 "agentfleet.agent.remote": True}
+        with ctx.telemetry.span(f"invoke_agent {name}", attrs, kind="client") as span:
+            try:
+                if ctx.remote is None:
+                    raise ToolFailed(f"{name}: this runtime has no A2A client")
+                got = await ctx.remote.send(name, agent, task, ctx.principal,
+                                            message_id=f"{ctx.task_id}-{step.n}-{i}-{name}", context_id=ctx.task_id,
+                                            timeout_s=timeout_s)
+            except ToolFailed as e:
+                rstep.error, rstep.seconds = str(e), ctx.clock() - started
+                task_id = getattr(e, "task_id", None)
+                if task_id:
+                    rstep.remote["task_id"] = task_id
+                span.set_attribute("error.type", "remote_error")
+                return AgentResult(name, "", "remote_error", str(e), [rstep])
+            answer = _renumber(got, name, ctx.citations)
+            rstep.observation, rstep.seconds = answer[:OBSERVATION_MAX_CHARS], ctx.clock() - started
+            rstep.remote.update({"task_id": got.task_id, "state": got.state, "cost_usd": got.cost_usd,
+                                 "usage": dict(got.usage) if got.usage is not None else None})
+            if got.task_id:
+                span.set_attribute("agentfleet.a2a.task_id", got.task_id)
+            if got.cost_usd is not None:
+                span.set_attribute("agentfleet.a2a.cost_usd", float(got.cost_usd))
+        return AgentResult(name, answer, "answered", "", [rstep])
 
     async def _finish(self, step: Step, role: ModelRole, action: Action, c: Completion) -> str:
         answer_role, _ = self._route("answer", None)
@@ -886,6 +957,41 @@ class _Agent:
 
 class ToolFailed(Exception):
     """A tool call failed in a way the model may recover from: its message becomes the observation."""
+
+
+_MARKER = re.compile(r"\[(\d{1,4})\]")
+
+
+@dataclass(frozen=True)
+class _RemoteHit:
+    id: str
+    source: str
+    title: str
+    trail: tuple[str, ...]
+    score: float
+
+
+def _renumber(got: RemoteAnswer, agent: str, book: CitationBook) -> str:
+    """The remote answer with its citations added to this task's book (ids prefixed by the sub-agent, so they never
+    merge with a local chunk) and its [n] markers rewritten to the numbers this task uses; the sources are listed
+    after it, so the parent model can cite them."""
+    local: dict[int, int] = {}
+    listed = []
+    for c in got.citations:
+        try:
+            n, cid = int(c["n"]), str(c["id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        headings = c.get("headings") or ()
+        hit = _RemoteHit(f"a2a:{agent}:{cid}", str(c.get("source") or ""), str(c.get("title") or ""),
+                         tuple(str(h) for h in headings) if isinstance(headings, (list, tuple)) else (),
+                         float(c.get("score") or 0.0))
+        mine = book.add(hit)
+        local[n] = mine.n
+        listed.append(f"[{mine.n}] {mine.title or mine.source} ({mine.source})")
+    text = _MARKER.sub(lambda m: f"[{local[int(m.group(1))]}]" if int(m.group(1)) in local else m.group(0),
+                       got.answer) if local else got.answer
+    return f"{text}\nSources: " + "; ".join(listed) if listed else text
 
 
 async def run_agent(ctx: TaskContext, spec: AgentSpec, budget: CallBudget, history: Sequence[Mapping[str, Any]],

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import Problem, SpecError
 from ..retrieval.filters import Principal
+from .delegation import delegated_principal
 from .keystore import KeyStore, parse_keystore
 
 __all__ = ["Identity", "load_keystore"]
@@ -39,9 +41,10 @@ class Identity:
         self.store = load_keystore(self.path)
         self.last_error: SpecError | None = None
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The caller's Principal, or AuthenticationFailed (HTTP 401)."""
-        return self.store.authenticate(authorization)
+    def authenticate(self, authorization: str | None, headers: Any = None) -> Principal:
+        """The caller's effective Principal: AuthenticationFailed (HTTP 401) for a bad key, DelegationRefused (403)
+        for on-behalf-of `headers` the key may not send (delegation.py)."""
+        return delegated_principal(self.store.caller(authorization), headers)
 
     def reload_if_changed(self) -> bool:
         """Re-read the file when it changed; True when a new store is in use."""

@@ -1,14 +1,16 @@
-"""The API key store, pure: YAML text (API key -> {user, tenant, groups}) -> a validated store that turns an
-Authorization header into the caller's Principal. Keys are held only as SHA-256 digests and matched with
-hmac.compare_digest; no error message, path or log line ever contains a key. The Principal is the one retrieval
-filters on, so nothing after authentication (a request body, a tool argument, a model's output) can widen it."""
+"""The API key store, pure: YAML text (API key -> {user, tenant, groups, delegate}) -> a validated store that
+turns an Authorization header into the caller: its Principal, and whether it may act on behalf of other users
+(`delegate: true`, for another agent calling this app; the rules are delegation.py's). Keys are held only as
+SHA-256 digests and matched with hmac.compare_digest; no error message, path or log line ever contains a key. The
+Principal is the one retrieval filters on, so nothing after authentication (a request body, a tool argument, a
+model's output) can widen it."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import AuthenticationFailed, Problem, SpecError
 from ..retrieval.filters import Principal
 
-__all__ = ["KeyEntry", "KeyStore", "parse_keystore", "bearer_key", "MIN_KEY_LENGTH"]
+__all__ = ["KeyEntry", "KeyStore", "Caller", "parse_keystore", "bearer_key", "MIN_KEY_LENGTH"]
 
 MIN_KEY_LENGTH = 8
 _ABSENT = hashlib.sha256(b"agentfleet: no such key").digest()
@@ -28,6 +30,9 @@ class KeyEntry(BaseModel):
     user: str = Field(min_length=1)
     tenant: str = Field(min_length=1)
     groups: list[str] = Field(default_factory=list)
+    delegate: bool = Field(default=False, description=(
+        "This key belongs to another agent that may act on behalf of its users (on-behalf-of headers), narrowed "
+        "to this entry's tenant and groups."))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -53,29 +58,46 @@ def _digest(key: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """An authenticated key: its own principal, and whether it may act on behalf of other users."""
+
+    principal: Principal
+    may_delegate: bool = False
+
+
+@dataclass(frozen=True)
 class _Known:
     digest: bytes
-    principal: Principal
+    caller: Caller
 
 
 class KeyStore:
-    def __init__(self, entries: Mapping[str, Principal]):
-        self._by_digest = {_digest(k): _Known(_digest(k), p) for k, p in entries.items()}
+    def __init__(self, entries: Mapping[str, Principal], *, delegates: Collection[str] = ()):
+        """`delegates`: the keys (of `entries`) that may act on behalf of other users."""
+        self._by_digest = {_digest(k): _Known(_digest(k), Caller(p, k in delegates)) for k, p in entries.items()}
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def principal_for(self, key: str) -> Principal:
-        """The principal a key authenticates. The dict is indexed by the digest (an attacker learns nothing from
-        its timing: they cannot choose digests of keys they don't know); the final comparison is constant-time."""
+    def _known(self, key: str) -> _Known:
+        """The entry of a key. The dict is indexed by the digest (an attacker learns nothing from its timing: they
+        cannot choose digests of keys they don't know); the final comparison is constant-time."""
         presented = _digest(key)
         known = self._by_digest.get(presented)
         if not hmac.compare_digest(known.digest if known else _ABSENT, presented) or known is None:
             raise AuthenticationFailed("invalid API key")
-        return known.principal
+        return known
+
+    def principal_for(self, key: str) -> Principal:
+        """The principal a key authenticates."""
+        return self._known(key).caller.principal
+
+    def caller(self, authorization: str | None) -> Caller:
+        """The key of an Authorization header, or AuthenticationFailed."""
+        return self._known(bearer_key(authorization)).caller
 
     def authenticate(self, authorization: str | None) -> Principal:
-        return self.principal_for(bearer_key(authorization))
+        return self.caller(authorization).principal
 
 
 def bearer_key(authorization: str | None) -> str:
@@ -114,6 +136,7 @@ def parse_keystore(text: str, *, source: str = "key store") -> KeyStore:
         raise SpecError(source, [Problem("", "expected a mapping of API key -> {user, tenant, groups}")])
     problems: list[Problem] = []
     entries: dict[str, Principal] = {}
+    delegates: set[str] = set()
     for i, (key, raw) in enumerate(doc.items(), start=1):
         user = raw.get("user") if isinstance(raw, dict) and isinstance(raw.get("user"), str) else None
         where = f"entry {i}" + (f" (user {user})" if user else "")
@@ -133,6 +156,9 @@ def parse_keystore(text: str, *, source: str = "key store") -> KeyStore:
             entries[key] = Principal(entry.tenant, tuple(entry.groups), user=entry.user)
         except (TypeError, ValueError) as e:
             problems.append(Problem(where, str(e)))
+            continue
+        if entry.delegate:
+            delegates.add(key)
     if problems:
         raise SpecError(source, problems)
-    return KeyStore(entries)
+    return KeyStore(entries, delegates=delegates)

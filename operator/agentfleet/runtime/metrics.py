@@ -39,7 +39,8 @@ class RuntimeMetrics:
                               ["reason"], registry=r)
         self.tasks_running = Gauge("agentfleet_runtime_tasks_running", "Agent tasks in progress.", registry=r)
         self.auth_failures = Counter("agentfleet_runtime_auth_failures_total",
-                                     "Failed authentication, by why (missing, malformed, invalid key).", ["reason"],
+                                     "Failed authentication, by why (missing, malformed, invalid key; "
+                                     "delegation_refused: on-behalf-of headers the key may not send).", ["reason"],
                                      registry=r)
         self.auth_throttled = Counter("agentfleet_runtime_auth_throttled_total",
                                       "Requests refused (429) for too many failed authentications, by which limit.",

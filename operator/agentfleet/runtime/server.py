@@ -23,8 +23,8 @@ from aiohttp import web
 
 from ..api.runtime_config import RuntimeConfig
 from ..errors import (
-    AgentfleetError, AuthenticationFailed, InvalidRequest, RequestTimeout, RequestTooLarge, TooManyFailedAttempts,
-    UpstreamError, http_error,
+    AgentfleetError, AuthenticationFailed, DelegationRefused, InvalidRequest, RequestTimeout, RequestTooLarge,
+    TooManyFailedAttempts, UpstreamError, http_error,
 )
 from .. import http_edge
 from ..request_body import MAX_JSON_BYTES, check_content_encoding, parse_json
@@ -201,11 +201,18 @@ def _principal(request: web.Request) -> Principal:
         raise TooManyFailedAttempts("too many failed authentication attempts; retry later",
                                     retry_after_s=refused.retry_after_s)
     try:
-        principal = rt.identity.authenticate(authorization)
+        # The key first (AuthenticationFailed), then its on-behalf-of headers, if any (delegation.py):
+        # every authenticated endpoint gets the same effective principal from here.
+        principal = rt.identity.authenticate(authorization, request.headers)
     except AuthenticationFailed:
         throttle.failed(address, prefix, now_s)
         reason = "invalid" if key else ("missing" if not (authorization or "").strip() else "malformed")
         rt.metrics.auth_failures.labels(reason).inc()
+        raise
+    except (DelegationRefused, InvalidRequest):
+        # A valid key asking for more than it holds: refused (403/400) but not a guess at keys, so the failed-auth
+        # throttle does not count it (it would lock a misconfigured peer app's key out for everyone).
+        rt.metrics.auth_failures.labels("delegation_refused").inc()
         raise
     request[CALLER_KEY] = caller_digest(key or "")
     return principal
@@ -667,6 +674,10 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     app.on_response_prepare.append(_budget_headers)
     app.on_response_prepare.append(_rate_headers)
     app[RUNTIME_KEY] = runtime
+    if runtime.remote is None and any(s.a2a is not None for s in runtime.config.sub_agents):
+        from .a2a_client import A2AClient  # only an app with a remote (subAgents[].a2a) sub-agent needs one
+
+        runtime.remote = A2AClient(telemetry=runtime.telemetry)
     limits = runtime.config.failed_attempts
     app[THROTTLE_KEY] = FailedAuthThrottle(per_address_per_minute=limits.per_address_per_minute,
                                            per_key_prefix_per_minute=limits.per_key_prefix_per_minute)

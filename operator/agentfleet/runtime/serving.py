@@ -28,7 +28,9 @@ from ..errors import BudgetExhausted, ReservationClosed, StateUnavailable, Upstr
 from ..ledger import Account, Amount, Ledger, Reservation, budget_applies, open_ledger
 from ..retrieval.filters import Principal
 from ..telemetry import DISABLED, Telemetry, TelemetrySettings, start as start_telemetry
-from .agent import AgentResult, AgentSpec, CallBudget, ExternalTools, ModelCall, Resume, TaskContext, run_agent
+from .agent import (
+    AgentResult, AgentSpec, CallBudget, ExternalTools, ModelCall, RemoteAgents, Resume, TaskContext, run_agent,
+)
 from .identity import Identity
 from .metrics import RuntimeMetrics
 from .pricing import ModelPrice, call_cost, call_estimate, price_for
@@ -222,9 +224,11 @@ class Runtime:
     def __init__(self, config: RuntimeConfig, *, model: ModelCall, identity: Identity | None,
                  ledger: Ledger | None = None, retrieval: Retrieval | None = None,
                  metrics: RuntimeMetrics | None = None, clock: Callable[[], float] = time.monotonic,
-                 external: ExternalTools | None = None, telemetry: Telemetry = DISABLED):
+                 external: ExternalTools | None = None, telemetry: Telemetry = DISABLED,
+                 remote: RemoteAgents | None = None):
         self.config, self.model, self.identity, self.ledger = config, model, identity, ledger
         self.telemetry = telemetry
+        self.remote = remote  # subAgents[].a2a: server.build_app gives an app that has one the A2A client
         self.request_models = {role: endpoint_for(role, config.models).model for role in ("large", "small")}
         self.external = external
         self.retrieval = retrieval
@@ -364,7 +368,7 @@ class Runtime:
                           "retrieve" in cfg.tools.builtin else None,
                           sub_agents=self.sub_agents, clock=self.clock, emit=emit,
                           answer_max_tokens=answer_max_tokens, external=self.external,
-                          telemetry=self.telemetry, request_models=self.request_models,
+                          telemetry=self.telemetry, request_models=self.request_models, remote=self.remote,
                           span_attributes=self._span_attributes(principal, task_id, budget)
                           if self.telemetry.is_enabled else {})
         tools = list(cfg.tools.builtin) + (["delegate"] if self.sub_agents and "delegate" not in

@@ -10,6 +10,7 @@ import pytest
 from agentfleet.errors import AuthenticationFailed, SpecError
 from agentfleet.retrieval.filters import Principal, for_principal
 from agentfleet.runtime.identity import Identity, load_keystore
+from agentfleet.runtime.delegation import delegated_principal
 from agentfleet.runtime.keystore import bearer_key, parse_keystore
 
 DEMO = """\
@@ -124,3 +125,81 @@ def test_the_example_apps_demo_keys_are_a_valid_store() -> None:
     secret = next(d for d in docs if d and d.get("kind") == "Secret" and d["metadata"]["name"] == "agentfleet-demo-keys")
     store = parse_keystore(secret["stringData"]["keys.yaml"])
     assert store.authenticate("Bearer demo-key-gina") == Principal("globex", ("all",), user="gina")
+
+
+# --- delegation: a delegating key acting on behalf of its app's end user ----------------------------------------
+
+DELEGATING = """\
+key-app-a-delegates: {user: app-a, tenant: acme, groups: [eng, all], delegate: true}
+key-app-c-plain-01: {user: app-c, tenant: acme, groups: [eng, all]}
+"""
+OBO_USER, OBO_TENANT, OBO_GROUPS = ("X-Agentfleet-On-Behalf-Of-User", "X-Agentfleet-On-Behalf-Of-Tenant",
+                                    "X-Agentfleet-On-Behalf-Of-Groups")
+
+
+def _effective(key: str, headers) -> Principal:
+    """What the runtime's server derives: the key's caller, then the on-behalf-of rules."""
+    return delegated_principal(parse_keystore(DELEGATING).caller(f"Bearer {key}"), headers)
+
+
+def _obo(user: str | None = "alice", tenant: str | None = "acme", groups: str | None = "eng,finance") -> dict:
+    return {k: v for k, v in ((OBO_USER, user), (OBO_TENANT, tenant), (OBO_GROUPS, groups)) if v is not None}
+
+
+@pytest.mark.parametrize("key, headers, principal", [
+    ("key-app-a-delegates", {}, Principal("acme", ("all", "eng"), user="app-a")),
+    ("key-app-a-delegates", {"X-Other": "1"}, Principal("acme", ("all", "eng"), user="app-a")),
+    ("key-app-c-plain-01", {}, Principal("acme", ("all", "eng"), user="app-c")),
+    ("key-app-a-delegates", _obo(), Principal("acme", ("eng",), user="alice")),
+    ("key-app-a-delegates", _obo(groups="all,eng,admin"), Principal("acme", ("all", "eng"), user="alice")),
+    ("key-app-a-delegates", _obo(groups=""), Principal("acme", (), user="alice")),
+    ("key-app-a-delegates", {k.lower(): v for k, v in _obo(user="J%C3%BCrgen%2C%20Sr").items()},
+     Principal("acme", ("eng",), user="Jürgen, Sr")),
+], ids=["own-identity", "unrelated-headers", "plain-key-own-identity", "narrowed-to-the-keys-groups",
+        "cannot-widen", "no-groups", "percent-encoded-lowercase-names"])
+def test_a_delegating_key_acts_for_its_user_only_within_its_grant(key, headers, principal) -> None:
+    got = _effective(key, headers)
+    assert (got.user, got.tenant, got.groups) == (principal.user, principal.tenant, principal.groups)
+
+
+@pytest.mark.parametrize("key, headers, error, message", [
+    ("key-app-c-plain-01", _obo(), "DelegationRefused", "may not act on behalf of another user"),
+    ("key-app-c-plain-01", {OBO_USER: "alice"}, "DelegationRefused", "may not act on behalf of another user"),
+    ("key-app-a-delegates", _obo(tenant="globex"), "DelegationRefused", "only for users of its own tenant"),
+    ("key-app-a-delegates", _obo(tenant=None), "DelegationRefused", "missing X-Agentfleet-On-Behalf-Of-Tenant"),
+    ("key-app-a-delegates", _obo(groups=None), "DelegationRefused", "missing X-Agentfleet-On-Behalf-Of-Groups"),
+    ("key-app-a-delegates", _obo(user=""), "DelegationRefused", "is empty"),
+    ("key-app-a-delegates", {**_obo(), "X-Agentfleet-On-Behalf-Of-Role": "admin"}, "InvalidRequest",
+     "unknown on-behalf-of header"),
+    ("key-app-a-delegates", [*_obo().items(), (OBO_USER, "mallory")], "InvalidRequest", "more than once"),
+    ("key-app-a-delegates", _obo(user="%FF"), "InvalidRequest", "not percent-encoded UTF-8"),
+    ("key-app-nobody-0001", _obo(), "AuthenticationFailed", "invalid API key"),
+], ids=["plain-key-refused", "plain-key-one-header-refused", "other-tenant", "no-tenant", "no-groups-header",
+        "no-user", "unknown-header", "header-twice", "bad-encoding", "bad-key-is-401-first"])
+def test_on_behalf_of_headers_outside_the_grant_are_refused(key, headers, error, message) -> None:
+    class Multi:  # a request's headers: the same name may come twice
+        def __init__(self, items):
+            self._items = list(items.items()) if isinstance(items, dict) else list(items)
+
+        def items(self):
+            return self._items
+
+    with pytest.raises(Exception) as err:
+        _effective(key, Multi(headers))
+    assert type(err.value).__name__ == error
+    assert message in str(err.value)
+    assert "globex" not in str(err.value) and key not in str(err.value)
+
+
+def test_identity_applies_the_delegation_rules(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(DELEGATING)
+    ident = Identity(path)
+    assert ident.authenticate("Bearer key-app-a-delegates", _obo()) == Principal("acme", ("eng",), user="alice")
+    assert ident.authenticate("Bearer key-app-a-delegates") == Principal("acme", ("all", "eng"), user="app-a")
+
+
+def test_delegate_must_be_a_boolean() -> None:
+    with pytest.raises(SpecError) as err:
+        parse_keystore("key-app-a-delegates: {user: a, tenant: t, delegate: sometimes}\n", source="keys.yaml")
+    assert "entry 1 (user a).delegate" in str(err.value)
