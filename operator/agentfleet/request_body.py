@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from .errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
@@ -20,11 +19,11 @@ MAX_JSON_BYTES = 1 << 20
 MAX_INT_DIGITS = 20  # beyond 64 bits no field of any request we take means anything
 # RFC 8259 section 8.1: JSON exchanged between systems is UTF-8. ASCII is a subset of it.
 _UTF8 = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
-# A JSON string (its escapes included): removed before counting brackets, so "[[[" inside a string is not depth.
-# The closing quote is optional so an unterminated string matches to the end: the scan stays linear (with a
-# required quote, every unclosed quote would rescan the rest of the body).
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
-_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+# Every byte but brackets and quotes: deleted before the depth scan. Escapes go first (pairs of backslashes, then
+# escaped quotes, as a JSON parser reads a run of backslashes), so what remains splits on quotes into outside /
+# inside-a-string segments; an unterminated string runs to the end. All of it is C-speed bytes operations: the
+# regex this replaced took 18 % of the router's CPU samples on the routing bench (30 kB agent prompts).
+_NOT_STRUCTURE = bytes(range(256)).translate(None, b'[]{}"')
 
 
 def charset_of(content_type: str | None) -> str | None:
@@ -56,8 +55,12 @@ def check_content_encoding(content_encoding: str | None) -> None:
 
 
 def _depth_exceeds(raw: bytes, max_depth: int) -> bool:
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.translate(None, _NOT_STRUCTURE).split(b'"')[::2])
+    if len(outside) <= max_depth:
+        return False
     depth = 0
-    for b in _STRING.sub(b'""', raw).translate(None, _BRACKETS):
+    for b in outside:
         if b in (0x5B, 0x7B):  # [ {
             depth += 1
             if depth > max_depth:

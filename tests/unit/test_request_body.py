@@ -16,7 +16,11 @@ from agentfleet.request_body import charset_of, check_content_encoding, parse_js
     (b'{"a":"\\"[[["}', "application/json; charset=UTF-8", {"a": '"[[['}),
     (b"[" * 32 + b"]" * 32, "application/json; charset=\"utf-8\"", json.loads("[" * 32 + "]" * 32)),
     (b'{"n":99999999999999999999}', "application/json; charset=us-ascii", {"n": 10 ** 20 - 1}),
-], ids=["plain", "brackets-inside-a-string", "escaped-quote", "depth-32", "20-digits"])
+    (b'["\\\\", ' + b"[" * 30 + b"]" * 30 + b"]", None, ["\\", json.loads("[" * 30 + "]" * 30)]),
+    (b'["\\\\\\\"[[[[", 1]', None, ['\\"[[[[', 1]),
+    (b'{"a":"' + b"[{" * 40 + b'\\"", "b": [[1]]}', None, {"a": "[{" * 40 + '"', "b": [[1]]}),
+], ids=["plain", "brackets-inside-a-string", "escaped-quote", "depth-32", "20-digits",
+        "escaped-backslash-then-depth-31", "odd-backslash-run-escapes-the-quote", "escaped-quote-in-long-string"])
 def test_parse_json_takes(raw: bytes, content_type: str | None, expected: object) -> None:
     assert parse_json(raw, content_type) == expected
 
@@ -25,6 +29,8 @@ def test_parse_json_takes(raw: bytes, content_type: str | None, expected: object
     (b"[" * 33 + b"]" * 33, None, InvalidRequest, 400, "the request body nests deeper than 32 levels"),
     (b"[" * 100_000, None, InvalidRequest, 400, "the request body nests deeper than 32 levels"),
     (b'{"a":' * 40 + b"1" + b"}" * 40, None, InvalidRequest, 400, "the request body nests deeper than 32 levels"),
+    (b'["\\\\", ' + b"[" * 33 + b"]" * 34, None, InvalidRequest, 400,
+     "the request body nests deeper than 32 levels"),
     (b"{}", "application/json; charset=foo", UnsupportedMediaType, 415,
      "charset 'foo' is not supported: send JSON as UTF-8"),
     (b"{}", "application/json; charset=base64", UnsupportedMediaType, 415,
@@ -37,7 +43,8 @@ def test_parse_json_takes(raw: bytes, content_type: str | None, expected: object
     (b"[1e999]", None, InvalidRequest, 400, "the request body is not valid JSON"),
     (b'"' + b'\\"' * 200_000, None, InvalidRequest, 400, "the request body is not valid JSON"),
     (b"{" + b" " * (1 << 20), None, RequestTooLarge, 413, "the request body is larger than 1048576 bytes"),
-], ids=["depth-33", "bracket-bomb", "object-bomb", "unknown-charset", "non-text-codec", "control-chars-charset",
+], ids=["depth-33", "bracket-bomb", "object-bomb", "depth-34-after-an-escaped-backslash", "unknown-charset",
+        "non-text-codec", "control-chars-charset",
         "not-utf-8", "21-digits", "nan", "overflowing-float", "unterminated-escapes", "over-1mib"])
 def test_parse_json_refuses(raw: bytes, content_type: str | None, error: type, status: int, message: str) -> None:
     with pytest.raises(error) as caught:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .policy import POLICIES
+from .policy import DEFAULT_MOVE_BOUND_FACTOR, POLICIES
+from .state import KEY_IDLE_S
 
 __all__ = ["add_parsers"]
 
@@ -23,7 +24,8 @@ def _cmd_router(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}')
-    fleet = FleetState(policy=args.policy, load_bound_factor=args.load_bound_factor)
+    fleet = FleetState(policy=args.policy, load_bound_factor=args.load_bound_factor,
+                       move_bound_factor=args.move_bound_factor, key_idle_s=args.key_idle)
     admin = None
     if args.admin_token_file:  # a mounted Secret; only its digest is kept
         token = Path(args.admin_token_file).read_text(encoding="utf-8").strip()
@@ -63,6 +65,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--policy", choices=POLICIES, default="prefix-aware")
     p.add_argument("--load-bound-factor", type=float, default=1.25,
                    help="a replica takes at most this times the mean in-flight load (bounded-load hashing)")
+    p.add_argument("--move-bound-factor", type=float, default=DEFAULT_MOVE_BOUND_FACTOR,
+                   help="a session (or prefix) leaves the replica holding its history only when that replica "
+                   "carries more than this times the mean in-flight load (a move re-prefills the history)")
+    p.add_argument("--key-idle", type=float, default=KEY_IDLE_S,
+                   help="seconds after its last request a session stops counting as live on its replica")
     p.add_argument("--prefix-tokens", type=int, default=256,
                    help="words of the first non-system message hashed for prefix affinity")
     p.add_argument("--connect-timeout", type=float, default=2.0, help="seconds, per attempt")

@@ -1,21 +1,29 @@
 """The routing decision, pure: (request key, the replicas as the router sees them, policy) -> Choice. Affinity
-(session, then prompt prefix) uses consistent hashing with bounded loads over the router's own in-flight counts,
-which are exact and current; the least-loaded fallback adds the replicas' own vLLM metrics (queue, running,
-KV-cache use), which also count other routers' traffic but are a scrape old."""
+(session, then prompt prefix) has two steps. A key the router has not placed yet has no KV cache anywhere, so it
+is placed by consistent hashing with bounded loads over the replicas' live affinity keys (or in-flight requests,
+whichever is larger): its first request costs the same everywhere, and spreading the keys evenly keeps any one
+replica's queue at max_num_seqs short. A key that has a home (the replica that holds its history) stays there
+unless the home is out of service, or queues a full batch (by its last scrape: waiting >= running) while it
+carries more than `move_bound_factor` times the mean in-flight load: moving
+re-prefills the whole history on the new replica, which on the routing bench cost seconds per move where waiting
+for a slot cost tens of milliseconds (README, routing). The least-loaded fallback adds the replicas' own vLLM
+metrics (queue, running, KV-cache use), which also count other routers' traffic but are a scrape old."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .hashing import Ring
+from .hashing import Ring, load_bound
 from .keys import RequestKey
 
-__all__ = ["Policy", "POLICIES", "ReplicaView", "Choice", "choose", "load_score"]
+__all__ = ["Policy", "POLICIES", "ReplicaView", "Choice", "choose", "load_score", "DEFAULT_MOVE_BOUND_FACTOR"]
 
 Policy = Literal["prefix-aware", "session", "least-load", "round-robin"]
 POLICIES: tuple[Policy, ...] = ("prefix-aware", "session", "least-load", "round-robin")
+# A placed key leaves its home only above twice the mean in-flight load: a move costs a prefill of its history.
+DEFAULT_MOVE_BOUND_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,9 @@ class ReplicaView:
 class Choice:
     replica: str
     reason: Literal["session", "prefix", "least-loaded", "round-robin"]
+    # The key left the replica it hashed to (at placement) or its home (afterwards) because of the load bound;
+    # not set when the replica was out of service or excluded.
+    is_load_bound_pass: bool = False
 
 
 def load_score(r: ReplicaView) -> float:
@@ -42,8 +53,12 @@ def load_score(r: ReplicaView) -> float:
 
 
 def choose(key: RequestKey, replicas: Sequence[ReplicaView], *, policy: Policy, ring: Ring,
-           load_bound_factor: float, rr_index: int = 0, exclude: Collection[str] = ()) -> Choice | None:
-    """None when no replica can take the request (all unhealthy, draining or excluded)."""
+           load_bound_factor: float, rr_index: int = 0, exclude: Collection[str] = (),
+           home: str | None = None, placed: Mapping[str, int] | None = None,
+           move_bound_factor: float = DEFAULT_MOVE_BOUND_FACTOR) -> Choice | None:
+    """None when no replica can take the request (all unhealthy, draining or excluded). `home` is where the
+    request's affinity key was last served (None when not placed yet); `placed` counts the live affinity keys
+    per replica (None: place by in-flight requests alone, as a router without a key table does)."""
     live = [r for r in replicas if r.is_healthy and not r.is_draining and r.name not in exclude]
     if not live:
         return None
@@ -51,16 +66,30 @@ def choose(key: RequestKey, replicas: Sequence[ReplicaView], *, policy: Policy, 
         ordered = sorted(live, key=lambda r: r.name)
         return Choice(ordered[rr_index % len(ordered)].name, "round-robin")
     if policy in ("prefix-aware", "session") and key.is_cacheable:
-        loads = {r.name: r.in_flight for r in live}
-        eligible = set(loads)
+        ring_key, reason = None, None
         if key.session is not None:
-            hit = ring.lookup("s:" + key.session, loads=loads, eligible=eligible, factor=load_bound_factor)
+            ring_key, reason = "s:" + key.session, "session"
+        elif policy == "prefix-aware" and key.prefix is not None:
+            ring_key, reason = "p:" + key.prefix, "prefix"
+        if ring_key is not None:
+            in_flight = {r.name: r.in_flight for r in live}
+            passed = False
+            if home is not None and home in in_flight:
+                bound = load_bound(sum(in_flight.values()), len(in_flight), move_bound_factor)
+                # A home whose queue is shorter than one full batch keeps its key whatever the bound says: with
+                # few requests in flight (the end of a run) the bound is tiny, and on the routing bench each such
+                # move re-prefilled a long history and made that task the run's straggler.
+                view = next(r for r in live if r.name == home)
+                is_queue_deep = view.waiting is None or view.waiting >= max(1.0, view.running or 0.0)
+                if in_flight[home] + 1 <= bound or not is_queue_deep:
+                    return Choice(home, reason)
+                passed = True
+            loads = in_flight if placed is None else {n: max(placed.get(n, 0), f) for n, f in in_flight.items()}
+            eligible = set(loads) - ({home} if passed and len(loads) > 1 else set())
+            hit = ring.lookup(ring_key, loads=loads, eligible=eligible, factor=load_bound_factor)
             if hit is not None:
-                return Choice(hit, "session")
-        if policy == "prefix-aware" and key.prefix is not None:
-            hit = ring.lookup("p:" + key.prefix, loads=loads, eligible=eligible, factor=load_bound_factor)
-            if hit is not None:
-                return Choice(hit, "prefix")
+                first = next(iter(ring.walk(ring_key)), None) if home is None else home
+                return Choice(hit, reason, is_load_bound_pass=passed or (hit != first and first in loads))
     # Rotate the starting point so that ties do not all land on the first name.
     n = len(live)
     ordered = sorted(live, key=lambda r: r.name)

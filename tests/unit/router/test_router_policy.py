@@ -84,3 +84,41 @@ def test_nothing_live_is_none():
 ])
 def test_load_score(replica, score):
     assert load_score(replica) == score
+
+
+# -- placed keys: a session keeps the replica holding its history; new keys are spread by live keys ---------------
+OTHER = next(n for n in NAMES if n != home("s:task-1"))
+
+
+@pytest.mark.parametrize(("home_view", "expected_home", "is_pass"), [
+    pytest.param({}, True, False, id="idle-home-keeps-its-session"),
+    pytest.param({"in_flight": 10, "waiting": 0.0, "running": 10.0}, True, False,
+                 id="overloaded-home-that-queues-nothing-keeps-it"),
+    pytest.param({"in_flight": 10, "waiting": 3.0, "running": 8.0}, True, False,
+                 id="overloaded-home-with-less-than-a-batch-queued-keeps-it"),
+    pytest.param({"in_flight": 16, "waiting": 8.0, "running": 8.0}, False, True,
+                 id="overloaded-home-with-a-full-batch-queued-passes-it-on"),
+    pytest.param({"in_flight": 10}, False, True, id="overloaded-home-without-metrics-passes-it-on"),
+    pytest.param({"in_flight": 1, "waiting": 9.0, "running": 1.0}, True, False, id="home-under-the-bound-keeps-it"),
+    pytest.param({"is_healthy": False}, False, False, id="unhealthy-home-moves-it"),
+])
+def test_placed_key_stays_home_unless_queue_is_deep(home_view, expected_home, is_pass):
+    # The session's home is not where it hashes: stickiness follows the table, not the ring.
+    choice = choose(S, views(**{OTHER: home_view}), policy="session", ring=RING, load_bound_factor=1.25,
+                    home=OTHER)
+    assert (choice.replica == OTHER, choice.reason, choice.is_load_bound_pass) == (expected_home, "session", is_pass)
+
+
+def test_new_key_is_placed_by_live_keys():
+    h = home("s:task-1")
+    placed = {n: 0 for n in NAMES} | {h: 5}
+    choice = choose(S, views(), policy="session", ring=RING, load_bound_factor=1.25, placed=placed)
+    assert choice.replica != h and choice.is_load_bound_pass
+    assert choose(S, views(), policy="session", ring=RING, load_bound_factor=1.25,
+                  placed={n: 0 for n in NAMES}) == choose(S, views(), policy="session", ring=RING,
+                                                          load_bound_factor=1.25)
+
+
+def test_home_gone_from_the_fleet_is_placed_again():
+    choice = choose(S, views(), policy="session", ring=RING, load_bound_factor=1.25, home="removed")
+    assert (choice.replica, choice.is_load_bound_pass) == (home("s:task-1"), False)

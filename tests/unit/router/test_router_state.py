@@ -82,3 +82,76 @@ def test_metrics_text():
     assert "agentfleet_router_session_moves_total 0" in text
     assert 'agentfleet_router_choices_total{reason="session"} 1' in text
     assert parse_prometheus_text(text)["agentfleet_router_replica_healthy"] == 3.0
+
+
+def test_sessions_spread_evenly_when_placed_together():
+    # 32 tasks start at once on 4 replicas: placement counts live sessions, not only in-flight requests.
+    f = FleetState(policy="session", load_bound_factor=1.25)
+    f.set_endpoints({n: f"http://{n}" for n in ("a", "b", "c", "d")})
+    for i in range(32):
+        f.started(f.pick(RequestKey(session=f"task-{i}"), now=0.0).replica)
+    assert max(f.live_keys().values()) <= 10 and sum(f.live_keys().values()) == 32
+
+
+def test_session_stays_home_when_load_drops_at_the_end_of_a_run():
+    # The bug measured on the routing bench: with few requests in flight the load bound is tiny, and a long task
+    # was moved off its home (re-prefilling its whole history) though the home queued nothing.
+    f = fleet("session")
+    key = RequestKey(session="long")
+    home = f.pick(key, now=0.0).replica
+    f.started(home)
+    f.set_load(home, 0.0, 1.0, 0.5)
+    for t in range(1, 20):
+        assert f.pick(key, now=float(t)).replica == home
+    assert (f.session_moves, f.load_bound_passes) == (0, 0)
+
+
+@pytest.mark.parametrize(("idle_s", "live_after"), [
+    pytest.param(5.0, {"x": 1}, id="within-key-idle-still-live"),
+    pytest.param(121.0, {}, id="after-key-idle-no-longer-counts"),
+])
+def test_live_keys_expire(idle_s, live_after):
+    f = fleet("session")
+    home = f.pick(RequestKey(session="s"), now=0.0).replica
+    f.pick(RequestKey(), now=idle_s)  # any request expires what is idle
+    assert f.live_keys() == {home: v for v in live_after.values()}
+    # The home is remembered past key_idle_s: the session still goes back to its history.
+    assert f.pick(RequestKey(session="s"), now=idle_s + 100).replica == home
+
+
+def test_load_bound_pass_counted():
+    f = fleet("session")
+    key = RequestKey(session="s")
+    home = f.pick(key, now=0.0).replica
+    for _ in range(10):
+        f.started(home)
+    f.set_load(home, 8.0, 2.0, 0.9)
+    moved = f.pick(key, now=1.0)
+    assert moved.replica != home and moved.is_load_bound_pass
+    assert (f.session_moves, f.load_bound_passes) == (1, 1)
+    assert "agentfleet_router_load_bound_passes_total 1" in f.render_metrics()
+
+
+@pytest.mark.parametrize(("gap_s", "silent_s", "is_live"), [
+    pytest.param(0.5, 0.9, True, id="fast-session-within-the-minimum"),
+    pytest.param(0.5, 1.6, False, id="fast-session-ended-after-a-second"),
+    pytest.param(20.0, 50.0, True, id="slow-tool-calls-keep-it-live"),
+    pytest.param(20.0, 61.0, False, id="slow-session-ended-after-three-gaps"),
+    pytest.param(100.0, 119.0, True, id="capped-at-key-idle"),
+    pytest.param(100.0, 121.0, False, id="past-key-idle"),
+])
+def test_live_keys_follow_their_own_pace(gap_s, silent_s, is_live):
+    # Ended sessions counted for long placed new ones by stale counts (routing bench, 64 tasks: p95 51 s vs 23 s).
+    f = fleet("session")
+    home = f.pick(RequestKey(session="s"), now=0.0).replica
+    f.pick(RequestKey(session="s"), now=gap_s)
+    f.pick(RequestKey(), now=gap_s + silent_s)
+    assert f.live_keys() == ({home: 1} if is_live else {})
+
+
+def test_retouched_key_is_not_expired_by_its_older_deadline():
+    f = fleet("session")
+    home = f.pick(RequestKey(session="s"), now=0.0).replica  # first deadline: 120 s
+    for t in range(1, 200, 2):  # every 2 s: live for 6 s after each
+        f.pick(RequestKey(session="s"), now=float(t))
+    assert f.live_keys() == {home: 1}

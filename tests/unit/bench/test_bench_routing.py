@@ -1,0 +1,61 @@
+"""bench routing, the pure parts: router names, the KV-pressure sizing, py-spy's folded stacks, the ratios."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from agentfleet.bench.routing import ALL_TARGETS, Target, _ratios, aggregate_folded, kv_pressure_blocks, parse_targets
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    pytest.param("agentfleet:session,vllm-router:consistent_hash",
+                 [Target("agentfleet", "session"), Target("vllm-router", "consistent_hash")], id="both-families"),
+    pytest.param("agentfleet,round_robin", [Target("agentfleet", "prefix-aware"), Target("agentfleet", "round-robin")],
+                 id="old-short-names"),
+    pytest.param("all", [parse_targets(t)[0] for t in ALL_TARGETS], id="all-eight"),
+])
+def test_parse_targets(spec, expected):
+    assert parse_targets(spec) == expected
+
+
+@pytest.mark.parametrize("spec", [pytest.param("vllm-router:session", id="our-policy-on-theirs"),
+                                  pytest.param("nginx:round_robin", id="unknown-family")])
+def test_parse_targets_refuses(spec):
+    with pytest.raises(SystemExit, match="unknown router"):
+        parse_targets(spec)
+
+
+def test_kv_pressure_fits_one_batch_but_not_the_history():
+    args = argparse.Namespace(step_words=120, max_tokens=16, system_words=600, task_words=150, steps_min=10,
+                              steps_max=30, max_num_seqs=8, replicas=4)
+    blocks, pressure = kv_pressure_blocks(args, 64)
+    longest_blocks = (600 + 150 + 30 * 136 + 64) / 16
+    assert blocks >= 8 * longest_blocks and pressure > 1.0
+
+
+def test_aggregate_folded():
+    lines = ["main (cli.py:1);_proxy (agentfleet/router/proxy.py:170);write (selector_events.py:9) 6\n",
+             "main (cli.py:1);_proxy (agentfleet/router/proxy.py:170) 2\n", "garbage\n",
+             "main (cli.py:1);select (selectors.py:3) 2\n"]
+    out = aggregate_folded(lines, top=2)
+    assert out["samples"] == 10
+    assert out["self"] == [["write (selector_events.py)", 0.6], ["_proxy (proxy.py)", 0.2]]
+    assert out["inclusive"][0] == ["main (cli.py)", 1.0]
+    assert out["inclusive"][1] == ["_proxy (proxy.py)", 0.8]
+
+
+def _res(p95, p50, thr, ttft99=500.0, ttft50=300.0, timed_out=0):
+    return {"task_p95_s": p95, "task_p50_s": p50, "throughput_tok_s": thr, "ttft_p99_ms": ttft99,
+            "ttft_p50_ms": ttft50, "timed_out_tasks": timed_out}
+
+
+def test_ratios_against_the_best_peer():
+    results = {"agentfleet:session": _res(10.0, 8.0, 600.0), "vllm-router:consistent_hash": _res(13.0, 8.8, 500.0),
+               "vllm-router:round_robin": _res(20.0, 12.0, 300.0),
+               "vllm-router:cache_aware": _res(5.0, 3.0, 900.0, timed_out=3)}  # cut off: not a fair best
+    r = _ratios(results, "agentfleet:session")
+    assert (r["best_peer"], r["task_p95_peer_over_ours"], r["task_p50_peer_over_ours"],
+            r["throughput_ours_over_peer"]) == ("vllm-router:consistent_hash", 1.3, 1.1, 1.2)
+    assert _ratios({"agentfleet:session": _res(1, 1, 1)}, "agentfleet:session") is None
