@@ -10,33 +10,4 @@
 # Output: ${AGENTFLEET_CACHE:-$HOME/.cache/agentfleet}/gcs/<VERSION>/fake-gcs-server
 set -euo pipefail
 
-GCS_VERSION=v1.56.1
-GCS_PKG=github.com/fsouza/fake-gcs-server
-
-CACHE_ROOT="${AGENTFLEET_CACHE:-$HOME/.cache/agentfleet}"
-OUT_DIR="$CACHE_ROOT/gcs/$GCS_VERSION"
-BIN="$OUT_DIR/fake-gcs-server"
-
-if [[ "${1:-}" == "--print-binary" ]]; then echo "$BIN"; exit 0; fi
-if [[ -x "$BIN" ]]; then echo "$BIN"; exit 0; fi
-
-command -v go >/dev/null || { echo "ERROR: go is not on PATH" >&2; exit 1; }
-mkdir -p "$OUT_DIR"
-export GOMODCACHE="$CACHE_ROOT/go/mod" GOCACHE="$CACHE_ROOT/go/build"
-export GOFLAGS="-modcacherw -buildvcs=false" CGO_ENABLED=0
-mkdir -p "$GOMODCACHE" "$GOCACHE"
-
-exec 9>"$OUT_DIR/.build.lock"
-if command -v flock >/dev/null; then flock 9; fi
-if [[ -x "$BIN" ]]; then echo "$BIN"; exit 0; fi   # built by whoever held the lock
-
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
-go mod init wrapper >/dev/null 2>&1
-echo "[gcs-build] go get $GCS_PKG@$GCS_VERSION" >&2
-go get "$GCS_PKG@$GCS_VERSION" >&2
-echo "[gcs-build] go build" >&2
-go build -trimpath -ldflags "-s -w" -o "$BIN.tmp" "$GCS_PKG" >&2
-mv "$BIN.tmp" "$BIN"
-echo "$BIN"
+exec "$(dirname "$0")/../go-build.sh" gcs v1.56.1 github.com/fsouza/fake-gcs-server fake-gcs-server "" "$@"

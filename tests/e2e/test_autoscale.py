@@ -22,7 +22,6 @@ import gzip
 import json
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -54,6 +53,15 @@ def _build(script: str, what: str) -> str:
     if out.returncode != 0:
         pytest.skip(f"cannot build {what} (exit {out.returncode}): {out.stderr[-800:]}")
     return out.stdout.strip().splitlines()[-1]
+
+
+def _stop(proc: subprocess.Popen, log) -> None:
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    if proc.poll() is None:
+        proc.kill()
+    log.close()
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +105,7 @@ def prometheus_operator(monitoring_crds, k8s_cluster, tmp_path_factory):
     try:
         yield log_path
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+        _stop(proc, log)
 
 
 @pytest.fixture(scope="module")
@@ -238,12 +241,7 @@ def running_prometheus(binary: str, workdir: Path, config: dict, kubeconfig: str
         wait_for("prometheus ready", up, timeout=60)
         yield url
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+        _stop(proc, log)
 
 
 def targets(prom_url: str) -> list[dict]:

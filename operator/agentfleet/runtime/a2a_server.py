@@ -26,7 +26,7 @@ from .a2a import (
 )
 from .runs import RunRecord
 from .server import (
-    MAX_CONVERSATION_CHARS, MAX_RUNS_KEY, RUNS_KEY, RUNTIME_KEY, _caller, _json, _principal, _write,
+    MAX_CONVERSATION_CHARS, MAX_RUNS_KEY, RUNS_KEY, RUNTIME_KEY, _caller, _json, _principal, _write, open_stream,
 )
 
 __all__ = ["add_routes"]
@@ -163,14 +163,7 @@ async def _stream(request: web.Request, principal: Principal, rpc_id: Any, param
         if event.get("type") == "step":
             await send(events.step(event["step"]))
 
-    try:
-        await resp.prepare(request)
-        await send(events.start())
-    except BaseException:  # the client left before the task started: give its reservation back now
-        if budget is not None:
-            await asyncio.shield(budget.abandon())
-            await asyncio.shield(runs.abandon(run))
-        raise
+    await open_stream(request, resp, lambda: send(events.start()), runs, run, budget)
     if budget is None:  # the same messageId again: replay the task it started, once it is done
         done = await _wait_done(request, run)
         for step in (done.result or {}).get("steps") or []:

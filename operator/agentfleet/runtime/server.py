@@ -335,6 +335,20 @@ async def _chat_replay(request: web.Request, runs: RunManager, run: RunRecord, p
     return resp
 
 
+async def open_stream(request: web.Request, resp: web.StreamResponse, first: Callable[[], Awaitable[None]],
+                      runs: RunManager, run: RunRecord, budget: Any) -> None:
+    """Start an event stream and send its first event. A client that left before the task started gets the run's
+    reservation back now and the run is recorded as cancelled (`budget` None: a replay, nothing was reserved)."""
+    try:
+        await resp.prepare(request)
+        await first()
+    except BaseException:
+        if budget is not None:
+            await asyncio.shield(budget.abandon())
+            await asyncio.shield(runs.abandon(run))
+        raise
+
+
 def _sse(obj: dict[str, Any] | str) -> bytes:
     data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
@@ -367,14 +381,9 @@ async def _chat_stream(request: web.Request, runs: RunManager, req: ChatRequest,
             await send(chunk(completion_id=completion_id, model=model_name, created=created,
                              delta={"content": piece}))
 
-    try:
-        await resp.prepare(request)
-        await send(chunk(completion_id=completion_id, model=model_name, created=created,
-                         delta={"role": "assistant", "content": ""}))
-    except BaseException:  # the client left before the task started: give its reservation back now
-        await asyncio.shield(budget.abandon())
-        await asyncio.shield(runs.abandon(run))
-        raise
+    await open_stream(request, resp, lambda: send(chunk(completion_id=completion_id, model=model_name,
+                                                        created=created, delta={"role": "assistant", "content": ""})),
+                      runs, run, budget)
     try:
         outcome = await runs.execute(run, budget, forward=forward, on_delta=on_delta)
     except (asyncio.CancelledError, ConnectionResetError):
@@ -506,14 +515,7 @@ async def _response_stream(request: web.Request, runs: RunManager, run: RunRecor
         for piece in _pieces(text) if len(text) > ANSWER_CHUNK_CHARS else [text]:
             await send(events.delta(piece))
 
-    try:
-        await resp.prepare(request)
-        await send(events.start())
-    except BaseException:  # the client left before the task started: give its reservation back now
-        if budget is not None:
-            await asyncio.shield(budget.abandon())
-            await asyncio.shield(runs.abandon(run))
-        raise
+    await open_stream(request, resp, lambda: send(events.start()), runs, run, budget)
     if budget is None:  # a replay of a finished response
         for step in (run.result or {}).get("steps") or []:
             await send(events.step(step))
