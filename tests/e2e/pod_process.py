@@ -30,6 +30,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -257,14 +258,27 @@ class PodProcess:
             out_args.append(self._subst(a, f"argv[{i}]"))
         return Materialised(mounts=mounts, env=self._env(), argv=out_args, ports=dict(self.ports))
 
+    @staticmethod
+    def _image_paths(m: Materialised) -> list[Path]:
+        """What the image carries at fixed paths and the test has at its own: the virtualenv holding the entry
+        points (and their interpreter) and the source tree an editable install imports from. Kept visible when a
+        volume's mountPath would hide them (a clone under /tmp, where the pod mounts its own /tmp)."""
+        def under(path: str, top: str) -> bool:
+            return path == top or path.startswith(top.rstrip("/") + "/")
+
+        shadowing = [os.path.realpath(mp) for _, mp, _ in m.mounts]
+        repo, venv = os.path.realpath(Path(__file__).resolve().parents[2]), os.path.realpath(sys.prefix)
+        wanted = [repo] if under(venv, repo) else [venv, repo]   # a venv inside the tree comes back with it
+        return [Path(p) for p in wanted if any(under(p, mp) for mp in shadowing)]
+
     def _script(self, m: Materialised, home: Path) -> str:
         """Shell run by `unshare --mount --propagation private`: make mount points, bind, drop to the command."""
         lines = ["set -eu"]
         # Host directories that must stay visible (a stand-in's data, HOME) may lie under /tmp, which the pod's own
         # /tmp hides: hold each open before the mounts and bind it back through its descriptor afterwards.
-        keep = [*self.extra_binds, home]
-        if len(keep) > 5:
-            raise PodSpecError("at most 4 extra binds")
+        keep = [*self.extra_binds, home, *self._image_paths(m)]
+        if len(keep) > 5:  # descriptors 5..9: what sh's `exec N<` takes
+            raise PodSpecError(f"at most 5 paths kept visible, got {len(keep)}")
         for fd, p in enumerate(keep, start=5):
             lines.append(f"exec {fd}<{shlex.quote(str(p))}")
         overlays: set[str] = set()

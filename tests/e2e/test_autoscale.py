@@ -22,6 +22,7 @@ import gzip
 import json
 import subprocess
 import threading
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -88,12 +89,20 @@ def prometheus_binary() -> str:
 
 
 @pytest.fixture(scope="module")
-def prometheus_operator(monitoring_crds, k8s_cluster, tmp_path_factory):
+def prometheus_operator(monitoring_crds, kubectl_admin, k8s_cluster, tmp_path_factory):
     """The Prometheus Operator as a process, with the cluster's admin client certificate (what its in-cluster
     ServiceAccount would be), watching every namespace."""
     kubeconfig = yaml.safe_load(Path(k8s_cluster.kubeconfig).read_text())
     cluster = kubeconfig["clusters"][0]["cluster"]
     user = kubeconfig["users"][0]["user"]
+    # It reads API discovery once at start and, finding none of its kinds, exits ("no controller can be started"):
+    # discovery lists a new CRD's resources a moment after the CRD reports Established.
+    def discovered() -> bool:
+        out = kubectl_admin("get", "--raw", "/apis/monitoring.coreos.com/v1", check=False)
+        names = {r["name"] for r in json.loads(out.stdout or "{}").get("resources", [])} if out.returncode == 0 \
+            else set()
+        return {"prometheuses", "podmonitors"} <= names
+    wait_for("the Prometheus Operator's kinds in API discovery", discovered, timeout=60)
     log_path = tmp_path_factory.mktemp("prometheus-operator") / "operator.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen([str(monitoring_crds), f"--apiserver={cluster['server']}",
@@ -103,6 +112,8 @@ def prometheus_operator(monitoring_crds, k8s_cluster, tmp_path_factory):
                              "--kubelet-endpoints=false", "--log-level=info"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        time.sleep(2)
+        assert proc.poll() is None, f"the Prometheus Operator exited: {log_path.read_text()[-2000:]}"
         yield log_path
     finally:
         _stop(proc, log)
