@@ -451,6 +451,13 @@ class Ledger:
 
         self._run(op, now)
 
+    def task_spent(self, account: Account, task_id: str, *, now: dt.datetime) -> Amount:
+        """What the task's settled calls have spent so far (every attempt, a lost one's included)."""
+        def op(s: _Session) -> Amount:
+            return s.bucket(_task_key(account.key, task_id), ttl_s=RETAIN_S).spent
+
+        return self._run(op, now)
+
     def usage(self, account: Account, *, now: dt.datetime) -> Usage:
         """The account's current window: settled spend and open holds (expired ones reaped first)."""
         start, end = window_bounds(account.limits.window, now)

@@ -319,6 +319,10 @@ class Resume:
 
     checkpoints: tuple[Mapping[str, Any], ...]
     pending_tool: Mapping[str, Any] | None = None
+    # What the ledger charged the task beyond its last checkpoint: model calls the dead replica settled but never
+    # recorded (it died between the two). The calls are done again; their first attempt shows as a `lost` step so
+    # that the run's cost is what the Budget was charged. {"cost_micro_usd": int, "tokens": int}
+    lost: Mapping[str, int] | None = None
 
 
 @dataclass
@@ -437,7 +441,7 @@ class _Agent:
         # Checkpoints (root agent of a recorded run only): what was appended since the last one, and its signature.
         self.mark_messages, self.mark_steps, self.mark_sig = len(self.messages), 0, None
         self.is_resumed = False
-        if spec.depth == 0 and ctx.resume is not None and ctx.resume.checkpoints:
+        if spec.depth == 0 and ctx.resume is not None and (ctx.resume.checkpoints or ctx.resume.lost):
             self._restore(ctx.resume)
             self.message_bytes = system_bytes + sum(_message_bytes(m) for m in self.messages[1:])
             self.counted = len(self.messages)
@@ -467,6 +471,21 @@ class _Agent:
         self.mark_messages, self.mark_steps, self.mark_sig = len(self.messages), len(self.steps), sig
 
     def _restore(self, resume: Resume) -> None:
+        if resume.checkpoints:
+            self._restore_checkpoints(resume)
+        self.mark_messages, self.mark_steps = len(self.messages), len(self.steps)
+        self.is_resumed = True
+        lost = resume.lost or {}
+        if lost.get("cost_micro_usd", 0) > 0 or lost.get("tokens", 0) > 0:
+            # After the marks: the next checkpoint carries this step, so a second takeover keeps it.
+            self.steps.append(Step(len(self.steps) + 1, self.spec.name, "lost", "", error=(
+                "the replica running this run stopped after the model answered and before the step was recorded: "
+                "charged once, then done again"), prompt_tokens=int(lost.get("tokens", 0)),
+                cost_micro_usd=int(lost.get("cost_micro_usd", 0))))
+            self.ctx.tokens_used += int(lost.get("tokens", 0))
+            self.ctx.cost_micro_usd += int(lost.get("cost_micro_usd", 0))
+
+    def _restore_checkpoints(self, resume: Resume) -> None:
         for cp in resume.checkpoints:
             self.messages.extend(dict(m) for m in cp["messages"])
             self.steps.extend(Step.from_wire(w) for w in cp["steps"])
@@ -485,8 +504,6 @@ class _Agent:
         ctx.citations = CitationBook({w["id"]: Citation(int(w["n"]), w["id"], w["source"], w["title"],
                                                         tuple(w["headings"]), float(w["score"]))
                                       for w in c["citations"]})
-        self.mark_messages, self.mark_steps = len(self.messages), len(self.steps)
-        self.is_resumed = True
 
     def _is_idempotent(self, tool: str) -> bool:
         """Whether an interrupted call of `tool` may run again: delegation is, when every sub-agent's tools are (a

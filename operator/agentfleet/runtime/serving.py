@@ -102,6 +102,12 @@ class TaskBudget:
         return await self._ledger(self.ledger.reserve, self.account, est, task_id=self.task_id, now=_now(),
                                        parent=self.hold)
 
+    async def task_spent(self) -> Amount | None:
+        """The ledger's spend of the whole task so far (None without a ledger)."""
+        if self.ledger is None or self.account is None:
+            return None
+        return await self._ledger(self.ledger.task_spent, self.account, self.task_id, now=_now())  # type: ignore[no-any-return]
+
     async def settle(self, hold: Reservation | None, role: ModelRole, *, prompt_tokens: int,
                      completion_tokens: int) -> int:
         cost = call_cost(self._price(role), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)

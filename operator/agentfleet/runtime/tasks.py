@@ -363,9 +363,22 @@ class RunManager:
             checkpoints = tuple(e for e in events if e.get("type") == "checkpoint")
             budget = self.runtime.resumed_budget(run.principal, "task-" + run.id.removeprefix("run-"), run.hold,
                                                  is_degraded=run.degraded)
+            lost = await self._lost_spend(budget, checkpoints)
             log.info("run %s taken over from a lapsed lease (%d checkpoint(s))", run.id, len(checkpoints))
             self.runtime.metrics.errors.labels("run_taken_over").inc()
-            self.spawn(run, budget, resume=Resume(checkpoints) if checkpoints else None)
+            self.spawn(run, budget, resume=Resume(checkpoints, lost=lost) if checkpoints or lost else None)
+
+    @staticmethod
+    async def _lost_spend(budget: TaskBudget, checkpoints: tuple[dict[str, Any], ...]) -> dict[str, int] | None:
+        """What the ledger charged the task beyond what its last checkpoint accounts for: calls the dead replica
+        settled but never recorded. None when nothing (or no ledger)."""
+        spent = await budget.task_spent()
+        if spent is None:
+            return None
+        ctx = checkpoints[-1]["state"]["ctx"] if checkpoints else {}
+        cost = spent.micro_usd - int(ctx.get("cost_micro_usd", 0))
+        tokens = spent.tokens - int(ctx.get("tokens_used", 0))
+        return {"cost_micro_usd": max(cost, 0), "tokens": max(tokens, 0)} if cost > 0 or tokens > 0 else None
 
     async def _prune(self) -> None:
         """SQLite keeps expired records until they are deleted (Redis expires its own keys)."""

@@ -197,6 +197,48 @@ def test_a_takeover_after_a_completed_tool_rebuilds_the_exact_prompt_and_never_r
     assert "checkpoint" not in kinds  # the runtime's own records stay internal
 
 
+def test_a_call_settled_but_never_recorded_shows_as_a_lost_step_and_the_run_costs_what_was_charged(tmp_path):
+    """Replica A's model call is answered and charged, then A dies before the step reaches the store (its events
+    are batched): B redoes the call, and the run reports the first attempt as a `lost` step, so the run's cost is
+    what the Budget was charged, no less (the chaos bench caught the run under-reporting this)."""
+    requests = []
+    hang = asyncio.Event()
+
+    async def reply(body, headers):
+        requests.append(body["messages"])
+        if body.get("response_format") is None:
+            return "the answer"
+        tools = [m for m in body["messages"] if m["role"] == "tool"]
+        if len(requests) == 2:  # replica A's second call: it dies while the model answers
+            await hang.wait()
+        return final("done") if tools else action("calculator", expression="6*7")
+
+    async def go():
+        async with scripted(reply) as m:
+            cfg = make_config(tmp_path, large_url=m.url, budget=BUDGET)
+            async with _replicas(cfg, tmp_path) as (a, b):
+                a.app_runs.store.append = lambda *args, **kw: 0  # A's step events never reach the store
+                status, run = await a.post("/v1/runs", {"input": "six times seven"})
+                await _until(lambda: len(requests) >= 2)  # A's first call is answered and settled
+                _stop_renewing(a)
+                done = await _until(lambda: _finished(b, run["id"]))
+                spent_now = _spend(b.runtime)
+                hang.set()
+                return done, spent_now
+
+    done, (spent, reserved) = asyncio.run(go())
+    assert done["status"] == "completed" and done["replica"] == "b"
+    kinds = [s["kind"] for s in done["steps"]]
+    assert kinds[0] == "lost" and kinds[1:] == ["plan", "tool_format", "answer"], kinds
+    lost, redone = done["steps"][0], done["steps"][1]
+    # The same call, charged twice (BUDGET prices nothing: the tokens are what the ledger counts here).
+    assert lost["prompt_tokens"] == redone["prompt_tokens"] + redone["completion_tokens"] > 0
+    steps_tokens = sum(st["prompt_tokens"] + st["completion_tokens"] for st in done["steps"])
+    assert spent.tokens == steps_tokens
+    assert spent.micro_usd == round(done["agentfleet"]["cost_usd"] * 1e6)
+    assert reserved.micro_usd == 0 and reserved.tokens == 0
+
+
 async def _events(served, run_id):
     out = []
     async with served.session.get(f"{served.url}/v1/runs/{run_id}/events?after=0",
