@@ -20,6 +20,7 @@ import base64
 import contextlib
 import gzip
 import json
+import os
 import subprocess
 import threading
 import time
@@ -108,18 +109,14 @@ def prometheus_operator(monitoring_crds, kubectl_admin, k8s_cluster, tmp_path_fa
     argv = [str(monitoring_crds), f"--apiserver={cluster['server']}", f"--ca-file={cluster['certificate-authority']}",
             f"--cert-file={user['client-certificate']}", f"--key-file={user['client-key']}",
             f"--web.listen-address=127.0.0.1:{simulator.free_port()}", "--kubelet-endpoints=false", "--log-level=info"]
-    # Once (in a whole-suite CI run, right after the control plane started) it still found none of its kinds two
-    # seconds after kubectl listed them, and exited: started again, it finds them.
-    for attempt in range(5):
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        time.sleep(3)
-        if proc.poll() is None:
-            break
-        time.sleep(2 * (attempt + 1))
-    else:
+    # KUBECONFIG wins over --apiserver in the Prometheus Operator (k8sutil.NewClusterConfig), and a whole-suite run
+    # has the API tier's cluster there (tests/api/conftest.py sets it): name this cluster's.
+    env = {**os.environ, "KUBECONFIG": str(k8s_cluster.kubeconfig)}
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    time.sleep(3)
+    if proc.poll() is not None:
         log.close()
-        pytest.fail(f"the Prometheus Operator exited five times (discovery now: {discovered()}): "
-                    f"{log_path.read_text()[-2000:]}")
+        pytest.fail(f"the Prometheus Operator exited (discovery here: {discovered()}): {log_path.read_text()[-2000:]}")
     try:
         yield log_path
     finally:
