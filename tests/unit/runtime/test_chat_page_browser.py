@@ -25,6 +25,8 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 
+from agentfleet.retrieval.store import Hit
+
 from agentfleet.runtime.server import WEB_DIR
 from runtime_kit import ALICE, action, final, make_config, scripted, serve
 
@@ -43,19 +45,13 @@ PLAIN_SOURCE = "handbook-expenses.md"
 HOSTILE_TEXTS = (ANSWER, TOOL_ARG, TITLE, HEADING, JS_SOURCE)
 
 
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    source: str
-    title: str
-    trail: tuple
-    score: float
-    text: str
+def _hit(id_: str, source: str, title: str, trail: tuple[str, ...], score: float, text: str) -> Hit:
+    return Hit(id=id_, score=score, text=text, source=source, title=title, trail=trail, start=0, end=len(text))
 
 
-DOCS = [Hit("h1", HTTPS_SOURCE, TITLE, ("Vacation", HEADING), 0.9, "Employees earn 25 days of paid vacation."),
-        Hit("h2", JS_SOURCE, "Leave <script>alert(9)</script>", ("Leave",), 0.8, "Sick leave: 10 days."),
-        Hit("h3", PLAIN_SOURCE, "Expenses", ("Expenses",), 0.7, "Receipts within 30 days.")]
+DOCS = [_hit("h1", HTTPS_SOURCE, TITLE, ("Vacation", HEADING), 0.9, "Employees earn 25 days of paid vacation."),
+        _hit("h2", JS_SOURCE, "Leave <script>alert(9)</script>", ("Leave",), 0.8, "Sick leave: 10 days."),
+        _hit("h3", PLAIN_SOURCE, "Expenses", ("Expenses",), 0.7, "Receipts within 30 days.")]
 
 
 class Retriever:
