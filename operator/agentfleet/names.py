@@ -12,7 +12,7 @@ __all__ = [
     "milvus_name", "app_config_name", "REDIS_URL_ENV", "RUNTIME_PRE_STOP_S", "RUNTIME_SHUTDOWN_TIMEOUT_S",
     "RUNTIME_REPLICA_ENV", "SERVICE_ACCOUNT_DIR", "app_state_claim_name",
     "app_budget_role_name", "MCP_HEADERS_DIR", "MCP_HEADERS_DIR_ENV", "A2A_KEYS_DIR", "A2A_KEYS_DIR_ENV",
-    "A2A_KEY_FILE",
+    "A2A_KEY_FILE", "a2a_key_env",
 ]
 
 GROUP = "agentfleet.io"
@@ -61,6 +61,11 @@ MCP_HEADERS_DIR_ENV = "AGENTFLEET_MCP_HEADERS_DIR"
 A2A_KEYS_DIR = "/etc/agentfleet/a2a-keys"
 A2A_KEYS_DIR_ENV = "AGENTFLEET_A2A_KEYS_DIR"
 A2A_KEY_FILE = "key"
+
+
+def a2a_key_env(sub_agent: str) -> str:
+    """`agentfleet up`: the environment variable that may hold an a2a sub-agent's key instead of its Secret."""
+    return "AGENTFLEET_A2A_KEY_" + sub_agent.upper().replace("-", "_")
 
 
 def app_state_claim_name(app: str) -> str:

@@ -7,9 +7,11 @@ Span names, operation names and attributes follow the GenAI conventions (semanti
 https://opentelemetry.io/docs/specs/semconv/gen-ai/): `invoke_agent {agent}`, `chat {model}` (gen_ai.request.model,
 gen_ai.usage.input_tokens / output_tokens, gen_ai.response.finish_reasons), `execute_tool {tool}`
 (gen_ai.tool.name, gen_ai.tool.call.id, gen_ai.tool.type); the metrics `gen_ai.client.token.usage` and
-`gen_ai.client.operation.duration`; what the conventions have no name for is `agentfleet.*` (cost, budget,
-retrieval counts). Privacy rule: attributes carry names, counts, ids and money — never a prompt, a completion, a
-tool's arguments or result, a passage's text, or the principal's user and groups."""
+`gen_ai.client.operation.duration`; the router's span follows the HTTP server conventions (`POST
+/v1/chat/completions`, http.request.method, http.route, http.response.status_code); what the conventions have no
+name for is `agentfleet.*` (cost, budget, retrieval counts, the replica a request was routed to). Privacy rule:
+attributes carry names, counts, ids and money — never a prompt, a completion, a tool's arguments or result, a
+passage's text, or the principal's user and groups."""
 
 from __future__ import annotations
 
@@ -62,6 +64,9 @@ class Telemetry:
 
     def current_span(self) -> Any:
         return _NO_SPAN
+
+    def set_error(self, span: Any, error_type: str) -> None:
+        """Mark `span` failed (error.type and an error status) without an exception passing through it."""
 
     def inject(self, headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
         """`headers` with the current span's W3C `traceparent` (and `tracestate`) added."""
@@ -150,6 +155,11 @@ class _Live(Telemetry):
 
     def current_span(self) -> Any:
         return self._trace.get_current_span()
+
+    def set_error(self, span: Any, error_type: str) -> None:
+        status, code = self._status
+        span.set_attribute("error.type", error_type)
+        span.set_status(status(code.ERROR, error_type))
 
     def inject(self, headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
         self._propagator.inject(headers)

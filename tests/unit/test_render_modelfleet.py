@@ -257,6 +257,20 @@ def test_router(kit, router, policy, replicas):
     assert svc["spec"]["ports"] == [{"name": "http", "port": ROUTER_PORT, "targetPort": "http", "protocol": "TCP"}]
 
 
+@pytest.mark.parametrize(("router", "placement"), [
+    pytest.param({}, "local", id="one-router-local"),
+    pytest.param({"replicas": 3}, "shared", id="replicas-agree-by-default"),
+    pytest.param({"replicas": 3, "placement": "local"}, "local", id="local-asked-for"),
+    pytest.param({"placement": "shared"}, "shared", id="shared-asked-for"),
+])
+def test_router_placement(kit, router, placement):
+    """More than one router replica places by what every replica sees alike (`--placement shared`), so a session
+    is not split between engines by whichever router the Service picked."""
+    fleet, children = _children(kit, {"router": router})
+    args = kit.container(kit.one(children, "Deployment", router_name(fleet.name)))["args"]
+    assert kit.flag(args, "--placement") == placement
+
+
 def test_router_has_a_writable_tmp_on_a_read_only_root(kit):
     fleet, children = _children(kit)
     dep = kit.one(children, "Deployment", router_name(fleet.name))
@@ -411,6 +425,33 @@ def test_engine_telemetry(kit, telemetry, args, env):
     assert got == args
     otel = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("OTEL_")}
     assert otel == env
+
+
+@pytest.mark.parametrize("telemetry, endpoint, service, ratio", [
+    pytest.param(None, None, None, None, id="off"),
+    pytest.param({"otlpEndpoint": "http://otel.obs:4318"}, "http://otel.obs:4318", "llm-router", "1.0",
+                 id="defaults"),
+    pytest.param({"otlpEndpoint": "https://otel.example:4318", "serviceName": "edge", "sampleRatio": 0.25},
+                 "https://otel.example:4318", "edge", "0.25", id="named-and-sampled"),
+])
+def test_router_telemetry(kit, telemetry, endpoint, service, ratio):
+    """router.telemetry (the shape of an AgentApp's spec.telemetry): the router traces each proxied request, and
+    the flags it is given are ones `agentfleet router` takes."""
+    from agentfleet.cli import build_parser
+
+    fleet, children = _children(kit, {"router": {"telemetry": telemetry}} if telemetry else {})
+    args = kit.container(kit.one(children, "Deployment", router_name(fleet.name)))["args"]
+    got = (kit.flag(args, "--otlp-endpoint"), kit.flag(args, "--service-name"), kit.flag(args, "--trace-sample-ratio"))
+    assert got == (endpoint, service, ratio)
+    parsed = build_parser().parse_args(["router", *args])
+    assert (parsed.otlp_endpoint, parsed.service_name) == (endpoint, service)
+    assert parsed.trace_sample_ratio == (float(ratio) if ratio else 1.0)
+
+
+@pytest.mark.parametrize("endpoint", ["grpc://otel.obs:4317", "otel.obs:4318"])
+def test_router_telemetry_takes_an_otlp_http_endpoint(kit, endpoint):
+    with pytest.raises(SpecError, match="otlpEndpoint"):
+        kit.fleet(spec={"router": {"telemetry": {"otlpEndpoint": endpoint}}})
 
 
 @pytest.mark.parametrize("extra", [["--otlp-traces-endpoint", "grpc://x:4317"], ["--collect-detailed-traces=all"]])

@@ -18,6 +18,7 @@ __all__ = [
     "ModelFleetSpec", "ScalingDecision", "AutoscalerMemory", "ModelFleetStatus", "ModelFleet", "RouterPolicy",
     "ParallelismSpec", "RouterResources", "DrainSpec", "WeightCacheSpec", "PodOptions", "NetworkPolicySpec",
     "LoRAAdapter", "RESERVED_ENGINE_FLAGS", "EndpointPickerRef", "InferencePoolSpec", "EngineTelemetry",
+    "RouterTelemetry",
 ]
 
 RouterPolicy = Literal["prefix-aware", "session", "least-load", "round-robin"]
@@ -320,16 +321,36 @@ class AutoscalingSpec(Model):
                     "(kube-prometheus-stack by default selects release: <its Helm release name>).")
 
 
+class RouterTelemetry(Model):
+    """The router's OpenTelemetry traces, the same shape as an AgentApp's spec.telemetry: a span per proxied request
+    (`POST /v1/chat/completions`), a child of the caller's traceparent (the runtime's chat span), whose own
+    traceparent goes to the engine. Attributes name the replica, the route reason and the attempts, never the prompt
+    or the session id."""
+
+    otlp_endpoint: str = Field(pattern=r"^https?://\S+$", description=(
+        "OTLP/HTTP base URL of a collector (e.g. http://otel-collector.observability:4318); /v1/traces is "
+        "appended."))
+    service_name: str | None = Field(default=None, max_length=253,
+                                     description="service.name of the router's spans (default: <fleet>-router).")
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description=(
+        "Share of new traces recorded; a caller's sampled traceparent is always followed."))
+
+
 class RouterSpec(Model):
     policy: RouterPolicy = Field(default="prefix-aware",
                                  description="prefix-aware and session use consistent hashing with bounded load.")
     replicas: int = Field(default=1, ge=1, le=100)
+    placement: Literal["auto", "local", "shared"] = Field(default="auto", description=(
+        "How the router places a session that does not say where it lives (the AgentApp runtime's calls do): local "
+        "(by the router's own counts; the best spread with one router), shared (by the hash ring only, so every "
+        "router replica places it on the same engine), auto (shared when replicas > 1)."))
     load_bound_factor: float = Field(default=1.25, ge=1, le=10,
                                      description="A replica takes at most this times the mean load (bounded loads).")
     prefix_tokens: int = Field(default=256, ge=16, le=32768,
                                description="Prompt length hashed for prefix affinity, past the shared system prompt.")
     resources: RouterResources = Field(default_factory=lambda: RouterResources())
     pod: PodOptions = Field(default_factory=PodOptions)
+    telemetry: RouterTelemetry | None = Field(default=None, description="The router's OpenTelemetry traces; off unset.")
 
 
 class PricingSpec(Model):

@@ -19,6 +19,9 @@ class ModelEndpoint(Model):
     fleet: str
     url: str = Field(description="OpenAI-compatible base URL, ending in /v1.")
     model: str = Field(description="Served model name sent in requests.")
+    is_router: bool = Field(default=False, description=(
+        "The URL is a ModelFleet's agentfleet router: calls carry the run (x-agentfleet-run) and the run's end is "
+        "sent to it (POST /v1/sessions/end). Never for a hosted API."))
     input_per_m_tokens_usd: float | None = None
     output_per_m_tokens_usd: float | None = None
 
@@ -34,6 +37,8 @@ class IndexConnection(Model):
     embedding_url: str | None = Field(default=None, description="Base URL when embeddings come from a ModelFleet.")
     chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
     access: AccessDefaults = Field(default_factory=AccessDefaults)
+    source_url: str | None = Field(default=None, description=(
+        "The VectorIndex's spec.source.url, when it has one: a citation of its one http(s) document links there."))
 
 
 class BudgetConfig(Model):

@@ -29,6 +29,7 @@ _OURS, _THEIRS = "agentfleet", "vllm-router"
 # Short names kept from earlier versions of this bench.
 _ALIASES = {"agentfleet": "agentfleet:prefix-aware", "round_robin": "agentfleet:round-robin",
             "least_loaded": "agentfleet:least-load"}
+OPTIONS = ("shared", "hints")
 BUCKETS = ((10, 16, "short"), (17, 23, "medium"), (24, 10_000, "long"))  # steps per task
 
 
@@ -54,9 +55,16 @@ def parse_targets(spec: str) -> list[Target]:
             continue
         family, _, policy = _ALIASES.get(raw, raw).partition(":")
         allowed = POLICIES if family == _OURS else PEER_POLICIES if family == _THEIRS else None
-        if allowed is None or policy not in allowed:
+        # Our options after the policy: +shared (--placement shared), +hints (the driver sends what the runtime
+        # sends: run id, home replica, run end), e.g. agentfleet:prefix-aware+shared.
+        base, *options = policy.split("+")
+        if family == _OURS and options:
+            policy_ok = base in POLICIES and all(o in OPTIONS for o in options) and len(set(options)) == len(options)
+        else:
+            policy_ok = allowed is not None and policy in allowed
+        if not policy_ok:
             raise SystemExit(f"agentfleet bench routing: --routers: unknown router {raw!r} (use agentfleet:"
-                             f"{'|'.join(POLICIES)} or vllm-router:{'|'.join(PEER_POLICIES)})")
+                             f"{'|'.join(POLICIES)}[+shared][+hints] or vllm-router:{'|'.join(PEER_POLICIES)})")
         out.append(Target(family, policy))
     return out
 
@@ -137,8 +145,11 @@ def _cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-async def _drive(router_url: str, system: str, tasks, *, concurrency: int, model: str, max_tokens: int,
-                 sim_urls: list[str], deadline_s: float):
+async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int, model: str, max_tokens: int,
+                 sim_urls: list[str], deadline_s: float, churn=None, hints: bool = False):
+    """Calls rotate over `router_urls` (router replicas behind a Service). With `hints` the driver does what the
+    AgentApp runtime does with our router: names the run, sends back the replica that served the previous call,
+    and releases the session when the task ends."""
     import asyncio
     import time
 
@@ -147,47 +158,66 @@ async def _drive(router_url: str, system: str, tasks, *, concurrency: int, model
     from ..router.state import parse_prometheus_text
     from .. import metrics_names as mn
 
+    import contextlib
+    import itertools
+
+    rotation = itertools.cycle(router_urls)
     ttfts: list[float] = []
     done: list[tuple[int, float]] = []  # (steps, seconds) per finished task
     tokens = errors = 0
     waiting: list[float] = []
+    # (seconds since start, prefix-cache hits, queries) summed over the replicas, cumulative across restarts
+    cache_series: list[tuple[float, float, float]] = []
+    last: dict[str, tuple[float, float]] = {}
+    acc = [0.0, 0.0]
 
     async def one_task(i: int, first: str, steps: list[str], http: aiohttp.ClientSession) -> None:
         nonlocal tokens, errors
         messages = [{"role": "system", "content": system}, {"role": "user", "content": first}]
-        headers = {"X-Session-ID": f"task-{i}"}
+        headers = {"X-Session-ID": f"task-{i}", **({"x-agentfleet-run": f"task-{i}"} if hints else {})}
         t0 = time.perf_counter()
         for tool_output in steps:
+            router_url = next(rotation)
             body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True,
                     "temperature": 0}
             sent = time.perf_counter()
             first_at = None
             text = []
-            async with http.post(router_url + "/v1/chat/completions", json=body, headers=headers) as r:
-                if r.status != 200:
-                    errors += 1
-                    await r.read()
-                    continue
-                async for raw in r.content:
-                    line = raw.strip()
-                    if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:
+            try:
+                async with http.post(router_url + "/v1/chat/completions", json=body, headers=headers) as r:
+                    if r.status != 200:
                         errors += 1
-                        break
-                    for c in chunk.get("choices") or []:
-                        piece = (c.get("delta") or {}).get("content")
-                        if piece:
-                            if first_at is None:
-                                first_at = time.perf_counter()
-                            text.append(piece)
-                            tokens += 1
+                        await r.read()
+                        continue
+                    if hints and r.headers.get("x-agentfleet-replica"):
+                        headers["x-agentfleet-home"] = r.headers["x-agentfleet-replica"]
+                    async for raw in r.content:
+                        line = raw.strip()
+                        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                            continue
+                        chunk = json.loads(line[6:])
+                        if "error" in chunk:
+                            errors += 1
+                            break
+                        for c in chunk.get("choices") or []:
+                            piece = (c.get("delta") or {}).get("content")
+                            if piece:
+                                if first_at is None:
+                                    first_at = time.perf_counter()
+                                text.append(piece)
+                                tokens += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError):  # a broken answer is a failed request, not a stop
+                errors += 1
+                continue
             if first_at is not None:
                 ttfts.append(first_at - sent)
             messages = messages + [{"role": "assistant", "content": "".join(text)},
                                    {"role": "user", "content": tool_output}]
         done.append((len(steps), time.perf_counter() - t0))
+        if hints:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.post(next(rotation) + "/v1/sessions/end", json={"sessions": [f"task-{i}"]}) as r:
+                    await r.read()
 
     async def sample(http: aiohttp.ClientSession) -> None:
         """Requests waiting for a max_num_seqs slot, summed over the replicas, twice a second."""
@@ -196,16 +226,26 @@ async def _drive(router_url: str, system: str, tasks, *, concurrency: int, model
             for u in sim_urls:
                 try:
                     async with http.get(u + "/metrics") as r:
-                        total += mn.first_present(parse_prometheus_text(await r.text()), mn.WAITING) or 0.0
+                        m = parse_prometheus_text(await r.text())
                 except aiohttp.ClientError:
-                    pass
+                    continue
+                total += mn.first_present(m, mn.WAITING) or 0.0
+                now = (mn.first_present(m, mn.PREFIX_CACHE_HITS) or 0.0, mn.first_present(m, mn.PREFIX_CACHE_QUERIES)
+                       or 0.0)
+                was = last.get(u, (0.0, 0.0))
+                restarted = now[1] < was[1]  # a restarted replica counts from 0 again
+                acc[0] += now[0] - (0.0 if restarted else was[0])
+                acc[1] += now[1] - (0.0 if restarted else was[1])
+                last[u] = now
             waiting.append(total)
+            cache_series.append((time.perf_counter() - t0, acc[0], acc[1]))
             await asyncio.sleep(0.5)
 
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as http:
-        sampler = asyncio.create_task(sample(http))
         t0 = time.perf_counter()
+        sampler = asyncio.create_task(sample(http))
+        churner = asyncio.create_task(churn(http, t0)) if churn is not None else None
         queue = iter(enumerate(tasks))
 
         async def worker() -> None:  # a closed loop: the next task starts when this one ends
@@ -218,11 +258,121 @@ async def _drive(router_url: str, system: str, tasks, *, concurrency: int, model
             j.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         wall = time.perf_counter() - t0
+        events = None
+        if churner is not None:
+            if not churner.done():
+                churner.cancel()
+            res = (await asyncio.gather(churner, return_exceptions=True))[0]
+            events = dict(churn.events)
+            if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
+                events["error"] = f"the churn script failed: {type(res).__name__}: {res}"
+            elif isinstance(res, asyncio.CancelledError):
+                events["unfinished"] = "the run ended before the churn script did (raise --tasks-per-worker)"
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
     failed = sum(1 for j in jobs if not j.cancelled() and j.exception() is not None)
     return {"ttfts": ttfts, "done": done, "tokens": tokens, "errors": errors + failed, "wall": wall,
-            "timed_out_tasks": len(tasks) - len(done) - failed, "waiting": waiting}
+            "timed_out_tasks": len(tasks) - len(done) - failed, "waiting": waiting, "cache_series": cache_series,
+            "churn": events}
+
+
+def _churn_script(*, router_urls: list[str], token: str, sims, restart_i: int, down_i: int, restart_at: float,
+                  down_at: float):
+    """What a rollout and a scale-down do to a fleet, scripted against our router's admin API (the static-list
+    stand-in for an EndpointSlice's `terminating`): at `restart_at` replica `restart_i` is drained, waited for
+    until nothing is in flight on it, restarted on the same address (empty cache, counters at 0) and put back;
+    at `down_at` replica `down_i` is drained, waited for and stopped for good."""
+
+    events: dict = {}
+
+    async def run(http, t0: float) -> dict:
+        """Fills `events` as it goes, so what happened is reported even when the run ends first."""
+        import asyncio
+        import time
+
+        auth = {"Authorization": f"Bearer {token}"}
+
+        async def in_flight(name: str) -> float:
+            total = 0.0
+            for router_url in router_urls:
+                async with http.get(router_url + "/metrics") as r:
+                    text = await r.text()
+                prefix = f'agentfleet_router_in_flight{{replica="{name}"}} '
+                total += next((float(x[len(prefix):]) for x in text.splitlines() if x.startswith(prefix)), 0.0)
+            return total
+
+        async def drain(name: str, *, off: bool = False) -> None:
+            for router_url in router_urls:  # every router replica sees the EndpointSlice change
+                async with http.post(f"{router_url}/admin/drain?replica={name}{'&off=1' if off else ''}",
+                                     headers=auth) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"drain {name}: HTTP {r.status}: {await r.text()}")
+
+        async def drain_and_wait(name: str) -> float:
+            await drain(name)
+            t = time.perf_counter()
+            while await in_flight(name) > 0 and time.perf_counter() - t < 60:
+                await asyncio.sleep(0.1)
+            return round(time.perf_counter() - t, 2)
+
+        def now() -> float:
+            return round(time.perf_counter() - t0, 2)
+
+        await asyncio.sleep(max(0.0, t0 + restart_at - time.perf_counter()))
+        name = f"sim-{restart_i}"
+        events["restart"] = ev = {"replica": name, "at_s": now()}
+        ev["drain_wait_s"] = await drain_and_wait(name)
+        await asyncio.to_thread(sims.restart, restart_i)
+        await drain(name, off=True)
+        ev["back_at_s"] = now()
+        await asyncio.sleep(max(0.0, t0 + down_at - time.perf_counter()))
+        name = f"sim-{down_i}"
+        events["scale_down"] = ev = {"replica": name, "at_s": now()}
+        ev["drain_wait_s"] = await drain_and_wait(name)
+        await asyncio.to_thread(sims.stop, down_i)
+        ev["gone_at_s"] = now()
+        return events
+
+    run.events = events  # type: ignore[attr-defined]
+    return run
+
+
+def _rate(series: list[tuple[float, float, float]], a: float, b: float) -> float | None:
+    """Prefix-cache hit rate between the samples at or before times a and b (cumulative counters)."""
+    before = [x for x in series if x[0] <= a]
+    upto = [x for x in series if x[0] <= b]
+    if not upto:
+        return None
+    h0, q0 = (before[-1][1], before[-1][2]) if before else (0.0, 0.0)
+    h1, q1 = upto[-1][1], upto[-1][2]
+    return round((h1 - h0) / (q1 - q0), 4) if q1 > q0 else None
+
+
+def churn_report(series: list[tuple[float, float, float]], events: dict, *, window_s: float = 5.0,
+                 within: float = 0.9) -> dict:
+    """For each event: the hit rate in the 10 s before it, and how long after the fleet was whole again (the
+    replica back, or the drained one gone) the hit rate over the last `window_s` was back within 10 % of it."""
+    out: dict = {}
+    end = series[-1][0] if series else 0.0
+    for kind, ev in events.items():
+        if not isinstance(ev, dict) or "at_s" not in ev:
+            out[kind] = ev
+            continue
+        at, back = ev["at_s"], ev.get("back_at_s", ev.get("gone_at_s"))
+        before = _rate(series, at - 10.0, at)
+        rec = None
+        if before and back is not None:
+            for t, _, _ in series:
+                if t >= back + window_s:
+                    r = _rate(series, t - window_s, t)
+                    if r is not None and r >= within * before:
+                        rec = round(t - back, 1)
+                        break
+        out[kind] = {**ev, "hit_rate_before": before,
+                     "hit_rate_60s_after": _rate(series, back, min(end, back + 60.0)) if back is not None else None,
+                     "hit_rate_recovered_after_s": rec,
+                     "observed_s_after": round(end - back, 1) if back is not None else None}
+    return out
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -262,50 +412,87 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
     from . import simulator, vllm_router
 
     system, tasks = workload
+    churn = bool(getattr(args, "churn", False)) and target.family == _OURS
     settings = simulator.SimSettings(prefill_ms_per_token=args.prefill_ms, inter_token_ms=args.inter_token_ms,
                                      max_num_seqs=args.max_num_seqs, kv_cache_blocks=kv_blocks)
+    n_routers = max(1, getattr(args, "router_replicas", 1))
+    options = target.policy.split("+")[1:] if target.family == _OURS else []
+    hints = target.family == _OURS and (bool(getattr(args, "hints", False)) or "hints" in options)
     with simulator.running_fleet(args.replicas, settings) as sims:
-        port = simulator.free_port()
+        token_file = None
         if target.family == _OURS:
             endpoints = ",".join(f"sim-{i}={u}" for i, u in enumerate(sims.urls))
-            cmd = [sys.executable, "-m", "agentfleet.cli", "router", "--endpoints", endpoints, "--host",
-                   "127.0.0.1", "--port", str(port), "--policy", target.policy, "--prefix-tokens",
-                   str(args.prefix_tokens), *args.router_arg]
+            policy = target.policy.split("+")[0]
+            placement = "shared" if "shared" in options else None
             ready = "/readyz"
+            if churn:
+                import secrets
+                import tempfile
+
+                token = secrets.token_hex(16)
+                token_file = tempfile.NamedTemporaryFile("w", suffix=".token", delete=False)  # noqa: SIM115
+                token_file.write(token)
+                token_file.close()
+
+            def command(port: int) -> list[str]:
+                return [sys.executable, "-m", "agentfleet.cli", "router", "--endpoints", endpoints, "--host",
+                        "127.0.0.1", "--port", str(port), "--policy", policy, "--prefix-tokens",
+                        str(args.prefix_tokens), *(["--placement", placement] if placement else []),
+                        *(["--admin-token-file", token_file.name] if token_file else []), *args.router_arg]
         else:
-            cmd = vllm_router.command(peer_exe, policy=target.policy, port=port, metrics_port=simulator.free_port(),
-                                      worker_urls=sims.urls)
             ready = "/health"
-        router = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        url = f"http://127.0.0.1:{port}"
+
+            def command(port: int) -> list[str]:
+                return vllm_router.command(peer_exe, policy=target.policy, port=port,
+                                           metrics_port=simulator.free_port(), worker_urls=sims.urls)
+        ports = [simulator.free_port() for _ in range(n_routers)]
+        routers = [subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}) for port in ports]
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
         spy = None
         try:
-            _wait_ready(url, router, ready)
-            cpu0 = _cpu_s(router.pid)
+            for url, router in zip(urls, routers):
+                _wait_ready(url, router, ready)
+            cpu0 = sum(_cpu_s(r.pid) for r in routers)
             if profile_to and target.family == _OURS:
                 spy_exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
-                spy = subprocess.Popen([spy_exe, "record", "-p", str(router.pid), "-f", "raw", "-r", "50", "-o",
+                spy = subprocess.Popen([spy_exe, "record", "-p", str(routers[0].pid), "-f", "raw", "-r", "50", "-o",
                                         profile_to, "--nonblocking"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            d = asyncio.run(_drive(url, system, tasks, concurrency=concurrency, model=settings.model,
-                                   max_tokens=args.max_tokens, sim_urls=sims.urls, deadline_s=args.run_timeout))
-            cpu = _cpu_s(router.pid) - cpu0
+            script = _churn_script(router_urls=urls, token=token, sims=sims, restart_i=0,
+                                   down_i=args.replicas - 1, restart_at=args.churn_restart_at,
+                                   down_at=args.churn_down_at) if churn else None
+            d = asyncio.run(_drive(urls, system, tasks, concurrency=concurrency, model=settings.model,
+                                   max_tokens=args.max_tokens, sim_urls=sims.urls, deadline_s=args.run_timeout,
+                                   churn=script, hints=hints))
+            cpu = sum(_cpu_s(r.pid) for r in routers) - cpu0
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=30)
-            router_metrics = _scrape(url) if target.family == _OURS else {}
+            router_metrics: dict[str, float] = {}
+            if target.family == _OURS:
+                for url in urls:
+                    for k, v in _scrape(url).items():
+                        router_metrics[k] = router_metrics.get(k, 0.0) + v
         finally:
             if spy is not None and spy.poll() is None:
                 spy.kill()
-            router.terminate()
-            try:
-                router.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                router.kill()
-        sim = [_scrape(u) for u in sims.urls]
+            for router in routers:
+                router.terminate()
+            for router in routers:
+                try:
+                    router.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    router.kill()
+            if token_file is not None:
+                os.unlink(token_file.name)
+        # A replica stopped by the churn script has nothing to scrape (and a restarted one counts from 0: its
+        # hit rate comes from the sampled series, which adds across restarts).
+        sim = [_scrape(u) if p.poll() is None else {} for u, p in zip(sims.urls, sims.procs)]
     hits = sum(mn.first_present(m, mn.PREFIX_CACHE_HITS) or 0.0 for m in sim)
     queries = sum(mn.first_present(m, mn.PREFIX_CACHE_QUERIES) or 0.0 for m in sim)
+    if churn and d["cache_series"]:
+        hits, queries = d["cache_series"][-1][1], d["cache_series"][-1][2]
     e2e = sum(m.get("vllm:e2e_request_latency_seconds_sum", 0.0) for m in sim)
     inference = sum(m.get("vllm:request_inference_time_seconds_sum", 0.0) for m in sim)
     prefill = sum(m.get("vllm:request_prefill_time_seconds_sum", 0.0) for m in sim)
@@ -342,6 +529,10 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
         out["session_moves"] = router_metrics.get("agentfleet_router_session_moves_total", 0.0)
         out["load_bound_passes"] = router_metrics.get("agentfleet_router_load_bound_passes_total", 0.0)
         out["retries"] = router_metrics.get("agentfleet_router_retries_total", 0.0)
+        out["mid_stream_failures"] = router_metrics.get("agentfleet_router_mid_stream_failures_total", 0.0)
+    if churn:
+        out["churn"] = churn_report(d["cache_series"], d["churn"] or {})
+        out["churn"]["restarts_seen_by_router"] = router_metrics.get("agentfleet_router_replica_restarts_total", 0.0)
     if spy is not None:
         try:
             with open(profile_to) as f:
@@ -402,6 +593,10 @@ def run(args: argparse.Namespace) -> dict:
     targets = parse_targets(args.routers)
     skipped: dict[str, str] = {}
     exe = None
+    if getattr(args, "churn", False) and any(t.family == _THEIRS for t in targets):
+        why = "--churn scripts the rollout through our router's /admin/drain; not scripted for vllm-router"
+        skipped = {t.name: why for t in targets if t.family == _THEIRS}
+        targets = [t for t in targets if t.family == _OURS]
     if any(t.family == _THEIRS for t in targets):
         exe, why = vllm_router.ensure_installed(progress)
         if exe is None:
@@ -453,7 +648,8 @@ def run(args: argparse.Namespace) -> dict:
     out["config"] = {k: getattr(args, k) for k in (
         "replicas", "tasks_per_worker", "steps_min", "steps_max", "system_words", "task_words", "step_words",
         "max_tokens", "prefill_ms", "inter_token_ms", "max_num_seqs", "kv_blocks", "kv_pressure", "prefix_tokens",
-        "rounds", "seed", "router_arg", "run_timeout")}
+        "rounds", "seed", "router_arg", "run_timeout", "churn", "churn_restart_at", "churn_down_at",
+        "router_replicas", "hints")}
     out["config"]["vllm_router"] = vllm_router.VERSION
     out["config"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return out
@@ -503,4 +699,17 @@ def add_bench_parsers(bench_sub) -> None:
     p.add_argument("--kv-blocks", type=int, default=3072)
     p.add_argument("--prefix-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--router-replicas", type=int, default=1,
+                   help="router processes per router under test, the calls rotating over them (as a Service "
+                   "spreads them); our placement is then best with +shared or --hints")
+    p.add_argument("--hints", action="store_true",
+                   help="send our routers what the AgentApp runtime sends: the run id, the replica that served the "
+                   "session's previous call (x-agentfleet-home), and the run's end")
+    p.add_argument("--churn", action="store_true",
+                   help="a rollout and a scale-down during the run (our router only: vllm-router has no drain): "
+                   "replica 0 drained, restarted and put back, the last replica drained and stopped; reports failed "
+                   "requests and how fast the prefix-cache hit rate comes back")
+    p.add_argument("--churn-restart-at", type=float, default=10.0, help="seconds into the run")
+    p.add_argument("--churn-down-at", type=float, default=30.0,
+                   help="seconds into the run (give the run a minute past it: --tasks-per-worker 8 at 32 tasks)")
     p.set_defaults(func=_cmd)

@@ -68,6 +68,7 @@ class SimFleet:
     settings: SimSettings
     ports: list[int]
     procs: list[subprocess.Popen] = field(default_factory=list)
+    log_dir: Path | None = None
 
     @property
     def urls(self) -> list[str]:
@@ -85,6 +86,21 @@ class SimFleet:
                     p.kill()
 
 
+    def restart(self, i: int, *, timeout_s: float = 30.0) -> None:
+        """Stop replica i and start a fresh one on the same port: same address, empty KV cache, counters at 0
+        (what a vLLM container restart looks like to a router)."""
+        self.stop(i)
+        self.procs[i] = _spawn(self.settings, self.ports[i], self.log_dir)
+        _wait_ready(self.urls[i], self.procs[i], time.monotonic() + timeout_s)
+
+
+def _spawn(settings: SimSettings, port: int, log_dir: Path | None) -> subprocess.Popen:
+    env = {**os.environ, "POD_IP": "127.0.0.1"}  # --enable-kvcache refuses to start without it
+    out = open(log_dir / f"sim-{port}.log", "ab") if log_dir else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen([str(binary()), *settings.args(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
 def _wait_ready(url: str, proc: subprocess.Popen, deadline: float) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -99,14 +115,11 @@ def _wait_ready(url: str, proc: subprocess.Popen, deadline: float) -> None:
 
 def start(n: int, settings: SimSettings = SimSettings(), *, ports: Sequence[int] | None = None,
           log_dir: Path | None = None) -> SimFleet:
-    exe = binary()
-    env = {**os.environ, "POD_IP": "127.0.0.1"}  # --enable-kvcache refuses to start without it
-    fleet = SimFleet(settings, list(ports) if ports else [free_port() for _ in range(n)])
+    binary()  # built once here, before any process starts
+    fleet = SimFleet(settings, list(ports) if ports else [free_port() for _ in range(n)], log_dir=log_dir)
     try:
         for port in fleet.ports:
-            out = open(log_dir / f"sim-{port}.log", "wb") if log_dir else subprocess.DEVNULL  # noqa: SIM115
-            fleet.procs.append(subprocess.Popen([str(exe), *settings.args(port)], env=env, stdout=out,
-                                                stderr=subprocess.STDOUT, start_new_session=True))
+            fleet.procs.append(_spawn(settings, port, log_dir))
         deadline = time.monotonic() + 30
         for url, proc in zip(fleet.urls, fleet.procs):
             _wait_ready(url, proc, deadline)

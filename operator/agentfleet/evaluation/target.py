@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import shutil
 import socket
 import threading
@@ -163,7 +164,7 @@ def plan_local(docs: list[Any], *, run_dir: Path, app_name: str | None = None) -
     from ..local.plan import plan_up
 
     return plan_up(docs, run_dir=Path(run_dir).resolve(), app_name=app_name, engine_port=free_port(),
-                   runtime_port=free_port())
+                   runtime_port=free_port(), env=dict(os.environ))
 
 
 @contextlib.contextmanager

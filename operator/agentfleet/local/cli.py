@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -35,10 +36,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"{args.file}: cannot read: {err}", file=sys.stderr)
         return 1
     try:
-        probe = plan_up(docs, run_dir=Path("."), app_name=args.app)
+        env = dict(os.environ)  # an a2a sub-agent's key may come from AGENTFLEET_A2A_KEY_<SUB_AGENT>
+        probe = plan_up(docs, run_dir=Path("."), app_name=args.app, env=env)
         run_dir = Path(args.run_dir) if args.run_dir else Path(".agentfleet") / probe.app.name
         plan = plan_up(docs, run_dir=run_dir.resolve(), app_name=args.app, engine_port=args.engine_port,
-                       runtime_port=args.port)
+                       runtime_port=args.port, env=env)
     except SpecError as err:
         for problem in err.problems:
             print(f"{args.file}: {err.ref}: {problem}", file=sys.stderr)

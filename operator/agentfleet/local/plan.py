@@ -1,17 +1,23 @@
 """What `agentfleet up` will start for a YAML file, decided before anything starts (pure): the local engine and
 the names it serves, the fleets served elsewhere (`spec.baseUrl`), the index's corpus and milvus-lite file, the
-key store and the runtime configuration. Every reason the file cannot run on one machine is a SpecError naming
-the document and field, raised before a single process is spawned."""
+key store, the keys of remote A2A sub-agents and the runtime configuration. A Secret the app references comes
+from the file, as in a cluster (`stringData`, or base64 `data`); an a2a sub-agent's key may instead come from the
+environment (`AGENTFLEET_A2A_KEY_<SUB_AGENT>`, names.a2a_key_env), so a real key need not be written into a YAML
+file; the environment is a parameter, like everything else here. Every reason the file cannot run on one machine
+is a SpecError naming the document, the field and the fix, raised before a single process is spawned."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .. import render
 from ..api import AgentApp, Budget, ModelFleet, Resource, RuntimeConfig, VectorIndex, is_ours, parse
 from ..errors import Problem, SpecError
+from ..names import a2a_key_env
 
 __all__ = ["LocalEngine", "LocalIndex", "UpPlan", "plan_up", "DEFAULT_ENGINE_PORT", "DEFAULT_RUNTIME_PORT"]
 
@@ -56,6 +62,12 @@ class UpPlan:
     runtime: RuntimeConfig
     runtime_port: int
     config_file: Path
+    a2a_keys: dict[str, str] = field(default_factory=dict, repr=False)  # a2a sub-agent -> this app's key there
+
+    @property
+    def a2a_keys_dir(self) -> Path:
+        """Where the runtime reads the a2a sub-agents' keys (<dir>/<sub-agent>/key, as render mounts them)."""
+        return self.run_dir / "a2a-keys"
 
     def describe(self) -> list[str]:
         """What will run, one line each, for the terminal."""
@@ -87,8 +99,48 @@ def _plain(docs: list[Any], kind: str, name: str) -> dict[str, Any] | None:
                  and (d.get("metadata") or {}).get("name") == name), None)
 
 
+def _secret_value(docs: list[Any], name: str, key: str) -> str | None:
+    """A key of a Secret in the file: `stringData`, else base64 `data` (a Secret as a cluster prints it)."""
+    secret = _plain(docs, "Secret", name) or {}
+    value = (secret.get("stringData") or {}).get(key)
+    if value is None and (secret.get("data") or {}).get(key) is not None:
+        try:
+            value = base64.b64decode(str(secret["data"][key]), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return None if value is None else str(value)
+
+
+def _a2a_keys(app: AgentApp, docs: list[Any], env: Mapping[str, str]) -> dict[str, str]:
+    """This app's key at each remote A2A sub-agent: the environment variable, else the Secret in the file. What
+    a cluster mounts from the Secret, `up` writes where the runtime reads it (up.write_run_dir)."""
+    keys, problems = {}, []
+    for i, sub in enumerate(app.spec.sub_agents):
+        if sub.a2a is None:
+            continue
+        ref, var = sub.a2a.key_secret_ref, a2a_key_env(sub.name)
+        path = f"spec.subAgents[{i}].a2a.keySecretRef"
+        value = env.get(var) or _secret_value(docs, ref.name, ref.key)
+        if value is None:
+            problems.append(Problem(path, (
+                f"sub-agent {sub.name} calls {sub.a2a.url} with this app's API key there, the Secret {ref.name} key "
+                f"{ref.key!r}, which `agentfleet up` cannot find: set the environment variable {var} to the key, or "
+                f"add the Secret {ref.name} with stringData.{ref.key} to the file")))
+            continue
+        key = value.strip()
+        if not key or any(c.isspace() or ord(c) < 0x20 for c in key):
+            source = f"${var}" if env.get(var) else f"Secret {ref.name} key {ref.key!r}"
+            problems.append(Problem(path, f"sub-agent {sub.name}: the key in {source} is empty or not one token"))
+            continue
+        keys[sub.name] = key
+    if problems:
+        raise SpecError(app.ref(), problems)
+    return keys
+
+
 def plan_up(docs: list[Any], *, run_dir: Path, app_name: str | None = None, engine_port: int = DEFAULT_ENGINE_PORT,
-            runtime_port: int = DEFAULT_RUNTIME_PORT) -> UpPlan:
+            runtime_port: int = DEFAULT_RUNTIME_PORT, env: Mapping[str, str] | None = None) -> UpPlan:
+    """`env`: the environment `agentfleet up` runs in (a2a sub-agents' keys may come from it); None is empty."""
     objs = [parse(d) for d in docs if is_ours(d)]
     apps: list[AgentApp] = _by_kind(objs, "AgentApp")
     if app_name:
@@ -119,6 +171,7 @@ def plan_up(docs: list[Any], *, run_dir: Path, app_name: str | None = None, engi
         raise SpecError(app.ref(), [Problem("spec.auth.apiKeysSecretRef", (
             f"Secret {auth.name} with stringData key {auth.key!r} must be in the file: `agentfleet up` reads the "
             "API keys from it"))])
+    a2a_keys = _a2a_keys(app, docs, env or {})
 
     local_index = None
     index: VectorIndex | None = related.get(("VectorIndex", app.spec.index.name)) if app.spec.index else None  # type: ignore[assignment]
@@ -144,4 +197,4 @@ def plan_up(docs: list[Any], *, run_dir: Path, app_name: str | None = None, engi
     cfg = cfg.model_copy(update={"ledger": cfg.ledger.model_copy(update={"backend": "sqlite"})})
     return UpPlan(run_dir=run_dir, app=app, engine=engine, external=external, index=local_index,
                   keys_yaml=keys_yaml, keys_file=keys_file, runtime=cfg, runtime_port=runtime_port,
-                  config_file=run_dir / "runtime.yaml")
+                  config_file=run_dir / "runtime.yaml", a2a_keys=a2a_keys)

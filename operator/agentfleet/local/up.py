@@ -1,11 +1,14 @@
 """`agentfleet up -f FILE`: the same YAML as local processes on one machine, no cluster. The plan (plan.py) is
-decided first; then this supervisor starts the vLLM engine (minutes on a CPU), ingests the VectorIndex's corpus
-into milvus-lite meanwhile with the very command its Kubernetes Job runs, starts the runtime once both are ready,
-prints how to talk to it, and on Ctrl-C (or any process dying) stops everything, newest first."""
+decided first; then this supervisor writes the run directory (the key store, the runtime configuration, and each
+remote A2A sub-agent's key where the runtime reads it, as a cluster mounts its Secret), starts the vLLM engine
+(minutes on a CPU), ingests the VectorIndex's corpus into milvus-lite meanwhile with the very command its
+Kubernetes Job runs, starts the runtime once both are ready, prints how to talk to it, and on Ctrl-C (or any
+process dying) stops everything, newest first."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,9 +24,10 @@ import yaml
 
 from .. import render
 from ..ingest.corpus import materialise_configmap
+from ..names import A2A_KEY_FILE, A2A_KEYS_DIR_ENV
 from .plan import UpPlan
 
-__all__ = ["run_up", "ingest_command", "UpFailed", "wait_http"]
+__all__ = ["run_up", "ingest_command", "UpFailed", "wait_http", "write_run_dir", "runtime_env"]
 
 
 class UpFailed(RuntimeError):
@@ -102,6 +106,25 @@ def write_run_dir(plan: UpPlan) -> None:
     plan.keys_file.write_text(plan.keys_yaml)
     plan.keys_file.chmod(0o600)  # API keys
     plan.config_file.write_text(yaml.safe_dump(plan.runtime.wire(), sort_keys=True))
+    # This app's keys at its remote A2A sub-agents, laid out as render mounts their Secrets; rewritten whole, so
+    # a sub-agent removed from the file leaves no key behind.
+    shutil.rmtree(plan.a2a_keys_dir, ignore_errors=True)
+    if plan.a2a_keys:
+        plan.a2a_keys_dir.mkdir(mode=0o700)
+    for name, key in plan.a2a_keys.items():
+        path = plan.a2a_keys_dir / name / A2A_KEY_FILE
+        path.parent.mkdir(mode=0o700)
+        path.touch(mode=0o600)  # API keys, as keys.yaml
+        path.write_text(key + "\n")
+
+
+def runtime_env(plan: UpPlan, base: dict[str, str]) -> dict[str, str]:
+    """The runtime process's environment: `base` (this process's), its state directory, and where it finds the
+    a2a sub-agents' keys when the app has any."""
+    env = {**base, "AGENTFLEET_STATE_DIR": str(plan.run_dir / "state")}
+    if plan.a2a_keys:
+        env[A2A_KEYS_DIR_ENV] = str(plan.a2a_keys_dir)
+    return env
 
 
 def run_up(plan: UpPlan, *, say: Callable[[str], None] = print, stop: threading.Event | None = None,
@@ -145,7 +168,7 @@ def run_up(plan: UpPlan, *, say: Callable[[str], None] = print, stop: threading.
             engine.wait_ready(engine_timeout_s, log=say)
         say(f"==> starting the runtime at http://127.0.0.1:{plan.runtime_port}")
         log_path = logs / "runtime.log"
-        env = {**os.environ, "AGENTFLEET_STATE_DIR": str(plan.run_dir / "state")}
+        env = runtime_env(plan, dict(os.environ))
         runtime = _spawn([sys.executable, "-m", "agentfleet.cli", "serve", "--config", str(plan.config_file),
                           "--host", "127.0.0.1", "--port", str(plan.runtime_port),
                           "--state-dir", str(plan.run_dir / "state")], log_path, env=env)

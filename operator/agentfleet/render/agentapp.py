@@ -42,11 +42,12 @@ RUNTIME_GID = 10001
 TOKEN_EXPIRATION_S = 3607
 
 
-def _endpoint(role: str, fleet: ModelFleet, budget: Budget | None, url: str) -> ModelEndpoint:
+def _endpoint(role: str, fleet: ModelFleet, budget: Budget | None, url: str, *, is_router: bool = False
+              ) -> ModelEndpoint:
     """Price from the Budget's table (by fleet or served model name), else from the fleet's own pricing."""
     price = price_row(budget.spec.prices, fleet.name, fleet.served_model_name) if budget else None
     return ModelEndpoint(
-        role=role, fleet=fleet.name, url=url, model=fleet.served_model_name,
+        role=role, fleet=fleet.name, url=url, model=fleet.served_model_name, is_router=is_router,
         input_per_m_tokens_usd=price.input_per_m_tokens_usd if price else fleet.spec.pricing.input_per_m_tokens_usd,
         output_per_m_tokens_usd=price.output_per_m_tokens_usd if price else fleet.spec.pricing.output_per_m_tokens_usd,
     )
@@ -62,9 +63,12 @@ def runtime_config(app: AgentApp, *, fleets: dict[str, ModelFleet], index: Vecto
 
     roles = app.spec.fleets
     small = roles.small or roles.large
+    def is_router(name: str) -> bool:  # our router in the cluster: not a hosted API, not `up`'s local server
+        return not (fleet_urls or {}).get(name) and (name not in fleets or fleets[name].spec.base_url is None)
+
     models = {
-        "large": _endpoint("large", fleets[roles.large], budget, url(roles.large)),
-        "small": _endpoint("small", fleets[small], budget, url(small)),
+        "large": _endpoint("large", fleets[roles.large], budget, url(roles.large), is_router=is_router(roles.large)),
+        "small": _endpoint("small", fleets[small], budget, url(small), is_router=is_router(small)),
     }
     conn = None
     if index is not None and app.spec.index is not None:

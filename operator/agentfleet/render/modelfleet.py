@@ -471,9 +471,13 @@ def _router(fleet: ModelFleet, d: Defaults) -> list[dict[str, Any]]:
         "--service", engine_name(fleet.name),
         "--port", str(ROUTER_PORT),
         "--policy", r.policy,
+        "--placement", r.placement if r.placement != "auto" else "shared" if r.replicas > 1 else "local",
         "--load-bound-factor", str(r.load_bound_factor),
         "--prefix-tokens", str(r.prefix_tokens),
     ]
+    if r.telemetry is not None:  # a span per proxied request; the engines' spans become its children
+        args += ["--otlp-endpoint", r.telemetry.otlp_endpoint, "--service-name", r.telemetry.service_name or name,
+                 "--trace-sample-ratio", str(r.telemetry.sample_ratio)]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, *opts.volume_mounts]
     container: dict[str, Any] = {
         "name": "router",

@@ -61,7 +61,7 @@ def connection(index: VectorIndex, *, top_k: int = 5, mode: RetrievalMode = "hyb
         name=index.name, uri=uri, collection=index.collection,
         token_env=MILVUS_TOKEN_ENV if (m.token_secret_ref or m.auth_secret_ref) else None, top_k=top_k, mode=mode,
         embedding=index.spec.embedding, embedding_url=embedding_url, chunking=index.spec.chunking,
-        access=index.spec.access,
+        access=index.spec.access, source_url=index.spec.source.url,
     )
 
 

@@ -4,7 +4,8 @@ Schema: content-hash id, vector, tenant (partition key) and groups in the encode
 document key, source path, title, heading trail and character offsets, and (collections created since hybrid
 retrieval) the chunk's analysed terms (`analysis.terms`, which `upsert` adds to ingest's rows) with the BM25 sparse
 vector the engine derives from them (a milvus BM25 `Function`). Search, dense or full-text, always goes through a
-Principal's filter; `search_expr` and `search_text_expr` exist for benchmarks and administration only. Full-text
+Principal's filter, and so does reading one document's chunks (`document_chunks`, behind the runtime's cited-source
+route); `search_expr` and `search_text_expr` exist for benchmarks and administration only. Full-text
 search uses the engine to find the readable chunks that hold a query term and scores them with statistics of what
 the filter admits (`bm25`), never the engine's collection-wide ones."""
 
@@ -22,7 +23,7 @@ from .bm25 import CorpusStats, corpus_stats, rank
 from .filters import GROUPS_FIELD_MAX, TENANT_FIELD_MAX, Principal, for_principal
 
 __all__ = ["Hit", "MilvusStore", "StoreError", "is_lite_uri", "row_problem", "OUTPUT_FIELDS", "BM25_FIELD",
-           "VARCHAR_MAX"]
+           "VARCHAR_MAX", "MAX_DOCUMENT_CHUNKS"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ def bm25_pool(k: int) -> int:
 
 
 _SAFE_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")   # content-hash ids: safe inside a filter literal
+_DOC_KEY = re.compile(r"[0-9a-f]{32}")  # ingest.pipeline.document_key: safe inside a filter literal
+MAX_DOCUMENT_CHUNKS = 2000  # one document read back at most (a 64 MiB file cut at 512 tokens has more)
 
 
 class _DropMvccNotice(logging.Filter):
@@ -306,6 +309,19 @@ class MilvusStore:
         average length counted over the chunks `principal` may read, so no other chunk moves it. Needs
         `full_text`."""
         return self.search_text_expr(queries, for_principal(principal).expr, k=k)
+
+    def document_chunks(self, doc_key: str, principal: Principal, *, limit: int = MAX_DOCUMENT_CHUNKS
+                        ) -> list[Hit]:
+        """The chunks of one document (its ingest document key) that `principal` may read, in document order,
+        at most `limit`: the same filter as `search`, inside the query, so a chunk the principal may not read never
+        leaves the store, and a document it may read nothing of is no chunks, as one that does not exist."""
+        if not _DOC_KEY.fullmatch(doc_key):
+            return []
+        self.load()
+        expr = f'doc == "{doc_key}" and ({for_principal(principal).expr})'
+        rows = self.client.query(self.collection, filter=expr, output_fields=["id", *OUTPUT_FIELDS], limit=limit)
+        hits = [_hit({"id": r["id"], "entity": r}, 0.0) for r in rows]
+        return sorted(hits, key=lambda h: (h.start, h.end, h.id))
 
     def search_expr(self, vectors: Sequence[Sequence[float]], expr: str, *, k: int = 10,
                     fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[Hit]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .policy import DEFAULT_MOVE_BOUND_FACTOR, POLICIES
+from .policy import DEFAULT_MOVE_BOUND_FACTOR, PLACEMENTS, POLICIES
 from .state import KEY_IDLE_S
 
 __all__ = ["add_parsers"]
@@ -19,13 +19,15 @@ def _cmd_router(args: argparse.Namespace) -> int:
     from .discovery import parse_static, watch_endpoint_slices
     from pathlib import Path
 
+    from ..telemetry import DISABLED, TelemetrySettings, start as start_telemetry
     from .proxy import ProxySettings, admin_token_digest, serve
     from .state import FleetState
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}')
     fleet = FleetState(policy=args.policy, load_bound_factor=args.load_bound_factor,
-                       move_bound_factor=args.move_bound_factor, key_idle_s=args.key_idle)
+                       move_bound_factor=args.move_bound_factor, key_idle_s=args.key_idle,
+                       placement=args.placement)
     admin = None
     if args.admin_token_file:  # a mounted Secret; only its digest is kept
         token = Path(args.admin_token_file).read_text(encoding="utf-8").strip()
@@ -46,11 +48,25 @@ def _cmd_router(args: argparse.Namespace) -> int:
         async def on_startup(_app) -> None:
             watch_endpoint_slices(asyncio.get_running_loop(), fleet.set_endpoints, namespace=args.namespace,
                                   service=args.service, default_port=args.engine_port, stop=stop)
+    telemetry = DISABLED  # off: the SDK is never imported
+    if args.otlp_endpoint:
+        resource = {k: v for k, v in (("service.namespace", args.namespace), ("agentfleet.fleet", args.fleet)) if v}
+        telemetry = start_telemetry(TelemetrySettings(
+            otlp_endpoint=args.otlp_endpoint, service_name=args.service_name or f"{args.fleet or 'agentfleet'}-router",
+            sample_ratio=args.trace_sample_ratio, resource=resource))
     try:
-        serve(fleet, settings, host=args.host, port=args.port, on_startup=on_startup)
+        serve(fleet, settings, host=args.host, port=args.port, on_startup=on_startup, telemetry=telemetry)
     finally:
         stop.set()
+        telemetry.shutdown()
     return 0
+
+
+def _ratio(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{raw} is not between 0 and 1")
+    return value
 
 
 def add_parsers(sub) -> None:
@@ -68,6 +84,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--move-bound-factor", type=float, default=DEFAULT_MOVE_BOUND_FACTOR,
                    help="a session (or prefix) leaves the replica holding its history only when that replica "
                    "carries more than this times the mean in-flight load (a move re-prefills the history)")
+    p.add_argument("--placement", choices=PLACEMENTS, default="local",
+                   help="for sessions that do not say where they live (the runtime's runs do): local places by this "
+                   "router's own counts (the best spread with one router); shared by the hash ring only, so router "
+                   "replicas agree on every session")
     p.add_argument("--key-idle", type=float, default=KEY_IDLE_S,
                    help="seconds after its last request a session stops counting as live on its replica")
     p.add_argument("--prefix-tokens", type=int, default=256,
@@ -79,5 +99,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body taken (413 above)")
     p.add_argument("--admin-token-file",
                    help="file holding the token /admin/* requires (Authorization: Bearer); without it they are off")
+    p.add_argument("--otlp-endpoint",
+                   help="trace each proxied request: OTLP/HTTP base URL of a collector (/v1/traces is appended); "
+                   "unset, tracing is off and the caller's traceparent is passed through as sent")
+    p.add_argument("--service-name", help="service.name of the router's spans (default: <fleet>-router)")
+    p.add_argument("--trace-sample-ratio", type=_ratio, default=1.0,
+                   help="share of new traces recorded; a caller's sampled traceparent is always followed")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_router)

@@ -12,7 +12,10 @@ from collections.abc import Collection, Iterable, Mapping
 
 __all__ = ["Ring", "key_hash", "load_bound"]
 
-VNODES = 160  # virtual nodes per replica: keeps the share of 4-16 replicas within a few % of even
+# Virtual nodes per replica. 160 left four replicas owning 22.7-28.0 % of the ring (the one at 28 % drew 46 of 128
+# bench sessions, the lightest 24); 1,000 keeps each within about 4 % of even, for a ring of 4,000-16,000 points
+# (built on a membership change only, in milliseconds; a lookup is a bisect).
+VNODES = 1000
 
 
 def key_hash(key: str) -> int:

@@ -12,10 +12,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RequestKey", "request_key", "SESSION_HEADERS"]
+__all__ = ["RequestKey", "request_key", "SESSION_HEADERS", "RUN_HEADER", "HOME_HEADER"]
 
-# Checked in order, case-insensitively. x-session-id is what llm-d and KubeAI users already send.
-SESSION_HEADERS = ("x-session-id", "x-agentfleet-session", "x-task-id")
+# Checked in order, case-insensitively. x-session-id is what llm-d, KubeAI and vllm-router users already send;
+# x-session-affinity and NVIDIA Dynamo's x-dynamo-session-id are accepted too, so those clients keep their affinity.
+SESSION_HEADERS = ("x-session-id", "x-agentfleet-session", "x-task-id", "x-session-affinity",
+                   "x-dynamo-session-id")
+# Sent by the AgentApp runtime with the session: "this session is a run that will tell you when it ends" (POST
+# /v1/sessions/end), so the router holds its claim through tool calls of any length instead of guessing from pace.
+RUN_HEADER = "x-agentfleet-run"
+# The replica a run's previous call was served by (the x-agentfleet-replica the router answered with), sent back by
+# the runtime: like a load balancer's sticky cookie, it lets any router replica find the session's history, even
+# one that never saw the session.
+HOME_HEADER = "x-agentfleet-home"
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
@@ -24,6 +33,8 @@ class RequestKey:
     session: str | None = None
     prefix: str | None = None
     is_cacheable: bool = True  # False for embeddings and models: no KV cache to be near
+    is_run: bool = False  # a runtime's run: it releases the session itself when the run ends
+    home: str | None = None  # the replica the client says served its previous call (HOME_HEADER)
 
 
 def _text(content: Any) -> str:
@@ -52,6 +63,10 @@ def request_key(path: str, headers: Mapping[str, str], body: Mapping[str, Any] |
     session = next((lower[h] for h in SESSION_HEADERS if lower.get(h)), None)
     if session is None and body is not None and isinstance(body.get("session_id"), str):
         session = body["session_id"]
+    if session is not None and lower.get(RUN_HEADER):
+        key = request_key(path, {}, body, prefix_tokens=prefix_tokens)
+        return RequestKey(session=session, prefix=key.prefix, is_cacheable=key.is_cacheable, is_run=True,
+                          home=lower.get(HOME_HEADER) or None)
     if path.endswith("/embeddings") or path.endswith("/models") or body is None:
         return RequestKey(session=session, is_cacheable=False)
     messages = body.get("messages")

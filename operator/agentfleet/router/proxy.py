@@ -6,7 +6,10 @@ the least-loaded fallback. Nothing here blocks the event loop: discovery runs in
 The edge is hardened like the runtime's: a body is bounded in size (and all bodies being buffered together, in
 bytes), read within a deadline and parsed by request_body (bounded depth, UTF-8 only); every error the router
 answers itself is an OpenAI error body that names no replica and no exception (those go to the log); /admin/*
-needs the admin token (kept only as a digest, compared in constant time) and is off when none is configured."""
+needs the admin token (kept only as a digest, compared in constant time) and is off when none is configured.
+With telemetry on (`--otlp-endpoint`), each proxied request is a SERVER span, a child of the caller's W3C
+traceparent, and the engine is sent the router span's own traceparent; off, no span is made, the caller's header
+is passed through as sent and the OpenTelemetry SDK is never imported."""
 
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ from aiohttp import web
 from ..errors import InvalidRequest, RequestTimeout, RequestTooLarge, http_error
 from .. import http_edge
 from ..request_body import check_content_encoding, parse_json
+from ..telemetry import DISABLED, Telemetry
 from .keys import request_key
-from .state import FleetState, parse_load
+from .state import FleetState, parse_load, parse_served
 
 __all__ = ["ProxySettings", "build_app", "serve", "admin_token_digest", "ADMIN_TOKEN_HEADER", "MAX_BODY_BYTES",
            "OPENAPI_FILE", "RUNNER_OPTIONS"]
@@ -38,6 +42,8 @@ PROXIED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _DROP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                    "transfer-encoding", "upgrade", "host", "content-length"})
 _RETRY_STATUSES = frozenset({502, 503, 504})
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})  # replaced by the router span's when tracing
+_TRACED = frozenset({*PROXIED, "/v1/models"})
 ADMIN_TOKEN_HEADER = "Authorization"  # `Bearer <token>`
 # What one model call needs: a 128k-token prompt is about 0.5 MB of text; images as data URLs take more.
 MAX_BODY_BYTES = 8 << 20
@@ -168,6 +174,12 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         return _error(400, "the request body must be a JSON object", "invalid_json")
     key = request_key(request.path, request.headers, body, prefix_tokens=settings.prefix_tokens)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
+    telemetry: Telemetry = request.app["telemetry"]
+    span = telemetry.current_span() if telemetry.is_enabled else None  # the request's, opened by _traced
+    if span is not None:  # the engine's spans become children of the router's
+        headers = telemetry.inject({k: v for k, v in headers.items() if k.lower() not in _TRACE_HEADERS})
+        span.set_attributes({"agentfleet.router.has_session": key.session is not None,
+                             "agentfleet.router.attempts": 0})
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s,
                                     sock_read=settings.read_timeout_s)
     tried: set[str] = set()
@@ -178,6 +190,10 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             break
         name = choice.replica
         tried.add(name)
+        if span is not None:
+            span.set_attributes({"agentfleet.router.replica": name, "agentfleet.router.route_reason": choice.reason,
+                                 "agentfleet.router.load_bound_pass": choice.is_load_bound_pass,
+                                 "agentfleet.router.attempts": len(tried)})
         url = fleet.started(name) + request.path_qs
         try:
             try:
@@ -211,6 +227,8 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                         # passes, and the client sees a truncated answer (it may retry; its session re-hashes).
                         fleet.failed_mid_stream(name)
                         log.warning("replica failed mid-stream", extra={"replica": name, "error": repr(err)})
+                        if span is not None:
+                            telemetry.set_error(span, "replica_failed_mid_stream")
                         _abort(request)
                         return response
                     try:
@@ -218,6 +236,8 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                             await response.write(chunk)
                     except TimeoutError:
                         log.info("client stopped reading", extra={"replica": name})
+                        if span is not None:
+                            span.set_attribute("agentfleet.router.client_stopped_reading", True)
                         _abort(request)
                         return response
                 await response.write_eof()
@@ -232,11 +252,54 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                   headers={"Retry-After": "1"})
 
 
+def _traced(telemetry: Telemetry, policy: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The outermost middleware when telemetry is on: a proxied request's SERVER span (HTTP conventions), a child
+    of the caller's traceparent, covering the whole streamed answer. Outside _errors, so it sees the status the
+    client got; a 5xx marks it failed. Its attributes name the replica and the routing, never the prompt or the
+    session id."""
+
+    @web.middleware
+    async def traced(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+        if request.path not in _TRACED:
+            return await handler(request)
+        with telemetry.incoming(request.headers), telemetry.span(f"{request.method} {request.path}", {
+                "http.request.method": request.method, "http.route": request.path, "url.path": request.path,
+                "agentfleet.router.policy": policy}, kind="server") as span:
+            response = await handler(request)  # the span is current in it: _proxy adds to it
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                telemetry.set_error(span, str(response.status))
+            return response
+
+    return traced
+
+
 def _abort(request: web.Request) -> None:
     """Close the client's connection without ending the chunked body, so the client reads a truncated answer
     (as it would from the engine itself) rather than a complete one."""
     if request.transport is not None:
         request.transport.abort()
+
+
+MAX_RELEASE = 1000  # sessions per release call
+
+
+async def _sessions_end(request: web.Request) -> web.Response:
+    """POST /v1/sessions/end {"sessions": [...]}: the runtime's runs behind these sessions ended; their claims on
+    the replicas go now. A released session that calls again is only placed again, as a new one (a run sends its
+    home replica with each call, so it goes back there), so this needs no token; NetworkPolicy limits who reaches
+    the router at all."""
+    fleet: FleetState = request.app["fleet"]
+    settings: ProxySettings = request.app["settings"]
+    raw = await _read_body(request, settings)
+    body = parse_json(raw, request.headers.get("Content-Type"), max_bytes=settings.max_body_bytes) if raw else None
+    sessions = body.get("sessions") if isinstance(body, dict) else None
+    if not isinstance(sessions, list) or not all(isinstance(s, str) for s in sessions):
+        return _error(400, 'the body must be {"sessions": ["<session id>", ...]}', "invalid_sessions")
+    if len(sessions) > MAX_RELEASE:
+        return _error(400, f"at most {MAX_RELEASE} sessions per call", "too_many_sessions")
+    return web.json_response({"released": fleet.release(sessions)})
 
 
 async def _models(request: web.Request) -> web.StreamResponse:
@@ -315,6 +378,7 @@ async def _probe_loop(app: web.Application) -> None:
             return
         if text:
             fleet.set_load(name, *parse_load(text))
+            fleet.set_served(name, parse_served(text))
 
     while True:
         eps = [(e.name, e.url) for e in fleet.endpoints.values()]
@@ -337,16 +401,22 @@ async def _security_headers(_: web.Request, response: web.StreamResponse) -> Non
 
 
 def build_app(fleet: FleetState, settings: ProxySettings,
-              on_startup: Callable[[web.Application], Awaitable[None]] | None = None) -> web.Application:
+              on_startup: Callable[[web.Application], Awaitable[None]] | None = None, *,
+              telemetry: Telemetry = DISABLED) -> web.Application:
+    """`telemetry`: agentfleet.telemetry's live kind to trace proxied requests; DISABLED (the default) adds
+    nothing to a request's path."""
     http_edge.install()  # protocol errors answer in the OpenAI shape too
-    app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
+    middlewares = [_traced(telemetry, fleet.policy), _errors] if telemetry.is_enabled else [_errors]
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app.on_response_prepare.append(_security_headers)
     app["fleet"] = fleet
     app["settings"] = settings
+    app["telemetry"] = telemetry
     app["buffered"] = _ByteBudget(settings.max_buffered_bytes)
     for path in PROXIED:
         app.router.add_post(path, _proxy)
     app.router.add_get("/v1/models", _models)
+    app.router.add_post("/v1/sessions/end", _sessions_end)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -372,6 +442,7 @@ def build_app(fleet: FleetState, settings: ProxySettings,
 
 
 def serve(fleet: FleetState, settings: ProxySettings, *, host: str, port: int,
-          on_startup: Callable[[web.Application], Awaitable[None]] | None = None) -> None:
-    web.run_app(build_app(fleet, settings, on_startup), host=host, port=port, access_log=None,
-                print=lambda *_: None, **RUNNER_OPTIONS)
+          on_startup: Callable[[web.Application], Awaitable[None]] | None = None,
+          telemetry: Telemetry = DISABLED) -> None:
+    web.run_app(build_app(fleet, settings, on_startup, telemetry=telemetry), host=host, port=port,
+                access_log=None, print=lambda *_: None, **RUNNER_OPTIONS)

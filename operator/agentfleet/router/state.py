@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from .. import metrics_names as mn
 from .hashing import Ring
 from .keys import RequestKey
-from .policy import DEFAULT_MOVE_BOUND_FACTOR, Choice, Policy, ReplicaView, choose
+from .policy import DEFAULT_MOVE_BOUND_FACTOR, Choice, Placement, Policy, ReplicaView, choose
 
-__all__ = ["Endpoint", "FleetState", "parse_load", "parse_prometheus_text", "KEY_IDLE_S"]
+__all__ = ["Endpoint", "FleetState", "parse_load", "parse_served", "parse_prometheus_text", "KEY_IDLE_S"]
 
 SESSION_TABLE_SIZE = 100_000
 # How long a key counts as live on its replica when new keys are placed (its home is remembered longer): until it
@@ -44,6 +44,8 @@ class Endpoint:
     retries: int = 0  # requests that failed here before their first byte and were retried elsewhere
     failures: int = 0
     mid_stream_failures: int = 0  # answers that broke off after the first byte (not retried here: the client's)
+    served: float | None = None  # the engine's own cumulative request count at the last scrape (restart marker)
+    restarts: int = 0  # engine restarts seen (a counter that went back, or a new address)
 
 
 def parse_prometheus_text(text: str) -> dict[str, float]:
@@ -78,6 +80,12 @@ def parse_load(text: str) -> tuple[float | None, float | None, float | None]:
     return mn.first_present(s, mn.WAITING), mn.first_present(s, mn.RUNNING), mn.first_present(s, mn.KV_CACHE_USAGE)
 
 
+def parse_served(text: str) -> float | None:
+    """The engine's cumulative count of finished requests: it only grows while the process lives, so a smaller
+    value (or none after some) means the engine restarted with an empty cache."""
+    return mn.first_present(parse_prometheus_text(text), mn.REQUEST_SUCCESS)
+
+
 @dataclass
 class FleetState:
     policy: Policy
@@ -86,11 +94,14 @@ class FleetState:
     ring: Ring = field(default_factory=lambda: Ring(()))
     move_bound_factor: float = DEFAULT_MOVE_BOUND_FACTOR
     key_idle_s: float = KEY_IDLE_S
+    placement: Placement = "local"
     rr_index: int = 0
     session_moves: int = 0
     load_bound_passes: int = 0
     choices: dict[str, int] = field(default_factory=dict)
     no_replica: int = 0
+    forgotten_keys: int = 0
+    released_keys: int = 0
     _sessions: OrderedDict[str, str] = field(default_factory=OrderedDict)  # affinity key -> home, LRU
     # affinity key -> (last seen, live until, replica), least recently seen first; a heap of (live until, key)
     _live: OrderedDict[str, tuple[float, float, str]] = field(default_factory=OrderedDict)
@@ -108,8 +119,9 @@ class FleetState:
             ep = self.endpoints.get(name)
             if ep is None:
                 self.endpoints[name] = Endpoint(name, url)
-            else:
-                ep.url = url
+            elif ep.url != url:  # a new pod under the old name (a StatefulSet replaced it): nothing is cached there
+                ep.url, ep.served = url, None
+                self.restarted(name)
             self.endpoints[name].is_draining = name in draining
         if set(self.ring.members) != set(self.endpoints):
             self.ring = Ring(self.endpoints)
@@ -129,6 +141,30 @@ class FleetState:
         if ep is not None:
             ep.waiting, ep.running, ep.kv_cache_usage = waiting, running, kv
 
+    def set_served(self, name: str, served: float | None) -> None:
+        """The engine's cumulative request count from its scrape; a value that went back means it restarted."""
+        ep = self.endpoints.get(name)
+        if ep is None:
+            return
+        if ep.served is not None and ep.served > 0 and (served is None or served < ep.served):
+            self.restarted(name)
+        ep.served = served
+
+    def restarted(self, name: str) -> None:
+        """The engine lost its KV cache (restarted, or replaced): drop every claim that it holds a key's history,
+        so new keys are placed as if it were empty (it is) and nobody is kept there for a cache that is gone."""
+        ep = self.endpoints.get(name)
+        if ep is not None:
+            ep.restarts += 1
+        gone = [k for k, home in self._sessions.items() if home == name]
+        for k in gone:
+            del self._sessions[k]
+        live = [k for k, (_, _, replica) in self._live.items() if replica == name]
+        for k in live:
+            del self._live[k]  # their entries left in the expiry heap are skipped (lazy deletion)
+        self._placed[name] = 0
+        self.forgotten_keys += len(gone)
+
     def is_ready(self) -> bool:
         return any(e.is_healthy and not e.is_draining for e in self.endpoints.values())
 
@@ -143,9 +179,15 @@ class FleetState:
         affinity = (key.session or key.prefix) if key.is_cacheable else None
         self._expire(now)
         home = self._sessions.get(affinity) if affinity is not None else None
+        if key.home is not None and key.session is not None and key.home in self.endpoints:
+            home = key.home  # the client saw where its last call went, maybe through another router replica
+        # A run carries its home from call to call, so router replicas agree on it whatever their own counts:
+        # it is placed by this router's counts (the best spread), not by the shared rule that plain clients need.
+        placement = "local" if key.is_run and key.session is not None else self.placement
         choice = choose(key, self.views(), policy=self.policy, ring=self.ring,
                         load_bound_factor=self.load_bound_factor, rr_index=self.rr_index, exclude=exclude,
-                        home=home, placed=self._placed, move_bound_factor=self.move_bound_factor)
+                        home=home, placed=self._placed, move_bound_factor=self.move_bound_factor,
+                        placement=placement)
         self.rr_index += 1
         if choice is None:
             self.no_replica += 1
@@ -160,17 +202,31 @@ class FleetState:
             self._sessions[affinity] = choice.replica
             if len(self._sessions) > SESSION_TABLE_SIZE:
                 self._sessions.popitem(last=False)
-            self._touch(affinity, choice.replica, now)
+            self._touch(affinity, choice.replica, now, hold=key.is_run)
         return choice
 
-    def _touch(self, affinity: str, replica: str, now: float) -> None:
+    def release(self, sessions: list[str]) -> int:
+        """The runs behind these sessions ended (the runtime says so): their claims go now, not when they idle
+        out, so the next sessions are placed by the load that is really there. Returns how many were held."""
+        n = 0
+        for s in sessions:
+            entry = self._live.pop(s, None)
+            if entry is not None:
+                self._placed[entry[2]] -= 1
+                n += 1
+            self._sessions.pop(s, None)
+        self.released_keys += n
+        return n
+
+    def _touch(self, affinity: str, replica: str, now: float, *, hold: bool = False) -> None:
         was = self._live.pop(affinity, None)
         if was is not None:
             self._placed[was[2]] -= 1
         # Live until silent for KEY_IDLE_PACE times the key's own pace (the gap between its last two requests),
-        # within [KEY_IDLE_MIN_S, key_idle_s]; a key seen once has no pace yet and gets key_idle_s.
-        ttl = self.key_idle_s if was is None else min(self.key_idle_s,
-                                                      max(KEY_IDLE_MIN_S, KEY_IDLE_PACE * (now - was[0])))
+        # within [KEY_IDLE_MIN_S, key_idle_s]; a key seen once has no pace yet and gets key_idle_s. A run that
+        # will say when it ends is held for key_idle_s after each call, through a tool of any length.
+        ttl = self.key_idle_s if was is None or hold else min(
+            self.key_idle_s, max(KEY_IDLE_MIN_S, KEY_IDLE_PACE * (now - was[0])))
         self._placed[replica] = self._placed.get(replica, 0) + 1
         self._live[affinity] = (now, now + ttl, replica)
         heapq.heappush(self._expiry, (now + ttl, affinity))
@@ -254,6 +310,12 @@ class FleetState:
         family("agentfleet_router_live_keys", "gauge",
                "Session or prefix keys seen in the last key_idle_s, by the replica that holds their history.",
                [(f'{{replica="{e.name}"}}', self._placed.get(e.name, 0)) for e in eps])
+        family("agentfleet_router_replica_restarts_total", "counter",
+               "Engine restarts seen (its request counter went back, or a new address): its keys were forgotten.",
+               [(f'{{replica="{e.name}"}}', e.restarts) for e in eps])
+        family("agentfleet_router_released_keys_total", "counter",
+               "Sessions whose run ended and was released by the runtime (POST /v1/sessions/end).",
+               [("", self.released_keys)])
         family("agentfleet_router_choices_total", "counter", "Routing decisions by reason.",
                [(f'{{reason="{r}"}}', n) for r, n in sorted(self.choices.items())])
         family("agentfleet_router_unroutable_total", "counter", "Requests no replica could take (503).",

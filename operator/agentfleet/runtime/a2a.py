@@ -1,17 +1,21 @@
-"""The A2A protocol's shapes of an AgentApp (https://a2a-protocol.org/v0.3.0/specification/), pure: the agent card
-(its skills from the app's sub-agents and tools, bearer-key auth), JSON-RPC 2.0 requests and errors, the params of
-`message/send` / `message/stream` / `tasks/get` / `tasks/cancel`, a run as a `Task` (id = run id, the answer as
-one artifact: a text part and a data part with citations, usage and cost), and the events of a stream (the task,
-a `working` status update per agent step, the answer artifact, the final status update). The HTTP edge is
-a2a_server.py; a remote A2A sub-agent is called by a2a_client.py."""
+"""The A2A protocol's shapes of an AgentApp, pure, in A2A 0.3's spelling
+(https://a2a-protocol.org/v0.3.0/specification/): the agent card (its skills from the app's sub-agents and tools,
+bearer-key auth, and one JSON-RPC interface per protocol version it speaks), the version a request asks for (the
+A2A-Version header), JSON-RPC 2.0 requests and errors, the params of `message/send` / `message/stream` /
+`tasks/get` / `tasks/cancel`, a run as a `Task` (id = run id, the answer as one artifact: a text part and a data part
+with citations, usage and cost), and the events of a stream (the task, a `working` status update per agent step, the
+answer artifact, the final status update). A2A 1.0's spellings are translations of these (a2a_v1.py); 0.3's is
+the identity translation (`V03_DIALECT`). The HTTP edge is a2a_server.py; a remote A2A sub-agent is called by
+a2a_client.py."""
 
 from __future__ import annotations
 
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,13 +23,19 @@ from ..api.runtime_config import RuntimeConfig
 from .actions import FINAL
 from .runs import RunRecord
 
-__all__ = ["PROTOCOL_VERSION", "A2A_KIND", "JSONRPC_PATH", "CARD_PATHS", "agent_card", "RpcError", "parse_rpc",
-           "SendParams", "TaskIdParams", "send_params", "task_id_params", "message_text", "task_of", "task_state",
+__all__ = ["PROTOCOL_VERSION", "A2A_KIND", "JSONRPC_PATH", "CARD_PATHS", "VERSION_HEADER", "V03", "V10", "VERSIONS",
+           "agent_card", "requested_version", "RpcError", "parse_rpc", "Dialect", "V03_DIALECT", "SendParams",
+           "TaskIdParams", "send_params", "task_id_params", "message_text", "task_of", "task_state", "status_time_s",
            "StreamEvents", "rpc_result", "rpc_error", "idempotency_key", "PARSE_ERROR", "INVALID_REQUEST",
            "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR", "TASK_NOT_FOUND", "TASK_NOT_CANCELABLE",
-           "CONTENT_TYPE_NOT_SUPPORTED", "SERVER_ERROR"]
+           "PUSH_NOT_SUPPORTED", "UNSUPPORTED_OPERATION", "CONTENT_TYPE_NOT_SUPPORTED", "VERSION_NOT_SUPPORTED",
+           "SERVER_ERROR"]
 
-PROTOCOL_VERSION = "0.3.0"
+PROTOCOL_VERSION = "0.3.0"  # the 0.3 card's own field (a 1.0 card names its versions per interface)
+# A2A 1.0 spec 3.6: the request names its version (Major.Minor) in this header; none (or empty) means 0.3.
+VERSION_HEADER = "A2A-Version"
+V03, V10 = "0.3", "1.0"
+VERSIONS = (V10, V03)  # the card's interfaces, the preferred first
 A2A_KIND = "a2a"  # the RunRecord.kind of a task started over A2A
 JSONRPC_PATH = "/a2a"
 # The card's well-known path since A2A 0.3, and the 0.2 name that older clients still ask for.
@@ -34,6 +44,7 @@ CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
 # JSON-RPC 2.0 (https://www.jsonrpc.org/specification#error_object) and A2A's own codes (spec section 8.2).
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = -32700, -32600, -32601, -32602, -32603
 TASK_NOT_FOUND, TASK_NOT_CANCELABLE, CONTENT_TYPE_NOT_SUPPORTED = -32001, -32002, -32005
+PUSH_NOT_SUPPORTED, UNSUPPORTED_OPERATION, VERSION_NOT_SUPPORTED = -32003, -32004, -32009  # the last new in 1.0
 SERVER_ERROR = -32000  # budget exhausted, rate or concurrency limits, upstream failures: data.code names which
 
 _BUILTIN_SKILLS = {
@@ -48,7 +59,13 @@ def _skill(id_: str, name: str, description: str, tags: list[str]) -> dict[str, 
 
 
 def agent_card(config: RuntimeConfig, *, base_url: str, version: str) -> dict[str, Any]:
-    """The public card. The system prompt and the MCP servers' URLs are not on it: a card is served to anyone."""
+    """The public card. The system prompt and the MCP servers' URLs are not on it: a card is served to anyone.
+
+    One document for both protocol versions, as a2a-sdk's own server writes it: A2A 1.0's `supportedInterfaces`
+    lists the one JSON-RPC endpoint once per version (1.0 spec 3.6.2: an agent may expose one transport at several
+    versions, under the same URL), and the 0.3 fields (`url`, `protocolVersion`, `preferredTransport`, `security`,
+    `supportsAuthenticatedExtendedCard`) stay for 0.3 clients; each side ignores the other's fields. The security
+    scheme carries both spellings (0.3's `type`/`scheme`, 1.0's `httpAuthSecurityScheme`)."""
     skills = [_skill(config.app, config.app, f"Answer questions as the AgentApp {config.namespace}/{config.app}, "
                      "with citations, tokens and cost.", ["agent", "question-answering"])]
     skills += [_skill(f"sub-agent:{s.name}", s.name, s.description, ["sub-agent"]) for s in config.sub_agents]
@@ -57,20 +74,43 @@ def agent_card(config: RuntimeConfig, *, base_url: str, version: str) -> dict[st
         skills.append(_skill(f"tool:{tool}", tool, description, ["tool", *tags]))
     skills += [_skill(f"mcp:{m.name}", m.name, f"The tools of the MCP server {m.name}.", ["tool", "mcp"])
                for m in config.tools.mcp_servers]
+    url = base_url.rstrip("/") + JSONRPC_PATH
+    bearer = "An API key of the AgentApp's key store"
     return {
+        "supportedInterfaces": [{"url": url, "protocolBinding": "JSONRPC", "protocolVersion": v} for v in VERSIONS],
         "protocolVersion": PROTOCOL_VERSION, "name": config.app,
         "description": f"agentfleet AgentApp {config.namespace}/{config.app}",
-        "url": base_url.rstrip("/") + JSONRPC_PATH, "preferredTransport": "JSONRPC", "version": version,
+        "url": url, "preferredTransport": "JSONRPC", "version": version,
         "provider": {"organization": config.namespace or "agentfleet", "url": base_url},
-        "capabilities": {"streaming": True, "pushNotifications": False, "stateTransitionHistory": False},
+        "capabilities": {"streaming": True, "pushNotifications": False, "extendedAgentCard": False,
+                         "stateTransitionHistory": False},
         "defaultInputModes": ["text/plain", "application/json"],
         "defaultOutputModes": ["text/plain", "application/json"],
         "skills": skills,
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                       "description": "An API key of the AgentApp's key store"}},
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": bearer,
+                                       "httpAuthSecurityScheme": {"scheme": "bearer", "description": bearer}}},
         "security": [{"bearer": []}],
+        "securityRequirements": [{"schemes": {"bearer": {"list": []}}}],
         "supportsAuthenticatedExtendedCard": False,
     }
+
+
+_VERSION = re.compile(r"(\d{1,4})\.(\d{1,4})(?:\.\d{1,4})?")
+
+
+def requested_version(value: str | None) -> str:
+    """The protocol version a request asks for (1.0 spec 3.6): the A2A-Version header's Major.Minor, the patch
+    ignored; absent or empty is 0.3. Anything else is VersionNotSupportedError (-32009)."""
+    raw = (value or "").strip()
+    if not raw:
+        return V03
+    m = _VERSION.fullmatch(raw)
+    got = f"{int(m[1])}.{int(m[2])}" if m else None
+    if got not in VERSIONS:
+        raise RpcError(VERSION_NOT_SUPPORTED, f"A2A version {raw[:40]!r} is not supported: this agent speaks "
+                       f"A2A {' and '.join(VERSIONS)} (send the header {VERSION_HEADER}: {V10}, or none for "
+                       f"{V03})", {"supportedVersions": list(VERSIONS)})
+    return got
 
 
 # --- JSON-RPC ---------------------------------------------------------------------------------------------------
@@ -85,10 +125,11 @@ def rpc_result(rpc_id: Any, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rpc_id, "result": result}
 
 
-def rpc_error(rpc_id: Any, err: RpcError) -> dict[str, Any]:
+def rpc_error(rpc_id: Any, err: RpcError, dialect: Dialect | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"code": err.code, "message": err.message}
-    if err.data is not None:
-        body["data"] = err.data
+    data = (dialect or V03_DIALECT).error_data(err)
+    if data is not None:
+        body["data"] = data
     return {"jsonrpc": "2.0", "id": rpc_id, "error": body}
 
 
@@ -125,7 +166,7 @@ class _Wire(BaseModel):
 class Part(_Wire):
     kind: Literal["text", "data", "file"]
     text: str | None = Field(default=None, max_length=200_000)
-    data: dict[str, Any] | None = None
+    data: Any = None  # an object in 0.3; any JSON value in 1.0 (a protobuf Value)
     metadata: dict[str, Any] | None = None
 
 
@@ -166,7 +207,9 @@ def _invalid(e: ValidationError) -> RpcError:
                     {"errors": errors})
 
 
-def send_params(params: dict[str, Any]) -> SendParams:
+def send_params(params: dict[str, Any], *, continue_code: int = TASK_NOT_FOUND) -> SendParams:
+    """`continue_code`: the error for a message naming a task (0.3 answers task-not-found, 1.0 unsupported
+    operation: a message to a task in a terminal state, spec 3.1.1)."""
     try:
         got = SendParams.model_validate(params)
     except ValidationError as e:
@@ -176,7 +219,7 @@ def send_params(params: dict[str, Any]) -> SendParams:
     if any(p.kind == "file" for p in got.message.parts):
         raise RpcError(CONTENT_TYPE_NOT_SUPPORTED, "file parts are not supported: send text or data parts")
     if got.message.task_id:  # every message starts a task; a finished one cannot be continued (spec 7.1)
-        raise RpcError(TASK_NOT_FOUND, "this agent does not continue tasks: send the message without taskId "
+        raise RpcError(continue_code, "this agent does not continue tasks: send the message without taskId "
                        "(use contextId to group tasks)")
     if not message_text(got.message).strip():
         raise RpcError(INVALID_PARAMS, "invalid params: message has no text")
@@ -216,6 +259,11 @@ def _iso(t_s: float) -> str:
     return datetime.fromtimestamp(t_s, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def status_time_s(run: RunRecord) -> float:
+    """When a run's status last changed, as its Task's status timestamp says."""
+    return run.finished_s or run.created_s
+
+
 def task_state(run: RunRecord) -> str:
     """A run's status as an A2A TaskState. An incomplete run (a cap reached) that has an answer completed with
     it (metadata says which cap); without one it failed."""
@@ -242,7 +290,7 @@ def _answer_artifact(run: RunRecord, answer: str, summary: dict[str, Any]) -> di
 
 
 def _status(run: RunRecord, state: str) -> dict[str, Any]:
-    status: dict[str, Any] = {"state": state, "timestamp": _iso(run.finished_s or run.created_s)}
+    status: dict[str, Any] = {"state": state, "timestamp": _iso(status_time_s(run))}
     if state == "failed":
         err = run.error or {}
         summary = (run.result or {}).get("agentfleet") or {}
@@ -316,3 +364,27 @@ class StreamEvents:
                           metadata=final.get("metadata"))
         ev["status"]["timestamp"] = status["timestamp"]
         return out + [ev]
+
+
+# --- protocol versions ------------------------------------------------------------------------------------------
+
+def _same(obj: Any) -> Any:
+    return obj
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one protocol version spells what this module builds in 0.3's spelling: its SendMessage params read as
+    0.3's, and the answers (a sent message's result, a Task, a stream event, an error's data) written in its own."""
+
+    version: str
+    send_params: Callable[[Any], Any]  # the request's params -> 0.3's (validated by send_params)
+    sent: Callable[[dict[str, Any]], Any]  # a Task -> the result of SendMessage
+    task: Callable[[dict[str, Any]], Any]  # a Task -> the result of GetTask / CancelTask
+    event: Callable[[dict[str, Any]], Any]  # a stream event -> the result of one SSE event
+    error_data: Callable[[RpcError], Any]  # an error -> its `data` (None: none)
+    continue_code: int  # the error for a message that names a task
+
+
+V03_DIALECT = Dialect(V03, send_params=_same, sent=_same, task=_same, event=_same,
+                      error_data=lambda e: e.data, continue_code=TASK_NOT_FOUND)

@@ -55,6 +55,7 @@ from .actions import FINAL, Action, Malformed, ToolSchema, action_schema, parse_
 from .pricing import prompt_token_bound
 from .routing import StepKind, choose_role
 from .runs import MCP_SEPARATOR, is_idempotent
+from .sources import REMOTE_PREFIX, is_http_url
 from .tools import CALCULATOR, RETRIEVE, CalculatorError, Citation, CitationBook, calculate, format_hits
 
 __all__ = ["StopReason", "Completion", "Meter", "ModelCall", "CallBudget", "ExternalTools", "ToolFailed",
@@ -228,7 +229,7 @@ class TaskContext:
     retrieve: Retrieve | None = None
     sub_agents: Mapping[str, SubAgent] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
-    emit: Emit | None = None
+    emit: Emit | None = None  # the run's record: step and checkpoint events, and the root span's trace_context
     citations: CitationBook = field(default_factory=CitationBook)
     tokens_used: int = 0
     cost_micro_usd: int = 0
@@ -502,7 +503,7 @@ class _Agent:
         ctx.tokens_used, ctx.cost_micro_usd = int(c["tokens_used"]), int(c["cost_micro_usd"])
         ctx.models_used = {k: dict(v) for k, v in c["models_used"].items()}
         ctx.citations = CitationBook({w["id"]: Citation(int(w["n"]), w["id"], w["source"], w["title"],
-                                                        tuple(w["headings"]), float(w["score"]))
+                                                        tuple(w["headings"]), float(w["score"]), w.get("url"))
                                       for w in c["citations"]})
 
     def _is_idempotent(self, tool: str) -> bool:
@@ -651,6 +652,9 @@ class _Agent:
         if self.spec.depth == 0:
             attrs.update(ctx.span_attributes)
         with ctx.telemetry.span(f"invoke_agent {self.spec.name}", attrs) as span:
+            if self.spec.depth == 0 and ctx.emit is not None and ctx.telemetry.is_enabled:
+                # For the run's record: a replica that takes the run over parents its segment here.
+                await ctx.emit({"type": "trace_context", "headers": ctx.telemetry.inject({})})
             try:
                 answer = await self._loop()
                 result = AgentResult(self.spec.name, answer, "answered", self.detail, self.steps)
@@ -986,6 +990,7 @@ class _RemoteHit:
     title: str
     trail: tuple[str, ...]
     score: float
+    url: str | None = None
 
 
 def _renumber(got: RemoteAnswer, agent: str, book: CitationBook) -> str:
@@ -999,10 +1004,10 @@ def _renumber(got: RemoteAnswer, agent: str, book: CitationBook) -> str:
             n, cid = int(c["n"]), str(c["id"])
         except (KeyError, TypeError, ValueError):
             continue
-        headings = c.get("headings") or ()
-        hit = _RemoteHit(f"a2a:{agent}:{cid}", str(c.get("source") or ""), str(c.get("title") or ""),
+        headings, url = c.get("headings") or (), c.get("url")
+        hit = _RemoteHit(f"{REMOTE_PREFIX}{agent}:{cid}", str(c.get("source") or ""), str(c.get("title") or ""),
                          tuple(str(h) for h in headings) if isinstance(headings, (list, tuple)) else (),
-                         float(c.get("score") or 0.0))
+                         float(c.get("score") or 0.0), url if is_http_url(url) else None)
         mine = book.add(hit)
         local[n] = mine.n
         listed.append(f"[{mine.n}] {mine.title or mine.source} ({mine.source})")

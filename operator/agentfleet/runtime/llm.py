@@ -20,12 +20,21 @@ attempts' usage. Of a streamed answer (`on_delta`), the retry forwards only what
 delivered; temperature is 0, so the retry normally repeats it, and when it does not the stream stops at what was
 delivered (nothing is spliced or sent twice) and the Completion's `note` says so — its `text` is the retry's.
 A failure before the first byte (connect error, non-200 status) is not retried here: the router already retried
-it once on another replica, and a runtime retry on top would double that."""
+it once on another replica, and a runtime retry on top would double that.
+
+To a fleet's own router (never a hosted API) every call also names its run (`x-agentfleet-run`: the root task
+id), which tells the router this session will say when it ends: it keeps the session's claim on its replica
+through tools of any length, and each call sends back the replica that served the session's previous one
+(`x-agentfleet-home`, from the router's `x-agentfleet-replica`), so whichever router replica the Service picks keeps
+the session with its history; `end_run` (when the run has ended, not when it moved to another replica) sends the
+run's sessions, its sub-agents' included, to `POST /v1/sessions/end` so their claims go at once."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -38,9 +47,15 @@ from ..errors import UpstreamError, UpstreamTimeout
 from ..telemetry import DISABLED, Telemetry
 from .agent import Completion, Meter
 
-__all__ = ["ModelClient", "SESSION_HEADER", "CONNECT_TIMEOUT_S", "MAX_ATTEMPTS"]
+__all__ = ["ModelClient", "SESSION_HEADER", "RUN_HEADER", "CONNECT_TIMEOUT_S", "MAX_ATTEMPTS"]
 
 SESSION_HEADER = "x-session-id"
+RUN_HEADER = "x-agentfleet-run"  # router/keys.py
+HOME_HEADER = "x-agentfleet-home"  # router/keys.py: the replica that served the session's last call
+REPLICA_HEADER = "x-agentfleet-replica"  # what the router answers with
+MAX_TRACKED_RUNS = 10_000  # runs whose sessions are remembered for end_run (oldest forgotten first)
+END_RUN_TIMEOUT_S = 2.0
+log = logging.getLogger("agentfleet.runtime.llm")
 CONNECT_TIMEOUT_S = 3.0
 MAX_ERROR_CHARS = 300
 MAX_ATTEMPTS = 2  # the first try and one retry after a failure mid-stream
@@ -161,6 +176,9 @@ class ModelClient:
         self.pool_size = pool_size
         self.session: aiohttp.ClientSession | None = None
         self.plain_usage: set[str] = set()  # endpoint URLs that refused continuous_usage_stats (HTTP 400)
+        # run (root task id) -> ({session id: the replica that served its last call}, the router URLs called)
+        self._runs: OrderedDict[str, tuple[dict[str, str | None], set[str]]] = OrderedDict()
+        self._background: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         if self.session is None:
@@ -168,7 +186,49 @@ class ModelClient:
                 connector=aiohttp.TCPConnector(limit=self.pool_size, ttl_dns_cache=300),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s))
 
+    def _track(self, ep: ModelEndpoint, session_id: str, headers: dict[str, str]) -> None:
+        """Name the run, and send back where its session's last call was served (any router replica then keeps
+        the session with its history)."""
+        run = session_id.split("/", 1)[0]  # a sub-agent's session is `<task id>/<sub-agent>-<step>-<i>`
+        entry = self._runs.pop(run, None) or ({}, set())
+        home = entry[0].setdefault(session_id, None)
+        entry[1].add(ep.url.rstrip("/"))
+        self._runs[run] = entry
+        if len(self._runs) > MAX_TRACKED_RUNS:
+            self._runs.popitem(last=False)
+        headers[RUN_HEADER] = run
+        if home:
+            headers[HOME_HEADER] = home
+
+    def _served_by(self, session_id: str, replica: str | None) -> None:
+        entry = self._runs.get(session_id.split("/", 1)[0])
+        if entry is not None and replica:
+            entry[0][session_id] = replica
+
+    def end_run(self, task_id: str) -> None:
+        """The run ended here (answered, failed or cancelled; not handed to another replica): tell the routers it
+        called, in the background; a router that cannot be reached lets the claims idle out instead."""
+        entry = self._runs.pop(task_id, None)
+        if entry is None or self.session is None:
+            return
+        sessions, urls = sorted(entry[0]), entry[1]
+        for url in urls:
+            task = asyncio.get_running_loop().create_task(self._end(url, sessions))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _end(self, url: str, sessions: list[str]) -> None:
+        assert self.session is not None
+        try:
+            async with self.session.post(url + "/sessions/end", json={"sessions": sessions},
+                                         timeout=aiohttp.ClientTimeout(total=END_RUN_TIMEOUT_S)) as r:
+                await r.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            log.debug("could not tell the router a run ended", extra={"error": repr(err)})
+
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -231,9 +291,13 @@ class ModelClient:
         body["stream_options"] = {"include_usage": True} if ep.url in self.plain_usage else STREAM_OPTIONS
         try:
             headers = self.telemetry.inject({SESSION_HEADER: session_id})
+            if ep.is_router:
+                self._track(ep, session_id, headers)
             async with self.session.post(url, json=body, headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=left_s,
                                                                        sock_connect=self.connect_timeout_s)) as r:
+                if ep.is_router and r.status == 200:
+                    self._served_by(session_id, r.headers.get(REPLICA_HEADER))
                 if r.status != 200:
                     text = await r.text()
                     if (r.status == 400 and "continuous_usage_stats" in text and ep.url not in self.plain_usage):

@@ -24,7 +24,7 @@ ROUTER_FILE = Path(__file__).parent.parent / "router" / "openapi.json"
 _REF = "#/components/schemas/{model}"
 _ERROR_STATUSES = {"400": "The request is wrong (the message and `param` say what).",
                    "401": "No API key, or one the key store does not hold.",
-                   "404": "No such route or run (someone else's run looks the same as none).",
+                   "404": "No such route, run or source (someone else's looks the same as none).",
                    "405": "The route does not take this method.",
                    "408": "The body did not arrive in time.",
                    "413": "The body is larger than the endpoint takes.",
@@ -67,6 +67,9 @@ _TEXT = {"text/plain": {"schema": {"type": "string"}}}
 _RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
 _RESPONSE_ID = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 70}}
 _MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 256}}
+_DOC_ID = {"name": "doc_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+_A2A_VERSION = {"name": "A2A-Version", "in": "header", "required": False,
+                "schema": {"type": "string", "enum": ["1.0", "0.3"]}}
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                 "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"}}
 
@@ -115,13 +118,21 @@ def runtime_openapi() -> dict[str, Any]:
                                   "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"}},
                         {"name": "Last-Event-ID", "in": "header", "required": False,
                          "schema": {"type": "string"}}])},
+        "/v1/sources/{doc_id}": {"get": _op(
+            "A cited document (a citation's `url`): its chunks that the caller's tenant and groups may read, as JSON "
+            "or, with `Accept: text/plain`, as text. A document the caller may read nothing of is a 404, as none.",
+            {"200": {"description": "The readable chunks", "content": {**_json_content(_OBJECT), **_TEXT}},
+             **_errors("401", "404", "429")},
+            parameters=[_DOC_ID])},
         "/a2a": {"post": _op(
-            "A2A JSON-RPC 2.0 (protocol 0.3): message/send, message/stream (SSE), tasks/get and tasks/cancel, each "
-            "task a run of the caller's. After authentication every answer is 200 with a JSON-RPC result or error.",
-            {"200": {"description": "A JSON-RPC response, or SSE of JSON-RPC responses for message/stream",
+            "A2A JSON-RPC 2.0, protocols 1.0 and 0.3 (the A2A-Version header picks one; none is 0.3): SendMessage, "
+            "SendStreamingMessage (SSE), GetTask, ListTasks, CancelTask and SubscribeToTask (SSE), or message/send, "
+            "message/stream (SSE), tasks/get and tasks/cancel, each task a run of the caller's. After "
+            "authentication every answer is 200 with a JSON-RPC result or error.",
+            {"200": {"description": "A JSON-RPC response, or SSE of JSON-RPC responses for the streaming methods",
                      "content": {**_json_content(_OBJECT), "text/event-stream": {"schema": {"type": "string"}}}},
              **_errors("401", "408", "413", "415", "429")},
-            body=_OBJECT)},
+            body=_OBJECT, parameters=[_A2A_VERSION])},
         "/.well-known/agent-card.json": {"get": _op("The A2A agent card (public: names, skills, auth scheme).",
                                                     {"200": ok_json}, secured=False)},
         "/.well-known/agent.json": {"get": _op("The A2A agent card at its A2A 0.2 path.", {"200": ok_json},
@@ -159,6 +170,11 @@ def router_openapi() -> dict[str, Any]:
                            body=_ref("ChatRequest") if path == "/v1/chat/completions" else _OBJECT, secured=False)}
         for path in PROXIED}
     paths["/v1/models"] = {"get": _op("Proxied to a replica.", {"200": ok_json, **proxied_errors}, secured=False)}
+    paths["/v1/sessions/end"] = {"post": _op(
+        "The runs behind these sessions ended (the AgentApp runtime sends it): their claims on the replicas go now.",
+        {"200": ok_json, **_errors("400", "408", "413", "415", "429")},
+        body={"type": "object", "required": ["sessions"], "additionalProperties": False, "properties": {
+            "sessions": {"type": "array", "maxItems": 1000, "items": {"type": "string"}}}}, secured=False)}
     paths["/admin/drain"] = {"post": _op(
         "Mark a replica draining (or not, with off=1). Needs the admin token.",
         {"200": ok_json, **_errors("401", "404", "429")},

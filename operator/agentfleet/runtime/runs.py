@@ -4,11 +4,13 @@ outlives the replica that started it. This module holds the rules, pure over a s
 them from the event loop.
 
 A run record: who owns it (principal), its status, the replica holding its lease and until when, a cancel flag, the
-number of events, its result. Events (`ev:{run}:{seq}`, seq from 1) are what a client streams from a cursor and what
-a replica taking the run over rebuilds the agent from: `status`, `tool_started` (written before a tool runs) and
-`step` (after a step completes, with the agent's checkpoint). A running run is in the `leases` index by lease
-expiry; its owner renews the lease, and a lease that expires (the replica died) lets another replica claim the run.
-Every write by an owner is fenced: once a run was claimed elsewhere, the old owner's writes raise LeaseLost.
+number of events, its result, and the W3C trace context its spans hang under (so a run taken over continues its
+trace; a record written before the field existed reads as having none). Events (`ev:{run}:{seq}`, seq from 1) are
+what a client streams from a cursor and what a replica taking the run over rebuilds the agent from: `status`,
+`tool_started` (written before a tool runs) and `step` (after a step completes, with the agent's checkpoint). A
+running run is in the `leases` index by lease expiry; its owner renews the lease, and a lease that expires (the
+replica died) lets another replica claim the run. Every write by an owner is fenced: once a run was claimed
+elsewhere, the old owner's writes raise LeaseLost.
 
 The owner check is as strict as before: a run read by anyone but its principal is the same answer as no run."""
 
@@ -95,6 +97,9 @@ class RunRecord:
     finished_s: float | None = None
     resumable: bool = True  # a chat completion nobody can come back for is not resumed by another replica
     extra: dict[str, Any] = field(default_factory=dict)
+    # W3C headers (traceparent, tracestate) of the span a continuation's spans are children of: the caller's
+    # when it sent one, then the first segment's root invoke_agent span once a write carries it. None: untraced.
+    trace_context: dict[str, str] | None = None
 
     @property
     def is_done(self) -> bool:
@@ -106,7 +111,7 @@ class RunRecord:
                 "status": self.status, "owner": self.owner, "lease_until": self.lease_until, "cancel": self.cancel,
                 "events": self.events, "takeovers": self.takeovers, "hold": self.hold, "degraded": self.degraded,
                 "result": self.result, "error": self.error, "finished_s": self.finished_s,
-                "resumable": self.resumable, "extra": self.extra}
+                "resumable": self.resumable, "extra": self.extra, "trace_context": self.trace_context}
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> RunRecord:
@@ -116,7 +121,7 @@ class RunRecord:
                    events=int(d.get("events") or 0), takeovers=int(d.get("takeovers") or 0), hold=d.get("hold"),
                    degraded=bool(d.get("degraded")), result=d.get("result"), error=d.get("error"),
                    finished_s=d.get("finished_s"), resumable=bool(d.get("resumable", True)),
-                   extra=dict(d.get("extra") or {}))
+                   extra=dict(d.get("extra") or {}), trace_context=d.get("trace_context") or None)
 
     def wire(self, steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """What a client sees: no lease internals, no principal."""
@@ -228,12 +233,16 @@ class RunStore:
 
         return self._tx(fn, now_s)
 
-    def append(self, run_id: str, owner: str, events: list[dict[str, Any]], *, now_s: float) -> int:
-        """Append events as the run's owner (fenced), in one transaction; returns the last seq."""
+    def append(self, run_id: str, owner: str, events: list[dict[str, Any]], *, now_s: float,
+               trace_context: dict[str, str] | None = None) -> int:
+        """Append events as the run's owner (fenced), in one transaction; returns the last seq. `trace_context`
+        replaces the run's (it rides a write the run makes anyway, costing no transaction of its own)."""
         def fn(txn: Txn) -> int:
             run = _owned(txn, run_id, owner)
             for event in events:
                 _append(txn, run, event, now_s)
+            if trace_context:
+                run.trace_context = dict(trace_context)
             _save(txn, run)
             return run.events
 

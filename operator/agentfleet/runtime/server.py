@@ -1,8 +1,9 @@
 """The runtime's HTTP glue (aiohttp): routes -> serving. `POST /v1/chat/completions` (JSON or SSE),
 `GET /v1/models`, `POST /v1/responses` (JSON or SSE) and `GET /v1/responses/{id}` (shapes in responses.py),
-`POST /v1/runs`, `GET|DELETE /v1/runs/{id}`, `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`
-and the chat page at `/`. Every failure is an OpenAI error body (errors.http_error), never a traceback; bodies are
-parsed only through request_body (bounded size, charset and depth) and read within a deadline. Failed
+`POST /v1/runs`, `GET|DELETE /v1/runs/{id}`, `GET /v1/sources/{doc_id}` (a cited document, as far as the caller
+may read it: sources.py), `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json` and the chat page at
+`/`. Every failure is an OpenAI error body (errors.http_error), never a traceback; bodies are parsed only through
+request_body (bounded size, charset and depth) and read within a deadline. Failed
 authentication is throttled per client address and key prefix (throttle.py). A client that disconnects cancels its
 handler (handler_cancellation), which cancels the agent and releases the task's reservation; one that stops
 reading a stream is cut off after WRITE_TIMEOUT_S, with the same effect."""
@@ -30,6 +31,7 @@ from .. import http_edge
 from ..request_body import MAX_JSON_BYTES, check_content_encoding, parse_json
 from ..names import RUNTIME_METRICS_PORT_ENV, RUNTIME_SHUTDOWN_TIMEOUT_S
 from ..retrieval.filters import Principal
+from ..retrieval.store import MAX_DOCUMENT_CHUNKS
 from ..state import open_store
 from .budget_status import publish_budget_status
 from .caller_limits import caller_digest
@@ -44,6 +46,7 @@ from .protocol import (
 from .responses import RESPONSE_KIND, StreamEvents, chained_history, response_body, run_id_of
 from .runs import RunRecord, RunStore
 from .serving import Retrieval, Runtime, TaskOutcome
+from .sources import SOURCES_PATH, is_document_id, prefers_text, source_text, source_view
 from .tasks import CLIENT_EVENTS, RunManager, lease_seconds
 from .throttle import FailedAuthThrottle, client_address, key_prefix_digest
 
@@ -618,6 +621,26 @@ async def _run_events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+# --- cited sources --------------------------------------------------------------------------------------------
+
+async def _source(request: web.Request) -> web.Response:
+    """A cited document's chunks that the caller may read (JSON, or text/plain when asked for). A document the
+    caller may read nothing of is the same 404 as none, so its existence does not leak."""
+    rt = request.app[RUNTIME_KEY]
+    principal = _principal(request)
+    doc_id = request.match_info["doc_id"]
+    hits = await rt.retrieval.document(doc_id, principal, limit=MAX_DOCUMENT_CHUNKS) \
+        if rt.retrieval is not None and is_document_id(doc_id) else []
+    if not hits:
+        raise web.HTTPNotFound(reason="no such source")
+    # The caller's own view of a document: not for shared caches; a browser shows it as text, never as a page.
+    headers = {"Cache-Control": "private, no-store", "Content-Security-Policy": "default-src 'none'; sandbox"}
+    if prefers_text(request.headers.get("Accept")):
+        return web.Response(text=source_text(hits), content_type="text/plain", charset="utf-8", headers=headers)
+    return web.json_response(source_view(doc_id, hits, index_document_url=rt.index_document_url,
+                                         truncated=len(hits) >= MAX_DOCUMENT_CHUNKS), headers=headers)
+
+
 # --- probes -------------------------------------------------------------------------------------------------
 
 async def _healthz(_: web.Request) -> web.Response:
@@ -700,6 +723,7 @@ def build_app(runtime: Runtime, client: ModelClient, *, max_runs: int = 1000, ru
     app.router.add_get("/v1/runs/{run_id}", _run_get)
     app.router.add_get("/v1/runs/{run_id}/events", _run_events)
     app.router.add_post("/v1/runs/{run_id}/cancel", _run_cancel)
+    app.router.add_get(SOURCES_PATH + "/{doc_id}", _source)
     app.router.add_delete("/v1/runs/{run_id}", _run_cancel)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -36,6 +36,7 @@ from .metrics import RuntimeMetrics
 from .pricing import ModelPrice, call_cost, call_estimate, price_for
 from .routing import endpoint_for
 from .runs import IDEMPOTENT_TOOLS, MCP_SEPARATOR
+from .sources import document_url, linked
 
 __all__ = ["Runtime", "TaskBudget", "TaskOutcome", "new_task_id", "Retrieval", "until_available"]
 
@@ -186,6 +187,19 @@ class Retrieval:
         finally:
             self.metrics.retrieval_seconds.observe(time.monotonic() - started)
 
+    async def document(self, doc_id: str, principal: Principal, *, limit: int) -> list[Any]:
+        """The chunks of one document that `principal` may read (the cited-source route), on the retrieval
+        thread; none when the retriever has no store to read documents from."""
+        read = getattr(getattr(self.retriever, "store", None), "document_chunks", None)
+        if read is None:
+            return []
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.pool, functools.partial(read, doc_id, principal, limit=limit))
+        except Exception as e:  # the store's own errors carry URIs and expressions: log them, say less
+            log.warning("reading a source failed: %s", e)
+            raise UpstreamError("the document index did not answer") from None
+
     def is_ready(self) -> str | None:
         try:
             ok = self.pool.submit(lambda: self.retriever.store.exists()).result(timeout=5)
@@ -238,6 +252,8 @@ class Runtime:
         self.request_models = {role: endpoint_for(role, config.models).model for role in ("large", "small")}
         self.external = external
         self.retrieval = retrieval
+        # Where a citation of the index links when the index is one http(s) document (sources.py)
+        self.index_document_url = document_url(config.index.source_url) if config.index else None
         self.metrics = metrics or RuntimeMetrics()
         self.clock = clock
         budget_spec = config.budget.spec if config.budget else None
@@ -360,10 +376,11 @@ class Runtime:
                        budget: TaskBudget, emit: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
                        on_delta: Callable[[str], Awaitable[None]] | None = None,
                        answer_max_tokens: int | None = None, resume: Resume | None = None,
-                       deadline_in_s: float | None = None) -> TaskOutcome:
+                       deadline_in_s: float | None = None, takeovers: int = 0) -> TaskOutcome:
         """Run the agent for an admitted task. Always closes the root reservation: settled when the task ends,
         released when it is cancelled or fails (kept when it was handed to another replica). `resume` continues a
-        recorded run; `deadline_in_s` is what is left of its deadline (a run keeps the one it was admitted with)."""
+        recorded run; `deadline_in_s` is what is left of its deadline (a run keeps the one it was admitted with);
+        `takeovers`: how many replicas ran it before this one (the root span says it is a resumed segment)."""
         cfg = self.config
         started = self.clock()
         left_s = cfg.limits.deadline_seconds if deadline_in_s is None else deadline_in_s
@@ -375,7 +392,7 @@ class Runtime:
                           sub_agents=self.sub_agents, clock=self.clock, emit=emit,
                           answer_max_tokens=answer_max_tokens, external=self.external,
                           telemetry=self.telemetry, request_models=self.request_models, remote=self.remote,
-                          span_attributes=self._span_attributes(principal, task_id, budget)
+                          span_attributes=self._span_attributes(principal, task_id, budget, takeovers)
                           if self.telemetry.is_enabled else {})
         tools = list(cfg.tools.builtin) + (["delegate"] if self.sub_agents and "delegate" not in
                                             cfg.tools.builtin else []) + [m.name for m in cfg.tools.mcp_servers]
@@ -392,6 +409,9 @@ class Runtime:
             else:
                 self.metrics.errors.labels("cancelled").inc()
                 await asyncio.shield(budget.abandon())
+            end_run = getattr(self.model, "end_run", None)
+            if end_run is not None and not getattr(budget, "is_handed_off", False):
+                end_run(task_id)  # the routers drop its sessions' claims (a handed-off run keeps them)
         elapsed = self.clock() - started
         prompt = sum(m["prompt_tokens"] for m in ctx.models_used.values())
         completion = sum(m["completion_tokens"] for m in ctx.models_used.values())
@@ -400,7 +420,8 @@ class Runtime:
             tokens={"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
             cost_micro_usd=ctx.cost_micro_usd,
             models={k: {**v, "cost_usd": v["cost_micro_usd"] / 1e6} for k, v in ctx.models_used.items()},
-            citations=ctx.citations.wire(), seconds=elapsed, is_degraded=budget.is_degraded,
+            citations=linked(ctx.citations.wire(), index_document_url=self.index_document_url),
+            seconds=elapsed, is_degraded=budget.is_degraded,
             steps=[s.wire() for s in result.steps])
         self._observe(principal, outcome)
         if budget.account is not None and self.config.budget is not None:
@@ -409,11 +430,15 @@ class Runtime:
             outcome.budget = {"name": self.config.budget.name, **self.budget_seen}
         return outcome
 
-    def _span_attributes(self, principal: Principal, task_id: str, budget: TaskBudget) -> dict[str, Any]:
+    def _span_attributes(self, principal: Principal, task_id: str, budget: TaskBudget,
+                         takeovers: int = 0) -> dict[str, Any]:
         """The root invoke_agent span's agentfleet.* attributes: the task, the tenant and the Budget as last read
-        (never the user or the groups)."""
+        (never the user or the groups), and for a run taken over, that this span is a resumed segment."""
         out: dict[str, Any] = {"agentfleet.app": self.config.app, "agentfleet.task_id": task_id,
                                "agentfleet.tenant": principal.tenant, "agentfleet.budget.degraded": budget.is_degraded}
+        if takeovers:
+            out["agentfleet.run.resumed"] = True
+            out["agentfleet.run.takeovers"] = takeovers
         b = self.config.budget
         if b is not None and budget.account is not None:
             out["agentfleet.budget.name"] = b.name

@@ -1,7 +1,9 @@
 """Runs on a replica: the event-loop side of the durable run rules (runs.py). The RunManager records every run and
 chat completion in the state store as it goes (status, each step, the root agent's checkpoints), renews the leases
 of the runs this replica executes, takes over runs whose replica died (their lease lapsed) and continues them from
-their last checkpoint, and on shutdown hands its runs back so another replica continues them at once.
+their last checkpoint, and on shutdown hands its runs back so another replica continues them at once. A run keeps
+its trace: the record holds the context its first segment ran under (the caller's, then its root invoke_agent
+span's), and a replica that takes the run over parents its own segment there, so one trace shows the whole run.
 
 Cancellation is a flag in the store: whichever replica is asked, the owner sees it at its next renewal (at once
 when the owner is the replica asked). A replica whose run was taken over elsewhere (it was paused past its lease)
@@ -64,11 +66,18 @@ class _EventLog:
     def __init__(self, manager: RunManager, run: RunRecord, budget: TaskBudget):
         self.manager, self.run, self.budget = manager, run, budget
         self.pending: list[dict[str, Any]] = []
+        self.trace_context: dict[str, str] | None = None  # the root span's, on its way to the run record
         self.lock = asyncio.Lock()
         self.timer: asyncio.TimerHandle | None = None
         self.task = asyncio.current_task()
 
     async def add(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "trace_context":
+            # The first segment's root span: the record keeps it (with the next write) for a continuation to join.
+            # A continuation's own segment is not recorded, so every segment is a child of the first.
+            if self.run.takeovers == 0:
+                self.trace_context = dict(event["headers"])
+            return
         self.pending.append(event)
         if event.get("type") == "checkpoint" and event["state"].get("pending") is not None:
             await self.flush()
@@ -89,9 +98,10 @@ class _EventLog:
             if not self.pending:
                 return
             events, self.pending = self.pending, []
+            trace, self.trace_context = self.trace_context, None
             try:
                 await self.manager._db_wait(self.manager.store.append, self.run.id, self.manager.replica, events,
-                                            now_s=self.manager.wall())
+                                            now_s=self.manager.wall(), trace_context=trace)
             except LeaseLost:
                 self.budget.is_handed_off = True  # the run is someone else's now: so is its reservation
                 raise
@@ -246,7 +256,8 @@ class RunManager:
                         deadline_s=now + self.runtime.config.limits.deadline_seconds,
                         request={"history": list(history), "answer_max_tokens": answer_max_tokens},
                         status="running", owner=self.replica, hold=budget.hold_id, degraded=budget.is_degraded,
-                        resumable=kind == "run" or idempotency_key is not None, extra=dict(extra or {}))
+                        resumable=kind == "run" or idempotency_key is not None, extra=dict(extra or {}),
+                        trace_context=self.runtime.telemetry.inject({}) or None)  # the caller's, if it sent one
         try:
             got, created = await asyncio.shield(self._db(self.store.create, run, idempotency_key=idempotency_key,
                                                          now_s=now))
@@ -292,12 +303,16 @@ class RunManager:
             if forward is not None and event.get("type") in CLIENT_EVENTS:
                 await forward(event)
 
+        # A run taken over continues its trace (a fresh run is already in its caller's context).
+        trace = run.trace_context if run.takeovers and run.trace_context else {}
         try:
             try:
-                outcome = await rt.run_task(run.principal, run.request["history"], task_id=task_id, budget=budget,
-                                            emit=record, on_delta=on_delta,
-                                            answer_max_tokens=run.request.get("answer_max_tokens"), resume=resume,
-                                            deadline_in_s=run.deadline_s - self.wall())
+                with rt.telemetry.incoming(trace):
+                    outcome = await rt.run_task(run.principal, run.request["history"], task_id=task_id,
+                                                budget=budget, emit=record, on_delta=on_delta,
+                                                answer_max_tokens=run.request.get("answer_max_tokens"),
+                                                resume=resume, deadline_in_s=run.deadline_s - self.wall(),
+                                                takeovers=run.takeovers)
             except LeaseLost:
                 log.info("run %s continues on another replica", run.id)
                 raise asyncio.CancelledError() from None

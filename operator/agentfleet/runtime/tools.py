@@ -104,10 +104,14 @@ class Citation:
     title: str
     headings: tuple[str, ...]
     score: float
+    url: str | None = None  # a remote sub-agent's link to its source (a local one is linked when answered)
 
     def wire(self) -> dict[str, Any]:
-        return {"n": self.n, "id": self.id, "source": self.source, "title": self.title,
-                "headings": list(self.headings), "score": round(self.score, 4)}
+        out = {"n": self.n, "id": self.id, "source": self.source, "title": self.title,
+               "headings": list(self.headings), "score": round(self.score, 4)}
+        if self.url is not None:
+            out["url"] = self.url
+        return out
 
 
 @dataclass
@@ -119,7 +123,8 @@ class CitationBook:
     def add(self, hit: Any) -> Citation:
         found = self.by_id.get(hit.id)
         if found is None:
-            found = Citation(len(self.by_id) + 1, hit.id, hit.source, hit.title, tuple(hit.trail), hit.score)
+            found = Citation(len(self.by_id) + 1, hit.id, hit.source, hit.title, tuple(hit.trail), hit.score,
+                             getattr(hit, "url", None))
             self.by_id[hit.id] = found
         return found
 

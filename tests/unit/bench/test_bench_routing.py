@@ -15,12 +15,19 @@ from agentfleet.bench.routing import ALL_TARGETS, Target, _ratios, aggregate_fol
     pytest.param("agentfleet,round_robin", [Target("agentfleet", "prefix-aware"), Target("agentfleet", "round-robin")],
                  id="old-short-names"),
     pytest.param("all", [parse_targets(t)[0] for t in ALL_TARGETS], id="all-eight"),
+    pytest.param("agentfleet:prefix-aware+shared", [Target("agentfleet", "prefix-aware+shared")],
+                 id="shared-placement"),
+    pytest.param("agentfleet:session+shared+hints", [Target("agentfleet", "session+shared+hints")],
+                 id="two-options"),
 ])
 def test_parse_targets(spec, expected):
     assert parse_targets(spec) == expected
 
 
 @pytest.mark.parametrize("spec", [pytest.param("vllm-router:session", id="our-policy-on-theirs"),
+                                  pytest.param("vllm-router:consistent_hash+shared", id="placement-on-theirs"),
+                                  pytest.param("agentfleet:prefix-aware+everywhere", id="unknown-option"),
+                                  pytest.param("agentfleet:prefix-aware+hints+hints", id="option-twice"),
                                   pytest.param("nginx:round_robin", id="unknown-family")])
 def test_parse_targets_refuses(spec):
     with pytest.raises(SystemExit, match="unknown router"):
@@ -59,3 +66,21 @@ def test_ratios_against_the_best_peer():
     assert (r["best_peer"], r["task_p95_peer_over_ours"], r["task_p50_peer_over_ours"],
             r["throughput_ours_over_peer"]) == ("vllm-router:consistent_hash", 1.3, 1.1, 1.2)
     assert _ratios({"agentfleet:session": _res(1, 1, 1)}, "agentfleet:session") is None
+
+
+def test_churn_report_times_the_hit_rate_recovery():
+    from agentfleet.bench.routing import churn_report
+
+    # 0.9 hit rate until the restart at t=10, 0.3 for 4 s after it is back (t=11), then 0.9 again.
+    series, h, q = [], 0.0, 0.0
+    for i in range(80):
+        t = i * 0.5
+        rate = 0.3 if 11.0 <= t < 15.0 else 0.9
+        h, q = h + 100 * rate, q + 100
+        series.append((t, h, q))
+    out = churn_report(series, {"restart": {"replica": "sim-0", "at_s": 10.0, "back_at_s": 11.0},
+                                "unfinished": "the run ended first"})
+    r = out["restart"]
+    assert r["hit_rate_before"] == 0.9 and r["hit_rate_60s_after"] < 0.9
+    assert 8.0 <= r["hit_rate_recovered_after_s"] <= 9.5  # the 5 s window is clear of the dip from t=19.5 on
+    assert out["unfinished"] == "the run ended first"

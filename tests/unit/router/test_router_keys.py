@@ -29,6 +29,8 @@ TASK_B = user("summarise the incident report from monday " * 10)
 @pytest.mark.parametrize(("headers", "body", "session"), [
     pytest.param({"X-Session-Id": "s1"}, chat(TASK_A), "s1", id="x-session-id"),
     pytest.param({"x-task-id": "t9"}, chat(TASK_A), "t9", id="x-task-id"),
+    pytest.param({"X-Session-Affinity": "aff"}, chat(TASK_A), "aff", id="x-session-affinity"),
+    pytest.param({"x-dynamo-session-id": "dyn"}, chat(TASK_A), "dyn", id="dynamo"),
     pytest.param({}, {**chat(TASK_A), "session_id": "b2"}, "b2", id="body-session-id"),
     pytest.param({}, chat(TASK_A), None, id="none"),
 ])
@@ -74,3 +76,14 @@ def test_completion_prefix_cut_at_prefix_tokens():
     a = request_key("/v1/completions", {}, {"prompt": "a b c d e f"}, prefix_tokens=3).prefix
     b = request_key("/v1/completions", {}, {"prompt": "a b c x y z"}, prefix_tokens=3).prefix
     assert a == b
+
+
+@pytest.mark.parametrize(("headers", "is_run"), [
+    pytest.param({"x-session-id": "s1", "x-agentfleet-run": "r1"}, True, id="a-runtime-run"),
+    pytest.param({"x-agentfleet-run": "r1"}, False, id="no-session-no-run"),
+    pytest.param({"x-session-id": "s1"}, False, id="plain-session"),
+])
+def test_run_header(headers, is_run):
+    key = request_key("/v1/chat/completions", headers, chat(TASK_A), prefix_tokens=256)
+    assert key.is_run is is_run
+    assert key.prefix == request_key("/v1/chat/completions", {}, chat(TASK_A), prefix_tokens=256).prefix

@@ -122,3 +122,45 @@ def test_new_key_is_placed_by_live_keys():
 def test_home_gone_from_the_fleet_is_placed_again():
     choice = choose(S, views(), policy="session", ring=RING, load_bound_factor=1.25, home="removed")
     assert (choice.replica, choice.is_load_bound_pass) == (home("s:task-1"), False)
+
+
+# -- placement="shared": the key, the ring and the engines' scraped load, nothing one router keeps -------------
+
+def _shared(key, replicas, **kw):
+    return choose(key, replicas, policy="prefix-aware", ring=RING, load_bound_factor=1.25, placement="shared", **kw)
+
+
+def test_shared_placement_ignores_what_one_router_keeps():
+    """Two routers: one carries in-flight requests and remembers another home and a full key table, the other
+    knows nothing. Local placement sends the session to different engines; shared sends both to the same one."""
+    first = home("s:task-1")
+    other = next(n for n in NAMES if n != first)
+    busy = views(**{first: {"in_flight": 9}})
+    local_busy = choose(S, busy, policy="prefix-aware", ring=RING, load_bound_factor=1.25,
+                        placed={first: 9}, home=None)
+    local_idle = choose(S, views(), policy="prefix-aware", ring=RING, load_bound_factor=1.25, placed={})
+    assert local_busy.replica != local_idle.replica  # the disagreement the shared placement removes
+    a = _shared(S, busy, placed={first: 9}, home=other)
+    b = _shared(S, views())
+    assert a == b == choose(S, views(), policy="prefix-aware", ring=RING, load_bound_factor=1.25,
+                            placement="shared")
+    assert a.replica == first and not a.is_load_bound_pass
+
+
+@pytest.mark.parametrize("load", [
+    pytest.param({"running": 8.0, "waiting": 8.0}, id="full-batch-queued"),
+    pytest.param({"running": 8.0, "waiting": 2.0, "in_flight": 30}, id="busy-here"),
+])
+def test_shared_placement_never_moves_for_load(load):
+    """No load enters it: a replica crossing a load threshold back and forth would move its sessions with it
+    (each move a re-prefill of the history), and two routers reading it a scrape apart would disagree."""
+    first = home("s:task-1")
+    c = _shared(S, views(**{first: load}))
+    assert c.replica == first and not c.is_load_bound_pass
+
+
+def test_shared_placement_skips_out_of_service_in_ring_order():
+    order = list(RING.walk("s:task-1"))
+    c = _shared(S, views(**{order[0]: {"is_draining": True}}))
+    assert c.replica == order[1]
+    assert _shared(S, views(), exclude={order[0], order[1]}).replica == order[2]

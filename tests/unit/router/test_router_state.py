@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentfleet.router.keys import RequestKey
-from agentfleet.router.state import FleetState, parse_load, parse_prometheus_text
+from agentfleet.router.state import FleetState, parse_load, parse_prometheus_text, parse_served
 
 NEW = """# HELP vllm:num_requests_waiting x
 # TYPE vllm:num_requests_waiting gauge
@@ -155,3 +155,60 @@ def test_retouched_key_is_not_expired_by_its_older_deadline():
     for t in range(1, 200, 2):  # every 2 s: live for 6 s after each
         f.pick(RequestKey(session="s"), now=float(t))
     assert f.live_keys() == {home: 1}
+
+
+def _served(n: float) -> str:
+    return f'vllm:request_success_total{{finish_reason="stop"}} {n}\nvllm:request_success_total{{finish_reason="length"}} 1\n'
+
+
+@pytest.mark.parametrize("how", ["counter-went-back", "counter-gone", "new-address"])
+def test_engine_restart_forgets_its_keys(how):
+    """An engine that restarted has an empty KV cache: its sessions lose their home (placed again as new keys)
+    and it stops counting as full of live keys, at once, not when those keys idle out."""
+    f = fleet()
+    keys = [RequestKey(session=f"s{i}") for i in range(30)]
+    homes = {k.session: f.pick(k, now=0.0).replica for k in keys}
+    victim = max(set(homes.values()), key=list(homes.values()).count)
+    on_victim = [s for s, h in homes.items() if h == victim]
+    f.set_served(victim, parse_served(_served(40)))
+    assert f.endpoints[victim].restarts == 0 and f.live_keys()[victim] == len(on_victim)
+    if how == "counter-went-back":
+        f.set_served(victim, parse_served(_served(2)))
+    elif how == "counter-gone":
+        f.set_served(victim, parse_served("vllm:num_requests_running 0\n"))
+    else:
+        f.set_endpoints({n: (f"http://{n}-new" if n == victim else f"http://{n}") for n in ("a", "b", "c")})
+    assert f.endpoints[victim].restarts == 1 and f.forgotten_keys == len(on_victim)
+    assert f.live_keys().get(victim, 0) == 0
+    assert all(f._sessions.get(s) != victim for s in homes)
+    assert 'agentfleet_router_replica_restarts_total{replica="%s"} 1' % victim in f.render_metrics()
+    # Keys elsewhere keep their homes; a forgotten key is placed again (no move is counted: it had no home).
+    moves = f.session_moves
+    for k in keys:
+        f.pick(k, now=1.0)
+    assert f.session_moves == moves
+    assert all(f._sessions[s] == h for s, h in homes.items() if h != victim)
+
+
+def test_a_growing_counter_is_no_restart():
+    f = fleet()
+    f.pick(RequestKey(session="x"), now=0.0)
+    for n in (0, 5, 5, 9):
+        f.set_served("a", parse_served(_served(n)))
+    assert f.endpoints["a"].restarts == 0 and f.forgotten_keys == 0
+
+
+def test_a_run_is_held_through_its_tools_and_released_when_it_ends():
+    """A session the runtime marks as a run keeps its claim between calls however long its tool runs (pace does
+    not apply), and loses claim and home the moment the runtime says the run ended."""
+    f = fleet()
+    run, plain = RequestKey(session="run-1", is_run=True), RequestKey(session="plain-1")
+    for t in (0.0, 0.5, 1.0):  # calls half a second apart: a pace of 0.5 s
+        r_home = f.pick(run, now=t).replica
+        p_home = f.pick(plain, now=t).replica
+    f._expire(30.0)  # a 29 s tool: the plain session (3x its pace) has lapsed, the run has not
+    live = f.live_keys()
+    assert live.get(r_home, 0) >= 1 and sum(live.values()) == 1
+    assert f.release(["run-1", "never-seen"]) == 1 and f.released_keys == 1
+    assert f.live_keys() == {} and "run-1" not in f._sessions and f._sessions["plain-1"] == p_home
+    assert "agentfleet_router_released_keys_total 1" in f.render_metrics()

@@ -2,8 +2,10 @@
 may; skipped with the reason otherwise), driven over the Chrome DevTools Protocol on a websocket (aiohttp): no
 WebDriver in between. The runtime is real (runtime_kit.serve) and the model and the documents are hostile: the
 answer, a tool argument, citation titles, headings and a `javascript:` source all carry markup. A question typed into
-the page must show its steps, the citations (a link only for an http(s) source), tokens, cost and the Budget's
-remaining spend, with every hostile string as text and none of it as an element, an attribute or a script run."""
+the page must show its steps, the citations (each a link: to an http(s) source, or to the runtime's own route for
+the document, which a click opens in the page with the key), tokens, cost and the Budget's remaining spend, with
+every hostile string as text and none of it as an element, an attribute or a script run; a citation whose url is
+anything but an http(s) URL or a path on this server (`javascript:`, `data:`, another host) is no link."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import pytest
 from agentfleet.retrieval.store import Hit
 
 from agentfleet.runtime.server import WEB_DIR
+from agentfleet.runtime.sources import document_id
 from runtime_kit import ALICE, action, final, make_config, scripted, serve
 
 REPO = Path(__file__).resolve().parents[3]
@@ -54,8 +57,21 @@ DOCS = [_hit("h1", HTTPS_SOURCE, TITLE, ("Vacation", HEADING), 0.9, "Employees e
         _hit("h3", PLAIN_SOURCE, "Expenses", ("Expenses",), 0.7, "Receipts within 30 days.")]
 
 
+class Store:
+    """What the cited-source route reads: a document's chunks for the caller (alice may read them all)."""
+
+    collection = "docs"
+
+    def exists(self) -> bool:
+        return True
+
+    def document_chunks(self, doc_key: str, principal: Any, *, limit: int) -> list[Hit]:
+        return [h for h in DOCS if document_id(h.source) == doc_key and principal.user == "alice"][:limit]
+
+
 class Retriever:
     cache = None
+    store = Store()
 
     def search(self, query: str, principal: Any, *, k: int) -> list[Hit]:
         return DOCS[:k]
@@ -259,7 +275,7 @@ DOM_REPORT = """(() => {
     cites: Array.from(turn.querySelectorAll(".cites li"), (li) => {
       const a = li.querySelector("a");
       return {text: li.textContent, href: a ? a.getAttribute("href") : null, protocol: a ? a.protocol : null,
-              rel: a ? a.rel : null};
+              rel: a ? a.rel : null, target: a ? a.target : null};
     }),
     meta: turn.querySelector(".meta").textContent,
     budget: turn.querySelector(".budget").textContent,
@@ -273,6 +289,19 @@ DOM_REPORT = """(() => {
     key: sessionStorage.getItem("agentfleet-key"),
   };
 })()"""
+
+
+# The page's own renderer, given citation urls a document or a remote agent could carry.
+LINK_CASES = ["javascript:alert(1)", "JaVaScRiPt:alert(1)", " javascript:alert(1)", "\tjava\nscript:alert(1)",
+              "data:text/html,<script>alert(1)</script>", "vbscript:msgbox(1)", "//evil.example/x",
+              "/\\evil.example/x", "/\t/evil.example/x", "", None, "/v1/sources/0123abcd",
+              "https://docs.example.com/a?b=1"]
+EXPECTED_LINKS = [None] * 11 + ["/v1/sources/0123abcd", "https://docs.example.com/a?b=1"]
+HOSTILE_LINKS = """(() => %s.map((url, i) => {
+  const li = citationItem({n: i + 1, title: "t", source: "s.md", url, headings: []});
+  const a = li.querySelector("a");
+  return a ? a.getAttribute("href") : null;
+}))()""" % json.dumps(LINK_CASES)
 
 
 def test_chat_page_shows_steps_citations_cost_and_budget_and_renders_hostile_text_as_text(chromium, tmp_path):
@@ -296,9 +325,17 @@ def test_chat_page_shows_steps_citations_cost_and_budget_and_renders_hostile_tex
                 await page.click("#ask")
                 await page.wait_for("(() => { const t = document.querySelector('#log .turn:last-child');"
                                     " return t && t.dataset.state !== 'streaming'; })()")
-                return await page.evaluate(DOM_REPORT), page.errors, page.dialogs
+                dom = await page.evaluate(DOM_REPORT)
+                # A click on the plain path's citation opens the document in the page, fetched with the key
+                await page.click("#log .turn:last-child .cites li:nth-child(3) a")
+                opened = await page.wait_for("(() => { const d = document.querySelector("
+                                             "'#log .turn:last-child .cites li:nth-child(3) .doc');"
+                                             " return d && d.textContent !== 'loading\u2026' && d.textContent; })()")
+                location = await page.evaluate("location.pathname")
+                rendered = await page.evaluate(HOSTILE_LINKS)
+                return dom, opened, location, rendered, page.errors, page.dialogs
 
-    dom, errors, dialogs = asyncio.run(go())
+    dom, opened, location, rendered, errors, dialogs = asyncio.run(go())
     assert dom["state"] == "done", dom
     assert dom["question"] == "How many vacation days do I get?" and dom["key"] == ALICE
     # The answer, exactly as the model wrote it, as text.
@@ -314,16 +351,22 @@ def test_chat_page_shows_steps_citations_cost_and_budget_and_renders_hostile_tex
     assert decide.startswith("assistant tool_format [sim-model] final_answer() · ")
     assert answer.startswith("assistant answer [sim-model] ")
     assert all(re.search(r" · \d+\.\d{3} s · \d+ tokens · \$\d+\.\d{6}", s) for s in (calc, decide, answer))
-    # Citations: a link only for the https source (to exactly that URL, opened without a referrer); the
-    # javascript: source and the plain path are text.
+    # Citations: the https source links to exactly that URL (a new tab, without a referrer); the javascript: source
+    # and the plain path link to this runtime's route for their document (a relative path), never to the source.
     by_n = {c["text"].split("]")[0] + "]": c for c in dom["cites"]}
     assert set(by_n) == {"[1]", "[2]", "[3]"}
     https, js, plain = by_n["[1]"], by_n["[2]"], by_n["[3]"]
     assert https["protocol"] == "https:" and https["href"].startswith("https://docs.example.com/handbook/vacation?")
-    assert "<script>" not in https["href"] and https["rel"] == "noopener noreferrer"
+    assert "<script>" not in https["href"] and https["rel"] == "noopener noreferrer" and https["target"] == "_blank"
     assert TITLE in https["text"] and HEADING in https["text"]
-    assert js["href"] is None and JS_SOURCE in js["text"] and "Leave <script>alert(9)</script>" in js["text"]
-    assert plain["href"] is None and PLAIN_SOURCE in plain["text"]
+    assert js["href"] == f"/v1/sources/{document_id(JS_SOURCE)}" and js["protocol"] == "http:"
+    assert JS_SOURCE in js["text"] and "Leave <script>alert(9)</script>" in js["text"]
+    assert plain["href"] == f"/v1/sources/{document_id(PLAIN_SOURCE)}" and plain["target"] == ""
+    assert PLAIN_SOURCE in plain["text"]
+    # ... which the page fetched with the key and shows as text, staying on the page
+    assert opened == "Receipts within 30 days." and location == "/"
+    # A hostile citation url is never a link; a path on this server and an http(s) URL are
+    assert rendered == EXPECTED_LINKS, rendered
     # Tokens, cost and the remaining budget, as the summary reported them.
     meta = dom["meta"]
     tokens = re.search(r"(\d+) tokens \((\d+) in, (\d+) out\)", meta)

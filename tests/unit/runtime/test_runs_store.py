@@ -130,3 +130,44 @@ def test_a_lapsed_lease_of_a_run_still_executing_here_is_renewed_not_claimed(sto
     got = b.get("run-1", ALICE, now_s=T0 + LEASE + 5)
     assert (got.owner, got.takeovers, got.lease_until) == ("a", 0, T0 + LEASE + 5 + LEASE)
     assert b.claim("b", now_s=T0 + LEASE + 6) == []  # renewed: nobody else takes it either
+
+
+CALLER = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+ROOT_SPAN = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01", "tracestate": "k=v"}
+
+
+@pytest.mark.parametrize(("created_with", "written", "claimed_with"), [
+    pytest.param(CALLER, ROOT_SPAN, ROOT_SPAN, id="caller-then-root-span"),
+    pytest.param(CALLER, None, CALLER, id="caller-only"),
+    pytest.param(None, ROOT_SPAN, ROOT_SPAN, id="root-span-only"),
+    pytest.param(None, None, None, id="untraced"),
+])
+def test_a_claimed_run_carries_the_trace_context_its_first_owner_recorded(stores, created_with, written,
+                                                                          claimed_with):
+    """The context rides the create and the first owner's event write; the replica taking over reads it back."""
+    a, b = stores
+    run = _run("run-1")
+    run.trace_context = created_with
+    a.create(run, idempotency_key=None, now_s=T0)
+    a.append("run-1", "a", [{"type": "checkpoint", "n": 1}], now_s=T0 + 1, trace_context=written)
+    a.append("run-1", "a", [{"type": "step"}], now_s=T0 + 2)  # a write without one keeps what is there
+    (claimed,) = b.claim("b", now_s=T0 + LEASE + 3)
+    assert (claimed.owner, claimed.takeovers, claimed.trace_context) == ("b", 1, claimed_with)
+    assert b.get("run-1", None, now_s=T0 + LEASE + 4).trace_context == claimed_with
+
+
+def test_a_run_recorded_before_trace_context_existed_loads_and_is_taken_over(stores):
+    """A record an older runtime wrote (no trace_context key) reads as untraced, and continues."""
+    a, b = stores
+    a.create(_run("run-1"), idempotency_key=None, now_s=T0)
+
+    def drop_field(txn):  # the record as an older runtime wrote it
+        raw = txn.get("run:run-1")
+        del raw["trace_context"]
+        txn.put("run:run-1", raw, ttl_s=None)
+
+    a.store.transact(drop_field, now_s=T0)
+    assert "trace_context" not in a.store.transact(lambda txn: txn.get("run:run-1"), now_s=T0)
+    assert b.get("run-1", ALICE, now_s=T0 + 1).trace_context is None
+    (claimed,) = b.claim("b", now_s=T0 + LEASE + 1)
+    assert (claimed.owner, claimed.trace_context) == ("b", None)

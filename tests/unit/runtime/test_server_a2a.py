@@ -1,10 +1,13 @@
 """The runtime's A2A surface, with the A2A project's own Python SDK (`a2a-sdk`) as the client against the real
-runtime and a scripted model server: the agent card validates as the SDK's AgentCard and resolves to a client,
-`message/send` answers a completed Task, `message/stream` yields the task, a status update per step, the answer
-artifact and the final status, tasks stay their owner's, a bad key is HTTP 401 and malformed JSON-RPC gets the
-JSON-RPC error codes."""
+runtime and a scripted model server, in both protocol versions the card lists (1.0 with its PascalCase methods and
+the A2A-Version header, 0.3 through the SDK's compat transport): the agent card validates as the SDK's 0.3 model and
+its 1.0 protobuf, `SendMessage` / `message/send` answers a completed Task, the streaming methods yield the task, a
+status update per step, the answer artifact and the final status, tasks stay their owner's, a bad key is HTTP 401
+and malformed JSON-RPC, unknown methods and a method of the other version get their JSON-RPC error codes."""
 
 import asyncio
+import json
+import re
 import uuid
 
 import pytest
@@ -28,10 +31,28 @@ def calculator_then_answer(body, headers):
     return action("calculator", expression="2+2")
 
 
-async def _client(url: str, key: str = ALICE, *, streaming: bool):
-    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30)
+VERSIONS = ["1.0", "0.3"]
+METHODS = {"1.0": {"send": "SendMessage", "stream": "SendStreamingMessage", "get": "GetTask", "cancel": "CancelTask"},
+           "0.3": {"send": "message/send", "stream": "message/stream", "get": "tasks/get", "cancel": "tasks/cancel"}}
+
+
+async def _client(url: str, key: str = ALICE, *, streaming: bool, version: str | None = None,
+                  seen: list | None = None):
+    """The SDK's client for the agent at `url`; `version` keeps only that interface of the card (the SDK then
+    picks its 1.0 transport or its 0.3 compat one); `seen` records each request's (method, A2A-Version)."""
+    async def record(request):
+        if seen is not None and request.method == "POST":
+            seen.append((json.loads(request.content)["method"], request.headers.get("A2A-Version")))
+
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                             event_hooks={"request": [record]})
     config = a2a_client.ClientConfig(httpx_client=http, streaming=streaming)
-    return await a2a_client.ClientFactory(config).create_from_url(url), http
+    card = await a2a_client.A2ACardResolver(http, url).get_agent_card()
+    if version is not None:
+        keep = [i for i in card.supported_interfaces if ".".join(i.protocol_version.split(".")[:2]) == version]
+        del card.supported_interfaces[:]
+        card.supported_interfaces.extend(keep)
+    return a2a_client.ClientFactory(config).create(card), http
 
 
 def _message(text: str) -> pb.SendMessageRequest:
@@ -53,28 +74,38 @@ def test_agent_card_validates_with_the_sdks_types(tmp_path):
 
     url, status, body, legacy_status, resolved = asyncio.run(go())
     assert status == 200 and legacy_status == 200
+    # 0.3's fields, read by the SDK's 0.3 model
     card = v03.AgentCard.model_validate(body)
     assert card.name == "assistant" and card.url == url + "/a2a" and card.protocol_version == "0.3.0"
-    assert card.capabilities.streaming is True
+    assert card.capabilities.streaming is True and card.supports_authenticated_extended_card is False
     assert [s.id for s in card.skills] == ["assistant", "sub-agent:researcher", "tool:calculator"]
     assert card.skills[1].description == "Looks things up."
-    assert body["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer",
-                                                  "description": "An API key of the AgentApp's key store"}}
-    assert body["security"] == [{"bearer": []}]
+    bearer = "An API key of the AgentApp's key store"
+    assert card.security_schemes["bearer"].root.scheme == "bearer" and body["security"] == [{"bearer": []}]
     assert "Research." not in str(body)  # the system prompts stay private
+    # 1.0's, read by the SDK's resolver into its protobuf AgentCard: the one endpoint once per version, 1.0 first
     assert resolved.name == "assistant" and resolved.capabilities.streaming
-    assert [(i.url, i.protocol_binding) for i in resolved.supported_interfaces] == [(url + "/a2a", "JSONRPC")]
+    assert not resolved.capabilities.push_notifications and not resolved.capabilities.extended_agent_card
+    assert [(i.url, i.protocol_binding, i.protocol_version) for i in resolved.supported_interfaces] == [
+        (url + "/a2a", "JSONRPC", "1.0"), (url + "/a2a", "JSONRPC", "0.3")]
+    scheme = resolved.security_schemes["bearer"].http_auth_security_scheme
+    assert (scheme.scheme, scheme.description) == ("bearer", bearer)
+    assert [dict(r.schemes) for r in resolved.security_requirements] == [{"bearer": pb.StringList()}]
+    assert body["securityRequirements"] == [{"schemes": {"bearer": {"list": []}}}]
 
 
-def test_message_send_answers_a_completed_task_and_only_its_owner_reads_it(tmp_path):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_message_send_answers_a_completed_task_and_only_its_owner_reads_it(tmp_path, version):
+    seen = []
+
     async def go():
         async with scripted(calculator_then_answer) as m:
             async with serve(make_config(tmp_path, large_url=m.url), tmp_path) as s:
-                client, http = await _client(s.url, streaming=False)
+                client, http = await _client(s.url, streaming=False, version=version, seen=seen)
                 got = [r async for r in client.send_message(_message("What is 2+2?"))]
                 task = got[0].task
                 again = await client.get_task(pb.GetTaskRequest(id=task.id))
-                gina, gina_http = await _client(s.url, GINA, streaming=False)
+                gina, gina_http = await _client(s.url, GINA, streaming=False, version=version)
                 with pytest.raises(TaskNotFoundError):
                     await gina.get_task(pb.GetTaskRequest(id=task.id))
                 with pytest.raises(Exception) as not_cancelable:
@@ -85,6 +116,8 @@ def test_message_send_answers_a_completed_task_and_only_its_owner_reads_it(tmp_p
                 return got, task, again, not_cancelable.value, run_status, run
 
     got, task, again, not_cancelable, run_status, run = asyncio.run(go())
+    names = METHODS[version]
+    assert seen == [(names["send"], version), (names["get"], version), (names["cancel"], version)]
     assert len(got) == 1
     assert task.status.state == pb.TASK_STATE_COMPLETED
     assert [p.text for p in task.artifacts[0].parts if p.text] == [ANSWER]
@@ -96,16 +129,20 @@ def test_message_send_answers_a_completed_task_and_only_its_owner_reads_it(tmp_p
     assert run_status == 200 and run["status"] == "completed"  # the same durable run
 
 
-def test_message_stream_yields_task_steps_artifact_and_final_status(tmp_path):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_message_stream_yields_task_steps_artifact_and_final_status(tmp_path, version):
+    seen = []
+
     async def go():
         async with scripted(calculator_then_answer) as m:
             async with serve(make_config(tmp_path, large_url=m.url), tmp_path) as s:
-                client, http = await _client(s.url, streaming=True)
+                client, http = await _client(s.url, streaming=True, version=version, seen=seen)
                 events = [r async for r in client.send_message(_message("What is 2+2?"))]
                 await http.aclose()
                 return events
 
     events = asyncio.run(go())
+    assert seen == [(METHODS[version]["stream"], version)]
     kinds = [e.WhichOneof("payload") for e in events]
     assert kinds[0] == "task" and events[0].task.status.state == pb.TASK_STATE_SUBMITTED
     assert kinds[-2:] == ["artifact_update", "status_update"]
@@ -124,28 +161,59 @@ def _rpc(method, params, rpc_id=1):
     return {"jsonrpc": "2.0", "id": rpc_id, "method": method, "params": params}
 
 
-@pytest.mark.parametrize("body,code,rpc_id", [
-    ({"jsonrpc": "1.0", "id": 7, "method": "tasks/get", "params": {"id": "x"}}, -32600, 7),
-    ([_rpc("tasks/get", {"id": "x"})], -32600, None),
-    ({"jsonrpc": "2.0", "id": 8, "params": {}}, -32600, 8),
-    (_rpc("tasks/list", {}, 9), -32601, 9),
-    (_rpc("message/send", {"message": {"role": "user"}}, "a"), -32602, "a"),
+V1 = {"A2A-Version": "1.0"}
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+@pytest.mark.parametrize("body,headers,code,rpc_id,reason", [
+    ({"jsonrpc": "1.0", "id": 7, "method": "tasks/get", "params": {"id": "x"}}, {}, -32600, 7, None),
+    ([_rpc("tasks/get", {"id": "x"})], {}, -32600, None, None),
+    ({"jsonrpc": "2.0", "id": 8, "params": {}}, {}, -32600, 8, None),
+    (_rpc("tasks/list", {}, 9), {}, -32601, 9, None),
+    (_rpc("message/send", {"message": {"role": "user"}}, "a"), {}, -32602, "a", None),
     (_rpc("message/send", {"message": {"role": "user", "messageId": "m1", "parts": [
-        {"kind": "file", "file": {"uri": "https://x/y.pdf"}}]}}, "b"), -32005, "b"),
-    (_rpc("tasks/get", {"id": "run-0123456789abcdef"}, 10), -32001, 10),
-    (_rpc("tasks/get", "not-an-object", 11), -32602, 11),
+        {"kind": "file", "file": {"uri": "https://x/y.pdf"}}]}}, "b"), {}, -32005, "b", None),
+    (_rpc("tasks/get", {"id": "run-0123456789abcdef"}, 10), {}, -32001, 10, None),
+    (_rpc("tasks/get", "not-an-object", 11), {}, -32602, 11, None),
+    # A2A 1.0: its own unknown method, a method of the other version either way, a version nobody speaks
+    (_rpc("Frobnicate", {}, 12), V1, -32601, 12, "METHOD_NOT_FOUND"),
+    (_rpc("tasks/get", {"id": "x"}, 13), V1, -32009, 13, "VERSION_NOT_SUPPORTED"),
+    (_rpc("GetTask", {"id": "x"}, 14), {}, -32009, 14, None),
+    (_rpc("GetTask", {"id": "x"}, 15), {"A2A-Version": "2.0"}, -32009, 15, "VERSION_NOT_SUPPORTED"),
+    (_rpc("GetTask", {"id": "run-0123456789abcdef"}, 16), {"A2A-Version": "1.0.3"}, -32001, 16, "TASK_NOT_FOUND"),
+    (_rpc("SendMessage", {"message": {"role": "ROLE_USER", "messageId": "m1", "parts": [
+        {"url": "https://x/y.pdf", "mediaType": "application/pdf"}]}}, 17), V1, -32005, 17,
+     "CONTENT_TYPE_NOT_SUPPORTED"),
+    (_rpc("SendMessage", {"message": {"role": "ROLE_USER", "parts": [{"text": "hi"}]}}, 18), V1, -32602, 18,
+     "INVALID_PARAMS"),
+    (_rpc("SendMessage", {"message": {"role": "ROLE_USER", "messageId": "m2", "taskId": "run-1", "parts": [
+        {"text": "hi"}]}}, 19), V1, -32004, 19, "UNSUPPORTED_OPERATION"),
+    (_rpc("CreateTaskPushNotificationConfig", {"taskId": "x", "url": "https://hook"}, 20), V1, -32003, 20,
+     "PUSH_NOTIFICATION_NOT_SUPPORTED"),
+    (_rpc("GetExtendedAgentCard", {}, 21), V1, -32004, 21, "UNSUPPORTED_OPERATION"),
+    (_rpc("ListTasks", {"status": "done"}, 22), V1, -32602, 22, "INVALID_PARAMS"),
+    (_rpc("ListTasks", {"pageToken": "not-ours"}, 23), V1, -32602, 23, "INVALID_PARAMS"),
+    (_rpc("SubscribeToTask", {"id": "run-0123456789abcdef"}, 24), V1, -32001, 24, "TASK_NOT_FOUND"),
 ], ids=["wrong-version", "batch", "no-method", "unknown-method", "params-missing", "file-part", "unknown-task",
-        "params-not-object"])
-def test_malformed_json_rpc_gets_its_error_code(tmp_path, body, code, rpc_id):
+        "params-not-object", "v1-unknown-method", "v03-method-as-v1", "v1-method-without-header", "version-2.0",
+        "patch-version-ignored", "v1-url-part", "v1-no-message-id", "v1-continue-task", "v1-push", "v1-extended-card",
+        "v1-list-bad-state", "v1-list-bad-token", "v1-subscribe-unknown"])
+def test_malformed_json_rpc_gets_its_error_code(tmp_path, body, headers, code, rpc_id, reason):
     async def go():
         async with scripted(lambda b, h: final("x")) as m:
             async with serve(make_config(tmp_path, large_url=m.url), tmp_path) as s:
-                return await s.post("/a2a", body)
+                return await s.post("/a2a", body, headers=headers)
 
     status, answer = asyncio.run(go())
     assert status == 200
     assert answer["jsonrpc"] == "2.0" and answer["id"] == rpc_id
     assert answer["error"]["code"] == code and "Traceback" not in answer["error"]["message"]
+    data = answer["error"].get("data")
+    if reason is None:  # 0.3's spelling: data, when there is any, is an object
+        assert data is None or isinstance(data, dict)
+    else:  # 1.0's: google.rpc details, an ErrorInfo first (as a2a-sdk reads them)
+        assert data[0]["@type"] == ERROR_INFO and data[0]["reason"] == reason
+        assert data[0]["domain"] == "a2a-protocol.org"
 
 
 def test_parse_error_and_bad_key(tmp_path):
@@ -199,3 +267,135 @@ def test_a_resent_message_is_the_same_task_and_non_blocking_returns_it_working(t
     assert later["result"]["status"]["state"] == "working" and later["result"]["contextId"] == "ctx-1"
     assert got["result"]["status"]["state"] == "completed" and got["result"]["history"] == []
     assert got["result"]["artifacts"][0]["parts"][0] == {"kind": "text", "text": ANSWER}
+
+
+def test_one_task_reads_in_either_version_and_a_method_of_the_other_version_names_the_header(tmp_path):
+    """A task started with 1.0's SendMessage (raw JSON-RPC, A2A-Version: 1.0) is answered in 1.0's spelling
+    (enums, parts without kind, `{"task"}`), and the same durable task reads in 0.3's through tasks/get."""
+    message = {"role": "ROLE_USER", "messageId": "m-v1-1", "contextId": "ctx-9",
+               "parts": [{"text": "What is 2+2?"}, {"data": [1, 2]}]}
+
+    async def go():
+        async with scripted(calculator_then_answer) as m:
+            async with serve(make_config(tmp_path, large_url=m.url), tmp_path) as s:
+                sent = await s.post("/a2a", _rpc("SendMessage", {"message": message,
+                                                                 "configuration": {"historyLength": 1}}), headers=V1)
+                task_id = sent[1]["result"]["task"]["id"]
+                as_v03 = await s.post("/a2a", _rpc("tasks/get", {"id": task_id}))
+                as_v1 = await s.post("/a2a?A2A-Version=1.0", _rpc("GetTask", {"id": task_id, "historyLength": 0}))
+                unversioned = await s.post("/a2a", _rpc("GetTask", {"id": task_id}))
+                return sent, as_v03, as_v1, unversioned, m.requests
+
+    (status, sent), (_, as_v03), (_, as_v1), (_, unversioned), requests = asyncio.run(go())
+    assert status == 200 and set(sent["result"]) == {"task"}
+    task = sent["result"]["task"]
+    assert "kind" not in task and task["contextId"] == "ctx-9"
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", task["status"]["timestamp"])
+    text, data = task["artifacts"][0]["parts"]
+    assert text == {"text": ANSWER, "mediaType": "text/plain"}
+    assert data["mediaType"] == "application/json" and set(data["data"]) >= {"citations", "usage", "cost_usd"}
+    assert [h["role"] for h in task["history"]] == ["ROLE_USER"]
+    assert task["history"][0]["parts"] == [{"text": "What is 2+2?", "mediaType": "text/plain"},
+                                           {"data": [1, 2], "mediaType": "application/json"}]
+    assert '[1, 2]' in json.dumps(requests[0][0]["messages"])  # a data part reaches the model as JSON
+    # The same task in 0.3's spelling, and in 1.0's again (the version as a query parameter, spec 3.6.1)
+    assert as_v03["result"]["kind"] == "task" and as_v03["result"]["status"]["state"] == "completed"
+    assert as_v03["result"]["history"][0]["parts"][0] == {"kind": "text", "text": "What is 2+2?"}
+    assert as_v1["result"]["id"] == task["id"] and "history" not in as_v1["result"]
+    assert as_v1["result"]["status"]["state"] == "TASK_STATE_COMPLETED"
+    # Without the header a request is 0.3 (spec 3.6.2), where GetTask is not a method: the error names the fix
+    assert unversioned["error"]["code"] == -32009
+    assert "A2A-Version: 1.0" in unversioned["error"]["message"]
+
+
+def test_list_tasks_pages_through_the_callers_own_tasks_newest_first(tmp_path):
+    async def go():
+        async with scripted(calculator_then_answer) as m:
+            async with serve(make_config(tmp_path, large_url=m.url), tmp_path) as s:
+                ids = []
+                for i, (method, msg, headers) in enumerate([
+                        ("message/send", {"role": "user", "parts": [{"kind": "text", "text": "2+2?"}]}, {}),
+                        ("SendMessage", {"role": "ROLE_USER", "contextId": "ctx-b", "parts": [{"text": "2+2?"}]},
+                         V1),
+                        ("SendMessage", {"role": "ROLE_USER", "parts": [{"text": "2+2?"}]}, V1)]):
+                    _, got = await s.post("/a2a", _rpc(method, {"message": {**msg, "messageId": f"m-list-{i}"}}),
+                                          headers=headers)
+                    ids.append((got["result"].get("task") or got["result"])["id"])
+                await s.chat("not an A2A task")  # other kinds of runs are not A2A tasks
+                pages, token = [], None
+                while True:  # every page of two, by the cursor
+                    _, page = await s.post("/a2a", _rpc("ListTasks", {"pageSize": 2, **(
+                        {"pageToken": token} if token else {})}), headers=V1)
+                    pages.append(page["result"])
+                    token = page["result"]["nextPageToken"]
+                    if not token:
+                        break
+                _, full = await s.post("/a2a", _rpc("ListTasks", {"includeArtifacts": True, "historyLength": 0}),
+                                       headers=V1)
+                _, ctx = await s.post("/a2a", _rpc("ListTasks", {"contextId": "ctx-b"}), headers=V1)
+                _, failed = await s.post("/a2a", _rpc("ListTasks", {"status": "TASK_STATE_FAILED"}), headers=V1)
+                _, gina = await s.post("/a2a", _rpc("ListTasks", {}), key=GINA, headers=V1)
+                client, http = await _client(s.url, streaming=False, version="1.0")
+                sdk = await client.list_tasks(pb.ListTasksRequest(page_size=10))
+                await http.aclose()
+                return ids, pages, full["result"], ctx["result"], failed["result"], gina["result"], sdk
+
+    ids, pages, full, ctx, failed, gina, sdk = asyncio.run(go())
+    newest_first = list(reversed(ids))
+    assert [[t["id"] for t in p["tasks"]] for p in pages] == [newest_first[:2], newest_first[2:]]
+    assert [(p["pageSize"], p["totalSize"]) for p in pages] == [(2, 3), (2, 3)]
+    assert pages[0]["nextPageToken"] and pages[1]["nextPageToken"] == ""
+    assert all("artifacts" not in t for p in pages for t in p["tasks"])  # only with includeArtifacts
+    assert [t["id"] for t in full["tasks"]] == newest_first and all("history" not in t for t in full["tasks"])
+    assert all(t["artifacts"][0]["parts"][0]["text"] == ANSWER for t in full["tasks"])
+    assert full["nextPageToken"] == "" and full["pageSize"] == 50
+    assert [t["id"] for t in ctx["tasks"]] == [ids[1]]
+    assert failed == {"tasks": [], "nextPageToken": "", "pageSize": 50, "totalSize": 0}
+    assert gina["tasks"] == [] and gina["totalSize"] == 0  # someone else's tasks are not listed
+    assert [t.id for t in sdk.tasks] == newest_first and sdk.next_page_token == ""
+    assert all(t.status.state == pb.TASK_STATE_COMPLETED for t in sdk.tasks)
+
+
+def test_subscribe_to_task_follows_a_running_task_to_its_end(tmp_path):
+    """SubscribeToTask with the SDK's 1.0 client: the task as it is now, its later steps, the answer artifact and
+    the final status; a finished task cannot be subscribed to."""
+    gate = asyncio.Event()
+
+    async def slow_model(body, headers):
+        await gate.wait()
+        return calculator_then_answer(body, headers)
+
+    async def go():
+        async with scripted(slow_model) as m:
+            async with serve(make_config(tmp_path, large_url=m.url), tmp_path) as s:
+                _, sent = await s.post("/a2a", _rpc("SendMessage", {
+                    "message": {"role": "ROLE_USER", "messageId": "m-sub-1", "parts": [{"text": "2+2?"}]},
+                    "configuration": {"returnImmediately": True}}), headers=V1)
+                task_id = sent["result"]["task"]["id"]
+                client, http = await _client(s.url, streaming=True, version="1.0")
+                events = []
+
+                async def follow():
+                    async for ev in client.subscribe(pb.SubscribeToTaskRequest(id=task_id)):
+                        events.append(ev)
+                        if len(events) == 1:
+                            gate.set()  # the model answers once the subscriber has the task
+
+                await asyncio.wait_for(follow(), 30)
+                with pytest.raises(Exception) as finished:
+                    async for _ in client.subscribe(pb.SubscribeToTaskRequest(id=task_id)):
+                        pass
+                await http.aclose()
+                return sent["result"]["task"], events, finished.value
+
+    started, events, finished = asyncio.run(go())
+    assert started["status"]["state"] == "TASK_STATE_WORKING"
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert kinds[0] == "task" and events[0].task.id == started["id"]
+    assert events[0].task.status.state == pb.TASK_STATE_WORKING
+    assert kinds[-2:] == ["artifact_update", "status_update"] and set(kinds[1:-2]) <= {"status_update"}
+    assert any("calculator" in e.status_update.status.message.parts[0].text for e in events[1:-2])
+    assert [p.text for p in events[-2].artifact_update.artifact.parts if p.text] == [ANSWER]
+    assert events[-1].status_update.status.state == pb.TASK_STATE_COMPLETED
+    assert type(finished).__name__ == "UnsupportedOperationError"
