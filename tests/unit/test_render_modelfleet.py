@@ -271,6 +271,28 @@ def test_router_placement(kit, router, placement):
     assert kit.flag(args, "--placement") == placement
 
 
+@pytest.mark.parametrize(("spec", "flag"), [
+    pytest.param({}, None, id="off-by-default"),
+    pytest.param({"engine": {"maxNumSeqs": 64}, "router": {"fairQueue": True}}, "64", id="one-router-all-slots"),
+    pytest.param({"engine": {"maxNumSeqs": 64}, "router": {"fairQueue": True, "replicas": 3}}, "21",
+                 id="slots-shared-by-router-replicas"),
+])
+def test_router_fair_queue(kit, spec, flag):
+    fleet, children = _children(kit, spec)
+    args = kit.container(kit.one(children, "Deployment", router_name(fleet.name)))["args"]
+    assert kit.flag(args, "--fair-queue") == flag
+
+
+def test_router_fair_queue_needs_the_engines_slot_count():
+    from agentfleet.api import parse
+
+    doc = {"apiVersion": "agentfleet.io/v1alpha1", "kind": "ModelFleet", "metadata": {"name": "llm"},
+           "spec": {"model": {"uri": "hf://acme/chat-7b"}, "router": {"fairQueue": True}}}
+    with pytest.raises(SpecError) as err:
+        parse(doc)
+    assert any(p.path == "spec.router.fairQueue" and "maxNumSeqs" in p.message for p in err.value.problems)
+
+
 def test_router_has_a_writable_tmp_on_a_read_only_root(kit):
     fleet, children = _children(kit)
     dep = kit.one(children, "Deployment", router_name(fleet.name))

@@ -344,6 +344,10 @@ class RouterSpec(Model):
         "How the router places a session that does not say where it lives (the AgentApp runtime's calls do): local "
         "(by the router's own counts; the best spread with one router), shared (by the hash ring only, so every "
         "router replica places it on the same engine), auto (shared when replicas > 1)."))
+    fair_queue: bool = Field(default=False, description=(
+        "Per-run fair queueing at saturation: each router lets at most engine.maxNumSeqs / replicas requests be in "
+        "flight on an engine; the rest wait in the router, and a freed slot goes to the run with the fewest calls "
+        "served, so a long task cannot starve short ones behind it."))
     load_bound_factor: float = Field(default=1.25, ge=1, le=10,
                                      description="A replica takes at most this times the mean load (bounded loads).")
     prefix_tokens: int = Field(default=256, ge=16, le=32768,
@@ -366,6 +370,10 @@ class ModelFleetSpec(Model):
         Rule("!has(self.baseUrl) || !has(self.inferencePool) || !self.inferencePool.enabled",
              "inferencePool.enabled needs engines to select: a fleet with baseUrl runs none",
              lambda s: s.base_url is None or not s.inference_pool.enabled, "inferencePool.enabled"),
+        Rule("!has(self.router) || !has(self.router.fairQueue) || !self.router.fairQueue || "
+             "(has(self.engine) && has(self.engine.maxNumSeqs))",
+             "router.fairQueue shares out the engines' batch slots: set engine.maxNumSeqs",
+             lambda s: not s.router.fair_queue or s.engine.max_num_seqs is not None, "router.fairQueue"),
     )
 
     model: ModelSource

@@ -29,7 +29,7 @@ _OURS, _THEIRS = "agentfleet", "vllm-router"
 # Short names kept from earlier versions of this bench.
 _ALIASES = {"agentfleet": "agentfleet:prefix-aware", "round_robin": "agentfleet:round-robin",
             "least_loaded": "agentfleet:least-load"}
-OPTIONS = ("shared", "hints")
+OPTIONS = ("shared", "hints", "fair")
 BUCKETS = ((10, 16, "short"), (17, 23, "medium"), (24, 10_000, "long"))  # steps per task
 
 
@@ -56,7 +56,8 @@ def parse_targets(spec: str) -> list[Target]:
         family, _, policy = _ALIASES.get(raw, raw).partition(":")
         allowed = POLICIES if family == _OURS else PEER_POLICIES if family == _THEIRS else None
         # Our options after the policy: +shared (--placement shared), +hints (the driver sends what the runtime
-        # sends: run id, home replica, run end), e.g. agentfleet:prefix-aware+shared.
+        # sends: run id, home replica, run end), +fair (--fair-queue max_num_seqs / router replicas), e.g.
+        # agentfleet:prefix-aware+shared.
         base, *options = policy.split("+")
         if family == _OURS and options:
             policy_ok = base in POLICIES and all(o in OPTIONS for o in options) and len(set(options)) == len(options)
@@ -438,6 +439,7 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
                 return [sys.executable, "-m", "agentfleet.cli", "router", "--endpoints", endpoints, "--host",
                         "127.0.0.1", "--port", str(port), "--policy", policy, "--prefix-tokens",
                         str(args.prefix_tokens), *(["--placement", placement] if placement else []),
+                        *(["--fair-queue", str(max(1, args.max_num_seqs // n_routers))] if "fair" in options else []),
                         *(["--admin-token-file", token_file.name] if token_file else []), *args.router_arg]
         else:
             ready = "/health"

@@ -36,7 +36,8 @@ def _cmd_router(args: argparse.Namespace) -> int:
         admin = admin_token_digest(token)
     settings = ProxySettings(prefix_tokens=args.prefix_tokens, connect_timeout_s=args.connect_timeout,
                              read_timeout_s=args.read_timeout, health_interval_s=args.health_interval,
-                             max_body_bytes=args.max_body_bytes, admin_token_sha256=admin)
+                             max_body_bytes=args.max_body_bytes, admin_token_sha256=admin,
+                             fair_queue=args.fair_queue, fair_queue_max_wait_s=args.fair_queue_max_wait)
     stop = threading.Event()
     on_startup = None
     if args.endpoints:
@@ -88,6 +89,12 @@ def add_parsers(sub) -> None:
                    help="for sessions that do not say where they live (the runtime's runs do): local places by this "
                    "router's own counts (the best spread with one router); shared by the hash ring only, so router "
                    "replicas agree on every session")
+    p.add_argument("--fair-queue", type=int, default=0, metavar="N",
+                   help="per-run fair queueing at saturation: at most N requests in flight per replica from this "
+                   "router (the engine's max_num_seqs over the router replicas); the rest wait here and a freed slot "
+                   "goes to the run with the fewest calls served (0: off)")
+    p.add_argument("--fair-queue-max-wait", type=float, default=2.0, metavar="SECONDS",
+                   help="a request that has waited this long goes first, however much its run has been served")
     p.add_argument("--key-idle", type=float, default=KEY_IDLE_S,
                    help="seconds after its last request a session stops counting as live on its replica")
     p.add_argument("--prefix-tokens", type=int, default=256,

@@ -29,6 +29,7 @@ from ..errors import InvalidRequest, RequestTimeout, RequestTooLarge, http_error
 from .. import http_edge
 from ..request_body import check_content_encoding, parse_json
 from ..telemetry import DISABLED, Telemetry
+from .fairness import FairGate
 from .keys import request_key
 from .state import FleetState, parse_load, parse_served
 
@@ -79,6 +80,8 @@ class ProxySettings:
     # engine frees the sequence's slot and KV blocks when its client goes).
     write_timeout_s: float = 30.0
     admin_token_sha256: bytes | None = None  # /admin/* answers 403 without one
+    fair_queue: int = 0  # requests in flight per replica from this router before they wait least-served-first (0: off)
+    fair_queue_max_wait_s: float = 2.0  # a waiter this old goes first, whatever its run has been served
 
 
 class _ByteBudget:
@@ -194,6 +197,11 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             span.set_attributes({"agentfleet.router.replica": name, "agentfleet.router.route_reason": choice.reason,
                                  "agentfleet.router.load_bound_pass": choice.is_load_bound_pass,
                                  "agentfleet.router.attempts": len(tried)})
+        gate: FairGate | None = request.app["gate"]
+        run = key.session or key.prefix
+        if gate is not None:  # at saturation, wait here least-served-first rather than in the engine's queue
+            await gate.acquire(name, run)
+            gate.note_served(run)
         url = fleet.started(name) + request.path_qs
         try:
             try:
@@ -246,6 +254,8 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                 upstream.release()
         finally:
             fleet.finished(name)
+            if gate is not None:
+                gate.release(name)
     # The reason goes to the log; the client learns only that no replica could answer (no names, no exceptions).
     log.warning("no replica could take the request: %s", last_error)
     return _error(503, "no replica could take the request; retry later", "no_replica_available",
@@ -299,6 +309,10 @@ async def _sessions_end(request: web.Request) -> web.Response:
         return _error(400, 'the body must be {"sessions": ["<session id>", ...]}', "invalid_sessions")
     if len(sessions) > MAX_RELEASE:
         return _error(400, f"at most {MAX_RELEASE} sessions per call", "too_many_sessions")
+    gate: FairGate | None = request.app["gate"]
+    if gate is not None:
+        for s in sessions:
+            gate.forget(s)
     return web.json_response({"released": fleet.release(sessions)})
 
 
@@ -317,7 +331,17 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     fleet: FleetState = request.app["fleet"]
-    return web.Response(text=fleet.render_metrics(), content_type="text/plain", charset="utf-8")
+    text = fleet.render_metrics()
+    gate: FairGate | None = request.app["gate"]
+    if gate is not None:
+        text += ("# HELP agentfleet_router_fair_queue_waited_total Requests that waited for a slot (--fair-queue).\n"
+                 "# TYPE agentfleet_router_fair_queue_waited_total counter\n"
+                 f"agentfleet_router_fair_queue_waited_total {gate.waited}\n"
+                 "# HELP agentfleet_router_fair_queue_waiting Requests waiting for a slot, per replica.\n"
+                 "# TYPE agentfleet_router_fair_queue_waiting gauge\n"
+                 + "".join(f'agentfleet_router_fair_queue_waiting{{replica="{n}"}} {gate.waiting(n)}\n'
+                           for n in sorted(fleet.endpoints)))
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
 def _is_admin(request: web.Request, settings: ProxySettings) -> web.Response | None:
@@ -413,6 +437,8 @@ def build_app(fleet: FleetState, settings: ProxySettings,
     app["settings"] = settings
     app["telemetry"] = telemetry
     app["buffered"] = _ByteBudget(settings.max_buffered_bytes)
+    app["gate"] = (FairGate(settings.fair_queue, max_wait_s=settings.fair_queue_max_wait_s)
+                   if settings.fair_queue > 0 else None)
     for path in PROXIED:
         app.router.add_post(path, _proxy)
     app.router.add_get("/v1/models", _models)

@@ -1,0 +1,85 @@
+"""Per-run fair queueing at saturation (`agentfleet router --fair-queue N`): at most N requests from this router in
+flight on one replica (set N to the engine's max_num_seqs, divided among the router replicas); past that, requests
+wait here instead of in the engine's first-come queue, and a freed slot goes to the waiter whose run (session, else
+prompt prefix) has had the fewest calls served so far, ties by arrival, unless a waiter has waited `max_wait_s`:
+then the longest-waiting goes first. A task 25 calls in thus yields to one 3 calls in, so a long task cannot starve
+short ones behind it, and the bound keeps the short ones from starving it in turn (without it, on the routing bench
+at 64 tasks, short tasks' median fell from 7.8 to 5.9 s but long tasks' p99 rose from 22 to 59 s). Below
+saturation nothing waits and the order is unchanged. Off (N = 0) by default. Pure asyncio, no I/O: the proxy edge
+acquires before it sends and releases when the answer is done."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+__all__ = ["FairGate", "SERVED_TABLE_SIZE"]
+
+SERVED_TABLE_SIZE = 100_000  # runs whose served calls are remembered (least recently served forgotten first)
+DEFAULT_MAX_WAIT_S = 2.0
+
+
+class FairGate:
+    def __init__(self, limit: int, *, max_wait_s: float = DEFAULT_MAX_WAIT_S,
+                 clock: Callable[[], float] = time.monotonic):
+        if limit < 1:
+            raise ValueError("the fair queue needs a limit of at least 1 request in flight per replica")
+        self.limit, self.max_wait_s, self.clock = limit, max_wait_s, clock
+        self.waited = 0  # requests that had to wait for a slot (a counter for /metrics)
+        self._in_flight: dict[str, int] = {}
+        # per replica: (served calls of its run, arrival number, when it started waiting, its slot)
+        self._waiting: dict[str, list[tuple[int, int, float, asyncio.Future[None]]]] = {}
+        self._served: OrderedDict[str, int] = OrderedDict()
+        self._arrival = itertools.count()
+
+    def served(self, run: str | None) -> int:
+        return self._served.get(run, 0) if run is not None else 0
+
+    def waiting(self, replica: str) -> int:
+        return sum(1 for *_, f in self._waiting.get(replica, ()) if not f.done())
+
+    async def acquire(self, replica: str, run: str | None) -> None:
+        """Returns once the request holds one of the replica's slots; call release() exactly once after."""
+        queue = self._waiting.setdefault(replica, [])
+        if self._in_flight.get(replica, 0) < self.limit and not any(not f.done() for *_, f in queue):
+            self._in_flight[replica] = self._in_flight.get(replica, 0) + 1
+            return
+        self.waited += 1
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append((self.served(run), next(self._arrival), self.clock(), slot))
+        try:
+            await slot
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled():  # handed the slot as the client left: pass it on
+                self.release(replica)
+            raise
+
+    def release(self, replica: str) -> None:
+        """The request is done: its slot goes to the longest-waiting waiter past max_wait_s, else to the
+        least-served one, else back to the replica. (The queue holds at most this router's concurrent requests for
+        one replica: a scan is cheaper than keeping two orders.)"""
+        queue = self._waiting.get(replica)
+        if queue:
+            queue[:] = [w for w in queue if not w[3].done()]  # waiters whose client left are dropped
+        if queue:
+            due = self.clock() - self.max_wait_s
+            overdue = [w for w in queue if w[2] <= due]
+            pick = min(overdue, key=lambda w: w[1]) if overdue else min(queue, key=lambda w: (w[0], w[1]))
+            queue.remove(pick)
+            pick[3].set_result(None)
+            return
+        self._in_flight[replica] = max(0, self._in_flight.get(replica, 0) - 1)
+
+    def note_served(self, run: str | None) -> None:
+        if run is None:
+            return
+        self._served[run] = self._served.pop(run, 0) + 1
+        if len(self._served) > SERVED_TABLE_SIZE:
+            self._served.popitem(last=False)
+
+    def forget(self, run: str) -> None:
+        """The run ended (POST /v1/sessions/end)."""
+        self._served.pop(run, None)

@@ -1,0 +1,176 @@
+"""FairGate: at most `limit` in flight per replica; waiters admitted least-served-first (ties by arrival); a waiter
+whose client left is skipped; a slot handed to a request cancelled at that moment is passed on, never lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentfleet.router.fairness import FairGate
+
+
+def test_waiters_go_least_served_first():
+    async def go():
+        gate = FairGate(limit=1)
+        for _ in range(5):
+            gate.note_served("long")
+        gate.note_served("short")
+        await gate.acquire("r", "x")  # the one slot
+        order = []
+
+        async def call(run):
+            await gate.acquire("r", run)
+            order.append(run)
+            await asyncio.sleep(0)
+            gate.release("r")
+
+        tasks = [asyncio.create_task(call(r)) for r in ("long", "short", "new", "long")]
+        await asyncio.sleep(0.01)
+        assert gate.waiting("r") == 4 and gate.waited == 4
+        gate.release("r")
+        await asyncio.gather(*tasks)
+        return order, gate
+
+    order, gate = asyncio.run(go())
+    assert order == ["new", "short", "long", "long"]  # 0 served, 1, then 5 (arrival breaks the tie)
+    assert gate.waiting("r") == 0 and gate._in_flight["r"] == 0
+
+
+def test_replicas_have_their_own_slots_and_nothing_waits_below_the_limit():
+    async def go():
+        gate = FairGate(limit=2)
+        for name in ("a", "a", "b"):
+            await asyncio.wait_for(gate.acquire(name, "run"), 0.1)
+        return gate
+
+    gate = asyncio.run(go())
+    assert gate.waited == 0 and gate._in_flight == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize("when", ["while-waiting", "as-the-slot-is-handed-over"])
+def test_a_client_that_leaves_loses_no_slot(when):
+    async def go():
+        gate = FairGate(limit=1)
+        await gate.acquire("r", "x")
+        leaver = asyncio.create_task(gate.acquire("r", "a"))
+        stayer = asyncio.create_task(gate.acquire("r", "b"))
+        await asyncio.sleep(0.01)
+        if when == "while-waiting":
+            leaver.cancel()
+            await asyncio.sleep(0)
+            gate.release("r")
+        else:
+            gate.release("r")  # the slot is handed to the leaver...
+            leaver.cancel()  # ...which is cancelled before it runs: it must pass the slot on
+        await asyncio.wait_for(stayer, 1.0)
+        assert leaver.cancelled()
+        gate.release("r")
+        return gate
+
+    gate = asyncio.run(go())
+    assert gate._in_flight["r"] == 0 and gate.waiting("r") == 0
+
+
+def test_limit_must_be_positive():
+    with pytest.raises(ValueError):
+        FairGate(0)
+
+
+def test_the_proxy_holds_requests_past_the_limit_and_serves_the_least_served_run_first():
+    """Through the router's own edge: one engine slot (--fair-queue 1), a run 4 calls in and a new run waiting
+    behind a call in progress; the new run's call is sent to the engine first."""
+    import aiohttp
+    from aiohttp import web
+
+    from agentfleet.bench.simulator import free_port
+    from agentfleet.router.proxy import ProxySettings, build_app
+    from agentfleet.router.state import FleetState
+
+    async def go():
+        seen: list[str] = []
+        release = asyncio.Event()
+
+        async def completions(request: web.Request) -> web.Response:
+            seen.append(request.headers["x-session-id"])
+            if request.headers["x-session-id"] == "other":
+                await release.wait()  # this call holds the one slot
+            return web.json_response({"choices": [{"message": {"content": "ok"}}]})
+
+        engine = web.Application()
+        engine.router.add_post("/v1/chat/completions", completions)
+        runners = [web.AppRunner(engine, access_log=None, shutdown_timeout=1)]
+        await runners[0].setup()
+        eport = free_port()
+        await web.TCPSite(runners[0], "127.0.0.1", eport).start()
+        fleet = FleetState(policy="session")
+        fleet.set_endpoints({"only": f"http://127.0.0.1:{eport}"})
+        app = build_app(fleet, ProxySettings(health_interval_s=1e12, metrics_interval_s=3600, fair_queue=1))
+        runners.append(web.AppRunner(app, access_log=None, shutdown_timeout=1))
+        await runners[1].setup()
+        port = free_port()
+        await web.TCPSite(runners[1], "127.0.0.1", port).start()
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        try:
+            async with aiohttp.ClientSession() as s:
+                async def call(session_id: str) -> int:
+                    async with s.post(url, json=body, headers={"x-session-id": session_id}) as r:
+                        await r.read()
+                        return r.status
+
+                for _ in range(3):  # the long run's history: 3 calls served
+                    assert await call("long") == 200
+                seen.clear()
+                first = asyncio.create_task(call("other"))  # takes the slot and holds it
+                await asyncio.sleep(0.1)
+                queued = [asyncio.create_task(call("long")), asyncio.create_task(call("new"))]
+                await asyncio.sleep(0.2)
+                async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    metrics = await r.text()
+                release.set()
+                statuses = await asyncio.gather(first, *queued)
+        finally:
+            for r in reversed(runners):
+                await r.cleanup()
+        return seen, statuses, metrics
+
+    seen, statuses, metrics = asyncio.run(go())
+    assert statuses == [200, 200, 200]
+    assert seen == ["other", "new", "long"]  # without the gate the engine would see them in arrival order
+    assert 'agentfleet_router_fair_queue_waiting{replica="only"} 2' in metrics
+
+
+def test_a_waiter_past_max_wait_goes_first():
+    """Least-served-first would keep a long run waiting as long as new runs arrive; past max_wait_s the longest
+    waiting goes first."""
+    now = [0.0]
+
+    async def go():
+        gate = FairGate(limit=1, max_wait_s=2.0, clock=lambda: now[0])
+        for _ in range(9):
+            gate.note_served("long")
+        await gate.acquire("r", "x")
+        order = []
+
+        async def call(run):
+            await gate.acquire("r", run)
+            order.append(run)
+
+        long_ = asyncio.create_task(call("long"))
+        await asyncio.sleep(0)
+        now[0] = 1.0
+        new1 = asyncio.create_task(call("new-1"))
+        await asyncio.sleep(0)
+        gate.release("r")  # 1 s of waiting: not due yet, the least-served goes
+        await new1
+        now[0] = 2.5
+        new2 = asyncio.create_task(call("new-2"))
+        await asyncio.sleep(0)
+        gate.release("r")  # the long run has waited 2.5 s: it goes before the new one
+        await long_
+        gate.release("r")
+        await new2
+        return order
+
+    assert asyncio.run(go()) == ["new-1", "long", "new-2"]
