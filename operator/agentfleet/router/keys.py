@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["RequestKey", "request_key", "SESSION_HEADERS", "RUN_HEADER", "HOME_HEADER"]
@@ -63,10 +63,13 @@ def request_key(path: str, headers: Mapping[str, str], body: Mapping[str, Any] |
     session = next((lower[h] for h in SESSION_HEADERS if lower.get(h)), None)
     if session is None and body is not None and isinstance(body.get("session_id"), str):
         session = body["session_id"]
+    key = _key(path, session, body, prefix_tokens)
     if session is not None and lower.get(RUN_HEADER):
-        key = request_key(path, {}, body, prefix_tokens=prefix_tokens)
-        return RequestKey(session=session, prefix=key.prefix, is_cacheable=key.is_cacheable, is_run=True,
-                          home=lower.get(HOME_HEADER) or None)
+        return replace(key, is_run=True, home=lower.get(HOME_HEADER) or None)
+    return key
+
+
+def _key(path: str, session: str | None, body: Mapping[str, Any] | None, prefix_tokens: int) -> RequestKey:
     if path.endswith("/embeddings") or path.endswith("/models") or body is None:
         return RequestKey(session=session, is_cacheable=False)
     messages = body.get("messages")

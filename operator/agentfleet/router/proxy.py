@@ -31,7 +31,7 @@ from ..request_body import check_content_encoding, parse_json
 from ..telemetry import DISABLED, Telemetry
 from .fairness import FairGate
 from .keys import request_key
-from .state import FleetState, parse_load, parse_served
+from .state import FleetState, parse_load, parse_prometheus_text, parse_served
 
 __all__ = ["ProxySettings", "build_app", "serve", "admin_token_digest", "ADMIN_TOKEN_HEADER", "MAX_BODY_BYTES",
            "OPENAPI_FILE", "RUNNER_OPTIONS"]
@@ -401,8 +401,9 @@ async def _probe_loop(app: web.Application) -> None:
         except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
             return
         if text:
-            fleet.set_load(name, *parse_load(text))
-            fleet.set_served(name, parse_served(text))
+            page = parse_prometheus_text(text)  # parsed once, read twice
+            fleet.set_load(name, *parse_load(page))
+            fleet.set_served(name, parse_served(page))
 
     while True:
         eps = [(e.name, e.url) for e in fleet.endpoints.values()]

@@ -74,16 +74,16 @@ def parse_prometheus_text(text: str) -> dict[str, float]:
     return out
 
 
-def parse_load(text: str) -> tuple[float | None, float | None, float | None]:
-    """(waiting, running, KV-cache use) from a vLLM /metrics page, in either spelling."""
-    s = parse_prometheus_text(text)
+def parse_load(text: str | Mapping[str, float]) -> tuple[float | None, float | None, float | None]:
+    """(waiting, running, KV-cache use) from a vLLM /metrics page (or its parse), in either spelling."""
+    s = parse_prometheus_text(text) if isinstance(text, str) else text
     return mn.first_present(s, mn.WAITING), mn.first_present(s, mn.RUNNING), mn.first_present(s, mn.KV_CACHE_USAGE)
 
 
-def parse_served(text: str) -> float | None:
-    """The engine's cumulative count of finished requests: it only grows while the process lives, so a smaller
-    value (or none after some) means the engine restarted with an empty cache."""
-    return mn.first_present(parse_prometheus_text(text), mn.REQUEST_SUCCESS)
+def parse_served(text: str | Mapping[str, float]) -> float | None:
+    """The engine's cumulative count of finished requests (from its page or its parse): it only grows while the
+    process lives, so a smaller value (or none after some) means the engine restarted with an empty cache."""
+    return mn.first_present(parse_prometheus_text(text) if isinstance(text, str) else text, mn.REQUEST_SUCCESS)
 
 
 @dataclass

@@ -240,6 +240,19 @@ async def scripted(reply: Reply) -> AsyncIterator[Scripted]:
         await runner.cleanup()
 
 
+async def until(pred: Any, deadline_s: float = 20.0, every_s: float = 0.05) -> Any:
+    """Poll `pred` (a value or a coroutine) until it is truthy, failing the test after `deadline_s`."""
+    end = time.monotonic() + deadline_s
+    while True:  # a poll of a condition with a deadline
+        got = pred()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return got
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(every_s)
+
+
 def action(tool: str, **arguments: Any) -> str:
     return json.dumps({"action": tool, "arguments": arguments})
 

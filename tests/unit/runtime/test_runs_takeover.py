@@ -10,7 +10,6 @@ and the budget is charged once for what the engine produced, with nothing left r
 import asyncio
 import contextlib
 import json
-import time
 
 import pytest
 
@@ -21,6 +20,7 @@ from agentfleet.runtime.server import RUNS_KEY
 from agentfleet.runtime.serving import Runtime
 from agentfleet.state.sqlite import SqliteStore
 from runtime_kit import action, final, make_config, mcp_server, scripted, serve
+from runtime_kit import until as _until
 
 pytest.importorskip("mcp")
 
@@ -82,18 +82,6 @@ async def _replicas(cfg, tmp_path):
             s.app_runs = s.runner.app[RUNS_KEY]
             served.append(s)
         yield served
-
-
-async def _until(pred, deadline_s=20.0, every_s=0.05):
-    end = time.monotonic() + deadline_s
-    while True:  # a poll of a condition with a deadline
-        got = pred()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return got
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(every_s)
 
 
 def _spend(rt):

@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from runtime_kit import ALICE, KEYS, action, final, last_user_or_tool, make_config, scripted, serve
+from runtime_kit import until as _until
 
 from agentfleet.bench.simulator import free_port
 from agentfleet.router.proxy import ProxySettings, build_app as build_router
@@ -297,18 +298,6 @@ def _trace_of(headers: dict[str, str]) -> tuple[str, str]:
     """(trace id, parent span id) of a W3C traceparent header."""
     _, trace_id, span_id, _ = headers["traceparent"].split("-")
     return trace_id, span_id
-
-
-async def _until(pred: Any, deadline_s: float = 20.0) -> Any:
-    end = time.monotonic() + deadline_s
-    while True:  # a poll of a condition with a deadline
-        got = pred()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return got
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def _finished(served: Any, run_id: str) -> Any:
