@@ -11,6 +11,7 @@ import yaml
 
 from . import __version__
 from .bench import autoscale as bench_autoscale
+from .bench import budget as bench_budget
 from .bench import chaos as bench_chaos
 from .bench import httpclient as bench_httpclient
 from .bench import routing as bench_routing
@@ -135,7 +136,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 _PLUGGED: list = [retrieval_cli, router_command, local_cli, runtime_cli, evaluation_cli]
 """Modules with `add_parsers(sub)`: top-level commands owned by other rooms (ingest, search, router, ...)."""
 _BENCH_PLUGGED: list = [retrieval_cli, bench_routing, bench_httpclient, bench_autoscale, bench_runtime, bench_chaos,
-                      bench_eval]
+                      bench_budget, bench_eval]
 """Modules with `add_bench_parsers(bench_sub)`: `agentfleet bench <name>` benchmarks (see bench/)."""
 
 

@@ -60,6 +60,11 @@ class BudgetSpec(Model):
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     on_exhausted: Literal["reject", "degrade"] = Field(
         default="reject", description="reject: 429 with the reason; degrade: route everything to the small model.")
+    degrade_at_percent: int | None = Field(
+        default=None, ge=1, le=99,
+        description="Before the limit: a task admitted once this share of a window limit (tokens or costUsd) is "
+                    "spent or reserved runs every step on the small model, so the rest of the window stretches "
+                    "further before any 429. Unset: full routing until the limit, then onExhausted.")
 
 
 class BudgetStatus(StatusModel):

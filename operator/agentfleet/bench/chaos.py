@@ -4,8 +4,10 @@ only, fsync always, so a restart loses nothing), three llm-d-inference-sim engin
 replicas sharing one runtime.yaml (Redis ledger, a Budget with a cost limit) and a connection-level round-robin TCP
 load balancer standing in for the Kubernetes Service (it skips a backend that refuses connections, as kube-proxy
 does with readiness). The same workload runs twice: fault-free (the baseline), then while one replica is killed
-with SIGKILL, one engine is killed and Redis is stopped and restarted. Each run's input is the JSON action that
-makes the echoing model call `record` with the run's key, so a tool call that runs twice shows in the file.
+with SIGKILL, one engine is killed and Redis is stopped and restarted. A run is an agentic task of `--calls` model
+calls (10 to 30 by default, drawn per run, the same draws in both phases): its input is the JSON action that makes
+the echoing model call `record` with the run's first step key, and each record() answers with the next step's call
+(the last with the final answer), so every step's key is unique and a tool call that runs twice shows in the file.
 Afterwards: runs lost, tool calls duplicated, overspend, reservations left, spent against the runs' reported
 costs, and task p95 with faults over fault-free."""
 
@@ -17,6 +19,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -68,6 +71,33 @@ def missing(*, install: bool = False) -> str | None:
     if redis_binary(install=install) is None:
         return f"redis-server is not installed ({REDIS_INSTALLER.relative_to(_REPO)} installs Debian's package)"
     return None
+
+
+# --- the workload's shape --------------------------------------------------------------------------------------
+
+def calls_range(text: str) -> tuple[int, int]:
+    """"10-30" or "4": model calls per run, at least 2 (one tool call, then the answer)."""
+    lo, sep, hi = str(text).partition("-")
+    try:
+        a, b = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--calls takes N or MIN-MAX model calls per run, not {text!r}") from None
+    if not 2 <= a <= b <= 200:
+        raise argparse.ArgumentTypeError(f"--calls {text}: need 2 <= MIN <= MAX <= 200 (a run is at least one tool "
+                                         "call and the answer)")
+    return a, b
+
+
+def run_limits(max_calls: int) -> dict[str, Any]:
+    """The AgentApp's loop limits, roomy enough that the longest run ends by its own answer: maxSteps counts
+    model calls, each call resends the growing history (~300 + 60 tokens a step), ~2 s a step under faults."""
+    return {"maxSteps": max_calls + 2, "maxTokens": 8000 + 4000 * max_calls,
+            "deadlineSeconds": max(45, 4 * max_calls + 15), "toolTimeoutSeconds": 10}
+
+
+def cost_limit_usd(max_calls: int) -> float:
+    """A Budget limit no fault-free workload reaches (spent <= limit is an invariant; hitting it is not the test)."""
+    return COST_LIMIT_USD * max(1, max_calls)
 
 
 # --- processes --------------------------------------------------------------------------------------------------
@@ -179,11 +209,37 @@ def serve_record(port: int, log_path: str, delay_s: float) -> None:
         """Record that the work named `key` was done (not idempotent: every call is one more record)."""
         await asyncio.to_thread(append, json.dumps({"key": key, "t": time.time()}))
         await asyncio.sleep(delay_s)
-        # The echoing model answers with the last message: this observation makes it repeat the same call,
-        # which the loop's repeated-call guard turns into the answer step (3 model calls, 1 tool call a run).
-        return action_input(key)
+        # The echoing model answers with the last message: this observation is the run's next call, and after
+        # its last one a sentence, which the model repeats as the answer (N tool calls, N + 1 model calls).
+        nxt = next_step(key)
+        if nxt is not None:
+            return action_input(nxt)
+        return json.dumps({"action": "final_answer", "answer": f"All {step_of(key)[1]} records of {run_key(key)} "
+                                                                "are done."})
 
     app.run("streamable-http", host="127.0.0.1", port=port)
+
+
+def step_key(run: str, n: int, of: int) -> str:
+    """The key a run's n-th record() call carries (of `of`): unique per step, so a step run twice shows."""
+    return f"{run}#{n}/{of}"
+
+
+def run_key(key: str) -> str:
+    return key.split("#", 1)[0]
+
+
+def step_of(key: str) -> tuple[int, int]:
+    try:
+        n, of = key.split("#", 1)[1].split("/", 1)
+        return int(n), int(of)
+    except (IndexError, ValueError):
+        return 1, 1
+
+
+def next_step(key: str) -> str | None:
+    n, of = step_of(key)
+    return step_key(run_key(key), n + 1, of) if n < of else None
 
 
 def read_records(path: Path) -> Counter[str]:
@@ -269,6 +325,7 @@ class Stack:
 
     workdir: Path
     lease_s: float
+    max_calls: int = 4  # model calls of the longest run: the loop's limits are sized from it
     redis: RedisServer | None = None
     sims: Any = None
     router: subprocess.Popen[bytes] | None = None
@@ -343,9 +400,9 @@ class Stack:
             "tools": {"builtin": ["calculator"], "mcpServers": [{"name": MCP_SERVER, "url": self.mcp_url}]},
             "auth": {"apiKeysSecretRef": {"name": "k", "key": "keys.yaml"}},
             "ledger": {"backend": "redis", "redisUrl": self.redis.url},
-            "limits": {"maxSteps": 6, "maxTokens": 8000, "deadlineSeconds": 45, "toolTimeoutSeconds": 10}})
+            "limits": run_limits(self.max_calls)})
         fleet = res("ModelFleet", "sim", {"model": {"uri": "hf://bench/sim", "servedModelName": "sim-model"}})
-        budget = res("Budget", "chaos", {"window": "day", "limits": {"costUsd": COST_LIMIT_USD},
+        budget = res("Budget", "chaos", {"window": "day", "limits": {"costUsd": cost_limit_usd(self.max_calls)},
                                          "prices": [{"model": "sim", "inputPerMTokensUsd": PRICE_PER_M_USD[0],
                                                      "outputPerMTokensUsd": PRICE_PER_M_USD[1]}]})
         (self.workdir / "keys.yaml").write_text(yaml.safe_dump({KEY: {"user": "chaos", "tenant": "chaos",
@@ -440,6 +497,11 @@ class RunTrace:
     not_found: int = 0  # GETs answered 404 (another replica did not know the run)
     rejected: dict[str, Any] | None = None  # a POST refused for good (4xx other than 429)
     repost: bool = False  # send the POST again once it succeeded, as a client whose response was lost does
+    tool_calls: int = 1  # record() calls the run makes, one per step: it makes tool_calls + 1 model calls
+
+    @property
+    def input(self) -> str:
+        return action_input(step_key(self.key, 1, self.tool_calls))
 
     @property
     def seconds(self) -> float | None:
@@ -535,7 +597,7 @@ async def drive(base: str, traces: list[RunTrace], *, concurrency: int, poll_s: 
             deadline = t.started_s + run_timeout_s
             run_id = None
             while run_id is None and time.monotonic() < deadline:
-                status, body = await client.call("POST", "/v1/runs", body={"input": action_input(t.key)},
+                status, body = await client.call("POST", "/v1/runs", body={"input": t.input},
                                                  headers={"Idempotency-Key": t.key}, deadline=deadline)
                 t.post_statuses.append(status)
                 if status in (200, 202) and isinstance(body, dict) and body.get("id"):
@@ -549,7 +611,7 @@ async def drive(base: str, traces: list[RunTrace], *, concurrency: int, poll_s: 
             if run_id is not None and t.repost:
                 # The client whose response was lost: the same POST again must name the same run (200), on
                 # whichever replica the balancer picks.
-                status, body = await client.call("POST", "/v1/runs", body={"input": action_input(t.key)},
+                status, body = await client.call("POST", "/v1/runs", body={"input": t.input},
                                                  headers={"Idempotency-Key": t.key}, deadline=deadline)
                 t.post_statuses.append(status)
                 if isinstance(body, dict) and body.get("id"):
@@ -609,8 +671,8 @@ def _pct(xs: list[float], q: float) -> float | None:
 
 
 async def _mid_tool_call(stack: Stack, traces: list[RunTrace], replica: str, within_s: float) -> str | None:
-    """Wait (at most `within_s`) until `replica` is inside a record() call: a key the MCP server has just
-    recorded whose run that replica holds. The key, or None when none came."""
+    """Wait (at most `within_s`) until `replica` is inside a record() call: a step key the MCP server has just
+    recorded whose run that replica holds. The step's key, or None when none came."""
     by_key = {t.key: t for t in traces}
     try:
         offset = stack.records.stat().st_size
@@ -629,9 +691,10 @@ async def _mid_tool_call(stack: Stack, traces: list[RunTrace], replica: str, wit
         offset += len(complete)
         for line in complete.splitlines():
             with contextlib.suppress(ValueError, KeyError):
-                t = by_key.get(json.loads(line)["key"])
+                key = json.loads(line)["key"]
+                t = by_key.get(run_key(key))
                 if t is not None and (t.last or {}).get("replica") == replica:
-                    return t.key
+                    return str(key)
     return None
 
 
@@ -652,6 +715,9 @@ async def _faults(stack: Stack, plan: list[tuple[float, str]], t0: float, log: l
         extra: dict[str, Any] = {}
         if what == "kill -9 replica rt-1":
             extra["mid_tool_call"] = await _mid_tool_call(stack, traces, "rt-1", 4.0)
+            # As the client last saw them (it polls every run): how many runs the kill leaves to a takeover.
+            extra["runs_there"] = sum(1 for t in traces if (t.last or {}).get("replica") == "rt-1"
+                                      and (t.last or {}).get("status") not in TERMINAL)
             started = killed_at = time.monotonic()
             await asyncio.to_thread(_kill9, stack.replicas["rt-1"])
         elif what == "kill engine sim-2":
@@ -667,7 +733,10 @@ async def _faults(stack: Stack, plan: list[tuple[float, str]], t0: float, log: l
 
 async def _phase(stack: Stack, lb_url: str, phase: str, args: argparse.Namespace,
                  plan: list[tuple[float, str]] | None) -> dict[str, Any]:
-    traces = [RunTrace(f"{phase}-{i:03d}", phase, repost=i % 4 == 0) for i in range(args.runs)]
+    lo, hi = args.calls
+    rng = random.Random(args.seed)  # both phases draw the same lengths in the same order
+    traces = [RunTrace(f"{phase}-{i:03d}", phase, repost=i % 4 == 0, tool_calls=rng.randint(lo, hi) - 1)
+              for i in range(args.runs)]
     stats = HttpStats()
     faults: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -757,24 +826,25 @@ def check(phases: dict[str, dict[str, Any]], records: Any, usage: dict[str, Any]
                 problems.append({"invariant": "internal_error", "key": t.key, "run_id": run.get("id"),
                                  "replica": run.get("replica"), "error": err,
                                  "steps": [_brief_step(s) for s in steps]})
-            done = [s for s in steps if s.get("action") == TOOL and not s.get("error")]
-            if len(done) > 1:
+            done = Counter(_tool_key(s) for s in steps if s.get("action") == TOOL and not s.get("error"))
+            if any(n > 1 for n in done.values()):
                 problems.append({"invariant": "tool_step_twice", "key": t.key, "run_id": run.get("id"),
                                  "steps": [_brief_step(s) for s in steps]})
-            tried = [s for s in steps if s.get("action") == TOOL]
-            if records[t.key] and not tried:
+            tried = {_tool_key(s) for s in steps if s.get("action") == TOOL}
+            ran = {k: n for k, n in records.items() if run_key(k) == t.key}
+            if set(ran) - tried:
                 # The tool ran (the server recorded it) but the run shows no call of it, neither completed nor
                 # interrupted: a takeover lost the step that was in flight.
                 problems.append({"invariant": "tool_call_unaccounted", "key": t.key, "run_id": run.get("id"),
-                                 "calls": records[t.key], "steps": [_brief_step(s) for s in steps]})
-            if status == "completed" and records[t.key] == 0:
+                                 "calls": ran, "steps": [_brief_step(s) for s in steps]})
+            if status == "completed" and not ran:
                 problems.append({"invariant": "tool_never_ran", "key": t.key, "run_id": run.get("id"),
                                  "steps": [_brief_step(s) for s in steps]})
     duplicated = {k: n for k, n in records.items() if n > 1}
     for k, n in sorted(duplicated.items()):
         problems.append({"invariant": "duplicated_tool_call", "key": k, "calls": n,
                          "run_ids": next((sorted(set(t.ids)) for p in phases.values() for t in p["traces"]
-                                          if t.key == k), [])})
+                                          if t.key == run_key(k)), [])})
     limit = usage.get("limit_micro_usd")
     spent = usage["spent_micro_usd"]
     overspend = max(0, spent - limit) if limit is not None else 0
@@ -794,6 +864,11 @@ def check(phases: dict[str, dict[str, Any]], records: Any, usage: dict[str, Any]
             "spent_equals_run_costs": spent == cost_micro, "statuses": dict(statuses),
             "stop_reasons": dict(stop_reasons), "interrupted_tool_calls": interrupted, "takeovers": takeovers,
             "gets_404": not_found, "not_completed": not_completed[:30], "problems": problems}
+
+
+def _tool_key(step: dict[str, Any]) -> str | None:
+    args = step.get("arguments")
+    return args.get("key") if isinstance(args, dict) else None
 
 
 def _round(x: float | None, digits: int = 3) -> float | None:
@@ -861,11 +936,12 @@ async def _run_async(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     result["tool_calls_recorded"] = sum(records.values())
     # The run whose record() call the replica's death interrupted: how its steps show that call.
     mid = next((f.get("mid_tool_call") for f in faulted["faults"] if f.get("mid_tool_call")), None)
-    trace = next((t for t in faulted["traces"] if t.key == mid), None)
+    trace = next((t for t in faulted["traces"] if mid and t.key == run_key(mid)), None)
     result["mid_tool_call_run"] = None if trace is None else {
         "key": mid, "run_id": (trace.last or {}).get("id"), "status": (trace.last or {}).get("status"),
         "takeovers": (trace.last or {}).get("takeovers"), "calls_recorded": records[mid],
-        "record_steps": [_brief_step(st) for st in (trace.last or {}).get("steps") or [] if st.get("action") == TOOL]}
+        "record_steps": [_brief_step(st) for st in (trace.last or {}).get("steps") or []
+                         if st.get("action") == TOOL and _tool_key(st) == mid]}
     return result
 
 
@@ -878,7 +954,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="agentfleet-bench-chaos-") if keep is None else None
     workdir = keep if keep is not None else Path(tmp.name)  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(workdir, lease_s=args.lease_s)
+    if args.run_timeout_s is None:
+        args.run_timeout_s = run_limits(args.calls[1])["deadlineSeconds"] + 20.0
+    stack = Stack(workdir, lease_s=args.lease_s, max_calls=args.calls[1])
     try:
         stack.start(inter_token_ms=args.inter_token_ms, ttft_ms=args.ttft_ms, tool_delay_s=args.tool_delay_s)
         result = asyncio.run(_run_async(args, stack))
@@ -898,7 +976,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "meets_targets": all(meets.values()), "problems": result["problems"],
             "config": {"lease_s": args.lease_s, "redis_down_s": args.redis_down_s, "inter_token_ms": args.inter_token_ms,
                        "ttft_ms": args.ttft_ms, "tool_delay_s": args.tool_delay_s, "poll_s": args.poll_s,
-                       "run_timeout_s": args.run_timeout_s},
+                       "run_timeout_s": args.run_timeout_s, "calls": list(args.calls),
+                       "seed": args.seed},
             "logs": str(keep) if keep is not None else None, "wall_s": round(time.monotonic() - t0, 1),
             "cpus": os.cpu_count()}
 
@@ -933,10 +1012,16 @@ def add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
                    help="how long Redis stays down (longer than the lease: every lease lapses during it)")
     p.add_argument("--inter-token-ms", type=float, default=50.0, help="simulated decode time per token")
     p.add_argument("--ttft-ms", type=float, default=150.0, help="simulated time to first token")
-    p.add_argument("--tool-delay-s", type=float, default=1.0, help="how long record() takes after recording")
+    p.add_argument("--calls", type=calls_range, default="10-30",
+                   help="model calls per run, N or MIN-MAX drawn per run (the same draw in both phases); every call "
+                        "but the last asks for one record() tool call. Default: the agentic task of issue 12, 10 to 30 "
+                        "sequential model calls plus tools")
+    p.add_argument("--seed", type=int, default=12, help="seed of the per-run lengths")
+    p.add_argument("--tool-delay-s", type=float, default=0.3, help="how long record() takes after recording")
     p.add_argument("--poll-s", type=float, default=0.3, help="GET /v1/runs/{id} interval")
-    p.add_argument("--run-timeout-s", type=float, default=40.0,
-                   help="a run not terminal this long after its first POST counts as lost")
+    p.add_argument("--run-timeout-s", type=float, default=None,
+                   help="a run not terminal this long after its first POST counts as lost (default: the AgentApp's "
+                        "deadline plus 20 s)")
     p.add_argument("--event-dumps", type=int, default=5, help="attach the events of this many failing runs")
     p.add_argument("--log-dir", help="keep every process's log (and the records file) here")
     p.set_defaults(func=_cmd)

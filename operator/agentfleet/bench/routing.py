@@ -29,7 +29,8 @@ _OURS, _THEIRS = "agentfleet", "vllm-router"
 # Short names kept from earlier versions of this bench.
 _ALIASES = {"agentfleet": "agentfleet:prefix-aware", "round_robin": "agentfleet:round-robin",
             "least_loaded": "agentfleet:least-load"}
-OPTIONS = ("shared", "hints", "fair")
+OPTIONS = ("shared", "hints", "fair", "warm")
+WARM_LEAD_S = 0.5  # +warm: how long before a tool ends its task's history is sent again (max_tokens 1)
 BUCKETS = ((10, 16, "short"), (17, 23, "medium"), (24, 10_000, "long"))  # steps per task
 
 
@@ -56,8 +57,8 @@ def parse_targets(spec: str) -> list[Target]:
         family, _, policy = _ALIASES.get(raw, raw).partition(":")
         allowed = POLICIES if family == _OURS else PEER_POLICIES if family == _THEIRS else None
         # Our options after the policy: +shared (--placement shared), +hints (the driver sends what the runtime
-        # sends: run id, home replica, run end), +fair (--fair-queue max_num_seqs / router replicas), e.g.
-        # agentfleet:prefix-aware+shared.
+        # sends: run id, home replica, run end), +fair (--fair-queue max_num_seqs / router replicas), +warm (the
+        # driver re-sends a task's history just before a tool ends: --tool-s), e.g. agentfleet:prefix-aware+shared.
         base, *options = policy.split("+")
         if family == _OURS and options:
             policy_ok = base in POLICIES and all(o in OPTIONS for o in options) and len(set(options)) == len(options)
@@ -65,7 +66,7 @@ def parse_targets(spec: str) -> list[Target]:
             policy_ok = allowed is not None and policy in allowed
         if not policy_ok:
             raise SystemExit(f"agentfleet bench routing: --routers: unknown router {raw!r} (use agentfleet:"
-                             f"{'|'.join(POLICIES)}[+shared][+hints] or vllm-router:{'|'.join(PEER_POLICIES)})")
+                             f"{'|'.join(POLICIES)}[+shared][+hints][+fair][+warm] or vllm-router:{'|'.join(PEER_POLICIES)})")
         out.append(Target(family, policy))
     return out
 
@@ -87,6 +88,14 @@ def make_workload(*, tasks: int, steps_min: int, steps_max: int, system_words: i
         steps = rng.randint(steps_min, steps_max)
         out.append((_words(rng, vocab, task_words), [_words(rng, vocab, step_words) for _ in range(steps)]))
     return system, out
+
+
+def tool_seconds(task: int, step: int, mean_s: float) -> float:
+    """How long the tool before `step` of `task` runs: exponential with mean `mean_s`, capped at 4x, seeded by
+    (task, step) so every router meets the same tools."""
+    import random
+
+    return min(random.Random(f"tool:{task}:{step}").expovariate(1.0 / mean_s), 4.0 * mean_s)
 
 
 def kv_pressure_blocks(args: argparse.Namespace, tasks: int) -> tuple[int, float]:
@@ -147,10 +156,16 @@ def _cpu_s(pid: int) -> float:
 
 
 async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int, model: str, max_tokens: int,
-                 sim_urls: list[str], deadline_s: float, churn=None, hints: bool = False):
+                 sim_urls: list[str], deadline_s: float, churn=None, hints: bool = False, tool_s: float = 0.0,
+                 warm: bool = False):
     """Calls rotate over `router_urls` (router replicas behind a Service). With `hints` the driver does what the
     AgentApp runtime does with our router: names the run, sends back the replica that served the previous call,
-    and releases the session when the task ends."""
+    and releases the session when the task ends. With `tool_s` a tool runs between two calls of a task: its time is
+    drawn per (task, step) from an exponential distribution of that mean, capped at 4x, the same for every
+    router. With `warm`, WARM_LEAD_S before a tool of over a second ends, the task's history so far (without the
+    tool's output, which nobody has yet) goes to the router as a 1-token request, so an engine that evicted it
+    during the tool prefills it again off the task's critical path; the driver knows each tool's duration, as a
+    runtime would know a tool's typical one."""
     import asyncio
     import time
 
@@ -171,13 +186,33 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
     cache_series: list[tuple[float, float, float]] = []
     last: dict[str, tuple[float, float]] = {}
     acc = [0.0, 0.0]
+    warms = [0, 0]  # sent, failed
+
+    async def warm_call(http: aiohttp.ClientSession, messages: list, headers: dict[str, str]) -> None:
+        body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0}
+        warms[0] += 1
+        try:
+            async with http.post(next(rotation) + "/v1/chat/completions", json=body, headers=dict(headers)) as r:
+                await r.read()
+                warms[1] += r.status != 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            warms[1] += 1
 
     async def one_task(i: int, first: str, steps: list[str], http: aiohttp.ClientSession) -> None:
         nonlocal tokens, errors
         messages = [{"role": "system", "content": system}, {"role": "user", "content": first}]
         headers = {"X-Session-ID": f"task-{i}", **({"x-agentfleet-run": f"task-{i}"} if hints else {})}
         t0 = time.perf_counter()
-        for tool_output in steps:
+        pending_warms: list = []
+        for j, tool_output in enumerate(steps):
+            if j and tool_s > 0:
+                d = tool_seconds(i, j, tool_s)
+                if warm and d > 1.0:
+                    await asyncio.sleep(d - WARM_LEAD_S)
+                    pending_warms.append(asyncio.create_task(warm_call(http, messages[:-1], headers)))
+                    await asyncio.sleep(WARM_LEAD_S)
+                else:
+                    await asyncio.sleep(d)
             router_url = next(rotation)
             body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True,
                     "temperature": 0}
@@ -215,6 +250,7 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
             messages = messages + [{"role": "assistant", "content": "".join(text)},
                                    {"role": "user", "content": tool_output}]
         done.append((len(steps), time.perf_counter() - t0))
+        await asyncio.gather(*pending_warms, return_exceptions=True)
         if hints:
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.post(next(rotation) + "/v1/sessions/end", json={"sessions": [f"task-{i}"]}) as r:
@@ -273,6 +309,7 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
         await asyncio.gather(sampler, return_exceptions=True)
     failed = sum(1 for j in jobs if not j.cancelled() and j.exception() is not None)
     return {"ttfts": ttfts, "done": done, "tokens": tokens, "errors": errors + failed, "wall": wall,
+            "warm_requests": warms[0], "warm_failed": warms[1],
             "timed_out_tasks": len(tasks) - len(done) - failed, "waiting": waiting, "cache_series": cache_series,
             "churn": events}
 
@@ -466,7 +503,8 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
                                    down_at=args.churn_down_at) if churn else None
             d = asyncio.run(_drive(urls, system, tasks, concurrency=concurrency, model=settings.model,
                                    max_tokens=args.max_tokens, sim_urls=sims.urls, deadline_s=args.run_timeout,
-                                   churn=script, hints=hints))
+                                   churn=script, hints=hints, tool_s=getattr(args, "tool_s", 0.0),
+                                   warm="warm" in options))
             cpu = sum(_cpu_s(r.pid) for r in routers) - cpu0
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -518,6 +556,8 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
         "throughput_tok_s": round(tokens / d["wall"], 1),
         "requests": len(ttfts), "errors": d["errors"], "timed_out_tasks": d["timed_out_tasks"],
         "wall_s": round(d["wall"], 2), "buckets": buckets,
+        # +warm's own requests (1 token each; the engines' hit rate above counts them too).
+        "warm_requests": d.get("warm_requests", 0), "warm_failed": d.get("warm_failed", 0),
         # Where the time goes: the router's own CPU, the engines' queue for a max_num_seqs slot, their prefill.
         "router_cpu_s": round(cpu, 2),
         "router_cpu_ms_per_token": round(1000 * cpu / tokens, 3) if tokens else None,
@@ -651,7 +691,7 @@ def run(args: argparse.Namespace) -> dict:
         "replicas", "tasks_per_worker", "steps_min", "steps_max", "system_words", "task_words", "step_words",
         "max_tokens", "prefill_ms", "inter_token_ms", "max_num_seqs", "kv_blocks", "kv_pressure", "prefix_tokens",
         "rounds", "seed", "router_arg", "run_timeout", "churn", "churn_restart_at", "churn_down_at",
-        "router_replicas", "hints")}
+        "router_replicas", "hints", "tool_s")}
     out["config"]["vllm_router"] = vllm_router.VERSION
     out["config"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return out
@@ -695,6 +735,9 @@ def add_bench_parsers(bench_sub) -> None:
     p.add_argument("--task-words", type=int, default=150)
     p.add_argument("--step-words", type=int, default=120, help="tool output appended per step")
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--tool-s", type=float, default=0.0,
+                   help="mean seconds a tool runs between two calls of a task (exponential, capped at 4x, the same "
+                        "draw for every router); 0: calls back to back")
     p.add_argument("--prefill-ms", type=float, default=2.0)
     p.add_argument("--inter-token-ms", type=float, default=5.0)
     p.add_argument("--max-num-seqs", type=int, default=8)

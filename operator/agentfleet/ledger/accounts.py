@@ -21,6 +21,7 @@ class Limits:
     micro_usd: int | None = None
     task_tokens: int | None = None
     task_micro_usd: int | None = None
+    degrade_at_percent: int | None = None  # a root reservation past this share of a window limit is degraded
 
     @classmethod
     def from_budget(cls, spec: BudgetSpec) -> Limits:
@@ -28,7 +29,8 @@ class Limits:
         return cls(window=spec.window, tokens=lim.tokens,
                    micro_usd=None if lim.cost_usd is None else usd_to_micro(lim.cost_usd),
                    task_tokens=task.max_tokens,
-                   task_micro_usd=None if task.max_cost_usd is None else usd_to_micro(task.max_cost_usd))
+                   task_micro_usd=None if task.max_cost_usd is None else usd_to_micro(task.max_cost_usd),
+                   degrade_at_percent=spec.degrade_at_percent)
 
 
 def account_key(namespace: str, budget: str) -> str:

@@ -300,6 +300,16 @@ def _exhausted_window(account: Account, b: _Bucket, estimate: Amount, *, start: 
     return None
 
 
+def _near_limit(account: Account, b: _Bucket, estimate: Amount) -> bool:
+    """Whether this reservation takes the window past the Budget's degradeAtPercent of a limit."""
+    lim = account.limits
+    if lim.degrade_at_percent is None:
+        return False
+    after = b.spent + b.out + estimate
+    return any(limit is not None and used * 100 > limit * lim.degrade_at_percent
+               for used, limit in ((after.micro_usd, lim.micro_usd), (after.tokens, lim.tokens)))
+
+
 def _exhausted_task(account: Account, b: _Bucket, estimate: Amount, task: str) -> BudgetExhausted | None:
     lim = account.limits
     committed = b.spent + b.out
@@ -316,7 +326,8 @@ def _exhausted_task(account: Account, b: _Bucket, estimate: Amount, task: str) -
 
 
 def _reserve_root(s: _Session, account: Account, estimate: Amount, *, task_id: str, now: dt.datetime,
-                  ttl_s: float, degraded: bool, hold_id: str) -> Reservation:
+                  ttl_s: float, degraded: bool, hold_id: str, degraded_estimate: Amount | None = None
+                  ) -> Reservation:
     start, end = window_bounds(account.limits.window, now)
     window, window_end = _iso(start) or "total", _iso(end)
     _reap(s, account.key)
@@ -325,11 +336,18 @@ def _reserve_root(s: _Session, account: Account, estimate: Amount, *, task_id: s
     win, task = s.hold_buckets(h)
     err = _exhausted_task(account, task, estimate, task_id)
     if err is None and not degraded:
-        err = _exhausted_window(account, win, estimate, start=_iso(start), end=window_end, now_s=s.now_s)
+        # Past the line a task runs on the small model: the window must hold that model's bound, not the large
+        # one's, so the 429 comes when the small bound no longer fits.
+        near = _near_limit(account, win, estimate)
+        bound = degraded_estimate if near and degraded_estimate is not None else estimate
+        err = _exhausted_window(account, win, bound, start=_iso(start), end=window_end, now_s=s.now_s)
+        h.degraded = err is None and near
     if err is not None:
         raise err
-    win.out += estimate
-    task.out += estimate
+    if h.degraded and degraded_estimate is not None:
+        h.amount = degraded_estimate  # a degraded task runs on the small model: it holds that model's bound
+    win.out += h.amount
+    task.out += h.amount
     s.txn.schedule(_open_index(account.key), hold_id, s.now_s + ttl_s)
     s.touch(h)
     return h.reservation()
@@ -405,19 +423,24 @@ class Ledger:
 
     def reserve(self, account: Account, estimate: Amount | None, *, task_id: str, now: dt.datetime,
                 parent: Reservation | str | None = None, share: float | None = None, degraded: bool = False,
-                ttl_s: float | None = None) -> Reservation:
+                ttl_s: float | None = None, degraded_estimate: Amount | None = None) -> Reservation:
         """Hold `estimate` for one call or one task. Without `parent` it draws on the account's window and the
         task's caps (raises BudgetExhausted naming which); `degraded` admits it past the window limit (onExhausted:
-        degrade) but never past a per-task cap. With `parent` it draws on the parent's free room instead: `share`
-        takes that fraction of it (a sub-agent's budgetShare), capped by `estimate` when both are given."""
+        degrade) but never past a per-task cap; a root that is degraded (so, or past the limits' degradeAtPercent)
+        holds `degraded_estimate` (the small model's bound) when given. With `parent` it draws on the parent's free
+        room instead: `share` takes that fraction of it (a sub-agent's budgetShare), capped by `estimate` when both
+        are given."""
         hold_id = _new_id()
         if parent is None:
             if estimate is None or share is not None:
                 raise ValueError("a root reservation takes an estimate and no share")
             est = estimate.floor0()
+            small = None if degraded_estimate is None else Amount(min(degraded_estimate.tokens, est.tokens),
+                                                                  min(degraded_estimate.micro_usd, est.micro_usd))
             ttl = self.hold_ttl_s if ttl_s is None else ttl_s
             return self._run(lambda s: _reserve_root(s, account, est, task_id=task_id, now=now, ttl_s=ttl,
-                                                     degraded=degraded, hold_id=hold_id), now)
+                                                     degraded=degraded, hold_id=hold_id,
+                                                     degraded_estimate=small), now)
         parent_id = parent if isinstance(parent, str) else parent.id
         est_child = None if estimate is None else estimate.floor0()
         return self._run(lambda s: _reserve_child(s, account, est_child, parent_id=parent_id, share=share,

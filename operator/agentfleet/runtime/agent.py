@@ -176,6 +176,7 @@ class CallBudget(Protocol):
 
     is_degraded: bool
     is_budget_capped: bool  # the Budget's per-task caps bound the task (else its own maxTokens does)
+    degraded_reason: str  # why every step runs on the small model (when is_degraded)
 
     async def reserve(self, role: ModelRole, *, prompt_tokens: int, max_tokens: int) -> Any: ...
     async def settle(self, hold: Any, role: ModelRole, *, prompt_tokens: int, completion_tokens: int) -> int: ...
@@ -635,7 +636,7 @@ class _Agent:
 
     def _route(self, kind: StepKind, failed_role: ModelRole | None) -> tuple[ModelRole, str]:
         if self.budget.is_degraded:
-            return "small", "budget exhausted: degraded to the small model"
+            return "small", self.budget.degraded_reason
         r = choose_role(kind, routing=self.ctx.routing, failed_role=failed_role, pinned=self.spec.pinned)
         return r.role, r.reason
 

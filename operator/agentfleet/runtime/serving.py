@@ -87,6 +87,13 @@ class TaskBudget:
         self.is_budget_capped = False
 
     @property
+    def degraded_reason(self) -> str:
+        near = self.account.limits.degrade_at_percent if self.account is not None else None
+        if near is not None:
+            return f"budget near or past its limit (degradeAtPercent {near}%): degraded to the small model"
+        return "budget exhausted: degraded to the small model"
+
+    @property
     def hold_id(self) -> str | None:
         return self.hold if isinstance(self.hold, str) or self.hold is None else self.hold.id
 
@@ -303,15 +310,22 @@ class Runtime:
             return None
         return Account.for_budget(self.config.namespace, b.name, b.spec)
 
-    def task_estimate(self, account: Account) -> Amount:
-        """The whole task's bound: maxTokens at the dearer rate of the dearer model, within the per-task caps."""
-        est = self._max_tokens_estimate()
+    def task_estimate(self, account: Account, *, roles: Sequence[str] | None = None) -> Amount:
+        """The whole task's bound: maxTokens at the dearer rate of the dearer model (of `roles`), within the
+        per-task caps."""
+        est = self._max_tokens_estimate(roles)
         lim = account.limits
         return Amount(min(est.tokens, lim.task_tokens or est.tokens),
                       min(est.micro_usd, lim.task_micro_usd if lim.task_micro_usd is not None else est.micro_usd))
 
-    def _max_tokens_estimate(self) -> Amount:
-        rate = max(max(p.input_micro_per_m, p.output_micro_per_m) for p in self.prices.values())
+    def degraded_estimate(self, account: Account) -> Amount:
+        """A degraded task's bound: every step runs on the small model (priced as the large one when the app has
+        no small fleet)."""
+        return self.task_estimate(account, roles=("small",))
+
+    def _max_tokens_estimate(self, roles: Sequence[str] | None = None) -> Amount:
+        rate = max(max(p.input_micro_per_m, p.output_micro_per_m) for role, p in self.prices.items()
+                   if roles is None or role in roles)
         return call_cost(ModelPrice(rate, rate), prompt_tokens=self.config.limits.max_tokens, completion_tokens=0)
 
     def _budget_task_bound(self, budget: TaskBudget) -> TaskBudget:
@@ -321,22 +335,25 @@ class Runtime:
 
     async def admit(self, principal: Principal, task_id: str) -> TaskBudget:
         """The task's root budget, or BudgetExhausted (429) when the Budget rejects; with onExhausted: degrade a
-        task past the window limit is admitted and runs on the small model."""
+        task past the window limit is admitted and runs on the small model, and so does one admitted past the
+        Budget's degradeAtPercent (before the limit, so the rest of the window lasts longer)."""
         account = self.account_for(principal)
         if account is None:
             return TaskBudget(ledger=None, account=None, prices=self.prices, task_id=task_id, hold=None)
         assert self.ledger is not None and self.config.budget is not None
-        est = self.task_estimate(account)
+        est, small = self.task_estimate(account), self.degraded_estimate(account)
         ttl = self.config.limits.deadline_seconds + 60.0
         ledger, degrade = self.ledger, self.config.budget.spec.on_exhausted == "degrade"
 
         def reserve() -> tuple[Reservation, bool]:
             try:
-                return ledger.reserve(account, est, task_id=task_id, now=_now(), ttl_s=ttl), False
+                taken = ledger.reserve(account, est, task_id=task_id, now=_now(), ttl_s=ttl, degraded_estimate=small)
+                return taken, taken.is_degraded  # past the Budget's degradeAtPercent
             except BudgetExhausted as e:
                 if not degrade or not e.what.startswith("window"):
                     raise
-                return ledger.reserve(account, est, task_id=task_id, now=_now(), ttl_s=ttl, degraded=True), True
+                return ledger.reserve(account, est, task_id=task_id, now=_now(), ttl_s=ttl, degraded=True,
+                                      degraded_estimate=small), True
 
         # The reservation is taken in a worker thread, which a cancellation (the client went away) cannot stop:
         # the reserve runs shielded, and when the awaiting task is cancelled what it took is released at once

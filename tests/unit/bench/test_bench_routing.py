@@ -19,6 +19,8 @@ from agentfleet.bench.routing import ALL_TARGETS, Target, _ratios, aggregate_fol
                  id="shared-placement"),
     pytest.param("agentfleet:session+shared+hints", [Target("agentfleet", "session+shared+hints")],
                  id="two-options"),
+    pytest.param("agentfleet:prefix-aware+hints+warm", [Target("agentfleet", "prefix-aware+hints+warm")],
+                 id="warm-before-a-tool-ends"),
 ])
 def test_parse_targets(spec, expected):
     assert parse_targets(spec) == expected
@@ -84,3 +86,13 @@ def test_churn_report_times_the_hit_rate_recovery():
     assert r["hit_rate_before"] == 0.9 and r["hit_rate_60s_after"] < 0.9
     assert 8.0 <= r["hit_rate_recovered_after_s"] <= 9.5  # the 5 s window is clear of the dip from t=19.5 on
     assert out["unfinished"] == "the run ended first"
+
+
+def test_tool_time_is_the_same_draw_for_every_router_and_bounded():
+    from agentfleet.bench.routing import tool_seconds
+
+    draws = [tool_seconds(i, j, 2.0) for i in range(40) for j in range(1, 25)]
+    assert draws == [tool_seconds(i, j, 2.0) for i in range(40) for j in range(1, 25)]
+    assert all(0 <= d <= 8.0 for d in draws) and max(draws) == 8.0  # the cap binds on a long tail
+    assert 1.6 < sum(draws) / len(draws) < 2.2  # an exponential of mean 2 s, less the capped tail
+    assert len(set(draws)) > len(draws) * 0.9  # per (task, step), not one value for all

@@ -291,3 +291,58 @@ def test_limits_apply_as_given_at_each_reservation(ledger: Ledger, t0: dt.dateti
     with pytest.raises(BudgetExhausted):
         ledger.reserve(acct(tokens=100), Amount(30, 0), task_id="t2", now=t0)
     ledger.reserve(acct(tokens=200), Amount(30, 0), task_id="t2", now=t0)  # the Budget was raised
+
+
+@pytest.mark.parametrize("limits, spent, estimate, degraded", [
+    ({"micro": 10_000}, Amount(0, 7_000), Amount(5, 1_000), False),   # 80 % after it: at the line, not past
+    ({"micro": 10_000}, Amount(0, 7_000), Amount(5, 1_001), True),    # just past 80 %
+    ({"tokens": 1_000}, Amount(790, 0), Amount(11, 5), True),         # the token limit counts too
+    ({"tokens": 1_000, "micro": 10_000}, Amount(100, 100), Amount(10, 10), False),
+], ids=["cost-at-the-line", "cost-past", "tokens-past", "far-below"])
+def test_a_reservation_past_degrade_at_percent_is_degraded_not_refused(ledger: Ledger, t0: dt.datetime,
+                                                                      limits: dict, spent: Amount,
+                                                                      estimate: Amount, degraded: bool) -> None:
+    a = Account("team-a/spend", Limits(window="day", tokens=limits.get("tokens"), micro_usd=limits.get("micro"),
+                                        degrade_at_percent=80))
+    ledger.settle(ledger.reserve(a, spent, task_id="t0", now=t0), spent, now=t0)
+    r = ledger.reserve(a, estimate, task_id="t1", now=t0)
+    assert r.is_degraded is degraded
+    # A sub-call's reservation carries the task's routing; a resumed replica reads it from the hold.
+    child = ledger.reserve(a, Amount(1, 1), task_id="t1", now=t0, parent=r)
+    assert child.is_degraded is degraded
+
+
+def test_degrade_at_percent_never_admits_past_the_limit(ledger: Ledger, t0: dt.datetime) -> None:
+    a = Account("team-a/spend", Limits(window="day", micro_usd=10_000, degrade_at_percent=50))
+    assert ledger.reserve(a, Amount(0, 9_000), task_id="t1", now=t0).is_degraded
+    with pytest.raises(BudgetExhausted) as err:
+        ledger.reserve(a, Amount(0, 1_001), task_id="t2", now=t0)
+    assert err.value.what == "window_cost"
+
+
+def test_a_degraded_root_holds_the_small_models_bound(ledger: Ledger, t0: dt.datetime) -> None:
+    """Past the line the task runs on the small model, so it reserves that model's bound: the window's reserved
+    money grows by the small estimate, and more tasks fit before the limit."""
+    a = Account("team-a/spend", Limits(window="day", micro_usd=10_000, degrade_at_percent=50))
+    big, small = Amount(100, 3_000), Amount(100, 150)
+    first = ledger.reserve(a, big, task_id="t1", now=t0, degraded_estimate=small)
+    assert not first.is_degraded and first.amount == big  # 30 % after it
+    second = ledger.reserve(a, big, task_id="t2", now=t0, degraded_estimate=small)
+    assert second.is_degraded and second.amount == small  # 60 % with the large bound: degraded
+    assert ledger.usage(a, now=t0).reserved == big + small
+    # onExhausted: degrade admits past the limit, holding the small bound too.
+    past = ledger.reserve(a, Amount(100, 50_000), task_id="t3", now=t0, degraded=True, degraded_estimate=small)
+    assert past.is_degraded and past.amount == small
+
+
+def test_past_the_line_the_limit_is_checked_against_the_small_bound(ledger: Ledger, t0: dt.datetime) -> None:
+    """The 429 comes when the small model's bound no longer fits, not the large one's."""
+    a = Account("team-a/spend", Limits(window="day", micro_usd=10_000, degrade_at_percent=50))
+    spent = Amount(0, 8_000)
+    ledger.settle(ledger.reserve(a, spent, task_id="t0", now=t0), spent, now=t0)
+    # 8,000 + 3,000 would pass the limit: without the line this is a 429; with it the task runs small.
+    r = ledger.reserve(a, Amount(100, 3_000), task_id="t1", now=t0, degraded_estimate=Amount(100, 150))
+    assert r.is_degraded and r.amount == Amount(100, 150)
+    with pytest.raises(BudgetExhausted) as err:
+        ledger.reserve(a, Amount(100, 3_000), task_id="t2", now=t0, degraded_estimate=Amount(100, 2_000))
+    assert err.value.what == "window_cost"

@@ -88,14 +88,19 @@ def test_budget_scoped_to_a_tenant_leaves_others_alone(echo_sim, tmp_path):
     assert sa == 429 and sg == 200 and bg["agentfleet"]["budget"] is None
 
 
-def test_degrade_routes_every_step_to_the_small_model(tmp_path):
-    log = []
-
+def _tagged(log):
+    """A scripted model that answers "from <tag>" and logs which one was called."""
     def model(tag):
         def reply(body, headers):
             log.append(tag)
             return final(f"from {tag}")
         return reply
+    return model
+
+
+def test_degrade_routes_every_step_to_the_small_model(tmp_path):
+    log = []
+    model = _tagged(log)
 
     async def go():
         async with scripted(model("large")) as L, scripted(model("small")) as S:
@@ -107,6 +112,42 @@ def test_degrade_routes_every_step_to_the_small_model(tmp_path):
     status, body = asyncio.run(go())
     assert status == 200 and log == ["small"]
     assert body["agentfleet"]["degraded"] is True and body["choices"][0]["message"]["content"] == "from small"
+
+
+def test_near_exhausted_budget_routes_to_the_small_model_before_any_429(tmp_path):
+    """degradeAtPercent: tasks admitted below the line follow the routing policy; once a task's reservation takes the
+    window past it, every step of that task runs on the small model, and a 429 comes only at the limit itself."""
+    log = []
+    model = _tagged(log)
+
+    async def go():
+        async with scripted(model("large")) as L, scripted(model("small")) as S:
+            cfg = make_config(tmp_path, large_url=L.url, small_url=S.url, budget={
+                "window": "day", "limits": {"tokens": 20000}, "degradeAtPercent": 50,
+                "routing": {"policy": "large-only"}})
+            async with serve(cfg, tmp_path) as s:
+                rt = s.runtime
+                account = Account.for_budget(rt.config.namespace, rt.config.budget.name, rt.config.budget.spec)
+                first = await s.chat("hi")
+                # Another app on the same Budget spent 7,000 tokens: this task's reservation (maxTokens 4,000)
+                # takes the window to ~55 %, past the line and under the limit.
+                spend = Amount(7000, 0)
+                now = dt.datetime.now(dt.timezone.utc)
+                await asyncio.to_thread(lambda: rt.ledger.settle(
+                    rt.ledger.reserve(account, spend, task_id="other-app", now=now), spend, now=now))
+                second = await s.chat("hi")
+                # And past the limit: spent + a task's reservation > 20,000 tokens.
+                spend = Amount(9500, 0)
+                await asyncio.to_thread(lambda: rt.ledger.settle(
+                    rt.ledger.reserve(account, spend, task_id="other-app-2", now=now), spend, now=now))
+                third = await s.chat("hi")
+                return first, second, third
+
+    (s1, b1), (s2, b2), (s3, b3) = asyncio.run(go())
+    assert s1 == 200 and b1["agentfleet"]["degraded"] is False and b1["choices"][0]["message"]["content"] == "from large"
+    assert s2 == 200 and b2["agentfleet"]["degraded"] is True and b2["choices"][0]["message"]["content"] == "from small"
+    assert s3 == 429 and "token limit 20000 reached" in b3["error"]["message"], b3
+    assert log == ["large", "small"]
 
 
 def test_per_task_cap_ends_the_task_with_its_reason(echo_sim, tmp_path):
