@@ -94,6 +94,7 @@ class TelemetrySettings:
     sample_ratio: float = 1.0
     resource: Mapping[str, str] | None = None  # more resource attributes (service.namespace, ...)
     metric_interval_s: float = 30.0
+    metrics: bool = True  # the GenAI metrics; a process that records none (the router) exports none
 
 
 def _error_type(e: BaseException) -> str:
@@ -126,9 +127,14 @@ class _Live(Telemetry):
         self.tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=base + "/v1/traces")))
         self.meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(
             OTLPMetricExporter(endpoint=base + "/v1/metrics"),
-            export_interval_millis=settings.metric_interval_s * 1000)])
+            export_interval_millis=settings.metric_interval_s * 1000)]) if settings.metrics else None
         self.tracer = self.tracer_provider.get_tracer("agentfleet")
-        meter = self.meter_provider.get_meter("agentfleet")
+        if self.meter_provider is None:
+            from opentelemetry.metrics import NoOpMeterProvider
+
+            meter = NoOpMeterProvider().get_meter("agentfleet")
+        else:
+            meter = self.meter_provider.get_meter("agentfleet")
         self.token_usage = meter.create_histogram(
             TOKEN_USAGE, unit="{token}", description="Number of input and output tokens used.",
             explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS))
@@ -193,7 +199,8 @@ class _Live(Telemetry):
         # Flushes what is batched; bounded so a collector that is down does not hold up a pod's exit.
         self.tracer_provider.force_flush(timeout_millis=5000)
         self.tracer_provider.shutdown()
-        self.meter_provider.shutdown(timeout_millis=5000)
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown(timeout_millis=5000)
 
 
 def start(settings: TelemetrySettings | None) -> Telemetry:

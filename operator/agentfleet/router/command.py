@@ -54,7 +54,7 @@ def _cmd_router(args: argparse.Namespace) -> int:
         resource = {k: v for k, v in (("service.namespace", args.namespace), ("agentfleet.fleet", args.fleet)) if v}
         telemetry = start_telemetry(TelemetrySettings(
             otlp_endpoint=args.otlp_endpoint, service_name=args.service_name or f"{args.fleet or 'agentfleet'}-router",
-            sample_ratio=args.trace_sample_ratio, resource=resource))
+            sample_ratio=args.trace_sample_ratio, resource=resource, metrics=False))  # spans only: no GenAI metrics
     try:
         serve(fleet, settings, host=args.host, port=args.port, on_startup=on_startup, telemetry=telemetry)
     finally:

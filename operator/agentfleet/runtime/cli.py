@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parsers", "load_config", "key_for_user", "AskError", "DEFAULT_URL"]
+__all__ = ["add_parsers", "load_config", "key_for_user", "AskError", "DEFAULT_URL", "citation_line"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -165,10 +165,19 @@ async def _ask(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     for c in summary["citations"]:
-        print(f"[{c['n']}] {c['title'] or c['source']} ({c['source']})")
+        print(citation_line(c, args.url))
     u = summary["usage"]
     models = ", ".join(summary["models"]) or "none"
     print(f"-- {summary['stop_reason']}{': ' + summary['detail'] if summary['detail'] else ''}; "
           f"{summary['steps']} steps; {u['total_tokens']} tokens ({u['prompt_tokens']} prompt, "
           f"{u['completion_tokens']} completion); ${summary['cost_usd']:.6f}; models: {models}")
     return 0 if summary["stop_reason"] == "answered" else 3
+
+
+def citation_line(c: dict, base_url: str) -> str:
+    """`[n] title (link)`: the citation's own http(s) URL, or its `/v1/sources/<doc_id>` path on the app it came
+    from (the document as the caller may read it); its source name when it carries no link."""
+    link = c.get("url") or c["source"]
+    if isinstance(link, str) and link.startswith("/"):
+        link = base_url.rstrip("/") + link
+    return f"[{c['n']}] {c.get('title') or c['source']} ({link})"

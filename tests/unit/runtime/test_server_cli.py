@@ -72,3 +72,14 @@ def test_serve_refuses_an_invalid_config(tmp_path):
     assert out.returncode != 0
     assert out.stderr.startswith(f"error: {bad}: invalid runtime configuration:")
     assert "Traceback" not in out.stderr
+
+
+def test_ask_prints_each_citation_as_a_link():
+    from agentfleet.runtime.cli import citation_line
+
+    base = "http://127.0.0.1:8080/"
+    assert citation_line({"n": 1, "title": "Vacation", "source": "hr/vacation.md",
+                          "url": "/v1/sources/d-3f2a"}, base) == "[1] Vacation (http://127.0.0.1:8080/v1/sources/d-3f2a)"
+    assert citation_line({"n": 2, "title": "", "source": "https://wiki.example/pto",
+                          "url": "https://wiki.example/pto"}, base) == "[2] https://wiki.example/pto (https://wiki.example/pto)"
+    assert citation_line({"n": 3, "title": "Old", "source": "old.md"}, base) == "[3] Old (old.md)"
