@@ -15,7 +15,8 @@ Public API::
     launcher.down("my-cluster")
     launcher.kubectl_path()              # the built v1.35.x kubectl, not the system one
 
-Only 127.0.0.1 is bound. Authorization is Node,RBAC (kwokctl's default with the secure port).
+Only 127.0.0.1 is bound (except the API server of a cluster started with ``pod_address``, for the real-pod tier).
+Authorization is Node,RBAC (kwokctl's default with the secure port).
 """
 
 from __future__ import annotations
@@ -263,11 +264,40 @@ def _kwokctl(args: Sequence[str], log_file: Path | None = None, timeout: float =
         ).returncode
 
 
-def kwokctl_config(name: str = DEFAULT_NAME) -> str:
-    """The KwokctlConfiguration used by up(): binary runtime, local binaries only, 127.0.0.1."""
+def kwokctl_config(name: str = DEFAULT_NAME, *, pod_address: str | None = None) -> str:
+    """The KwokctlConfiguration used by up(): binary runtime, local binaries only, 127.0.0.1.
+
+    With ``pod_address`` (this machine's own non-loopback address) the API server alone also listens there and
+    advertises it, with that address and the first Service IP (10.0.0.1, the ``kubernetes`` Service) in its
+    certificate: what real pods on a real node need to reach it through the ``kubernetes`` Service (the real-pod
+    tier, e2e/node); it reaches the kubelet by the node's InternalIP with kwokctl's admin certificate. Every other
+    component stays on 127.0.0.1, and no kwok controller runs (the node is real).
+    """
     vers = versions()
     b = bin_dir()
     q = json.dumps  # JSON strings are valid YAML scalars
+    extra = ""
+    if pod_address:
+        pki = cluster_dir(name) / "pki"  # kwokctl's own: the admin cert also authenticates to the kubelet
+        # No kwok controller: it would manage the real node's pods too (it does manage all nodes here), deleting
+        # terminating pods at once and writing their status.
+        extra = f"""\
+  disable: ["kwok-controller"]
+  kubeApiserverCertSANs: [{q(pod_address)}, "10.0.0.1"]
+componentsPatches:
+- name: kube-apiserver
+  extraArgs:
+  - key: bind-address
+    value: "0.0.0.0"
+  - key: kubelet-preferred-address-types
+    value: "InternalIP"
+  - key: kubelet-client-certificate
+    value: {q(str(pki / "admin.crt"))}
+  - key: kubelet-client-key
+    value: {q(str(pki / "admin.key"))}
+  - key: advertise-address
+    value: {q(pod_address)}
+"""
     return f"""\
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
@@ -285,7 +315,7 @@ options:
   kubectlBinary: {q(str(b / "kubectl"))}
   etcdBinary: {q(str(b / "etcd"))}
   kwokControllerBinary: {q(str(b / "kwok"))}
-"""
+{extra}"""
 
 
 def _log_dir() -> Path:
@@ -338,6 +368,7 @@ def up(
     reuse: bool = True,
     fake_node: bool = True,
     fake_node_taint: bool = False,
+    pod_address: str | None = None,
 ) -> Cluster:
     """Create (or reuse) a cluster and return it once it is usable.
 
@@ -361,7 +392,7 @@ def up(
     t0 = time.monotonic()
     cfg = kwok_workdir() / "configs" / f"{name}.yaml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(kwokctl_config(name))
+    cfg.write_text(kwokctl_config(name, pod_address=pod_address))
     log_file = _log_dir() / f"{name}.kwokctl.log"
     log_file.unlink(missing_ok=True)
     _log(f"creating cluster {name!r} (KWOK_WORKDIR={kwok_workdir()})")

@@ -372,7 +372,7 @@ class Stack:
              str(self.records), "--delay-s", f"{tool_delay_s:g}"], stdout=self._log("mcp"),
             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         self.mcp_url = f"http://127.0.0.1:{port}/mcp"
-        _wait_http(self.router_url + "/readyz", self.router, "agentfleet router", self.workdir / "router.log")
+        _wait_http(self.router_url + "/readyz?upstreams=1", self.router, "agentfleet router", self.workdir / "router.log")
         # A plain GET is not an MCP request: any HTTP answer means it listens.
         _wait_http(self.mcp_url, self.mcp, "the MCP record server", self.workdir / "mcp.log",
                    ok=tuple(range(200, 600)))
@@ -381,7 +381,7 @@ class Stack:
         for name in ("rt-0", "rt-1"):
             self.start_replica(name)
         for name, proc in self.replicas.items():
-            _wait_http(f"http://127.0.0.1:{self.replica_ports[name]}/readyz", proc, f"runtime replica {name}",
+            _wait_http(f"http://127.0.0.1:{self.replica_ports[name]}/readyz?upstreams=1", proc, f"runtime replica {name}",
                        self.workdir / f"{name}.log")
 
     def write_config(self) -> Path:

@@ -462,7 +462,7 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
             endpoints = ",".join(f"sim-{i}={u}" for i, u in enumerate(sims.urls))
             policy = target.policy.split("+")[0]
             placement = "shared" if "shared" in options else None
-            ready = "/readyz"
+            ready = "/readyz?upstreams=1"
             if churn:
                 import secrets
                 import tempfile

@@ -65,7 +65,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 30)
         if proc.poll() is not None:
             raise RuntimeError(f"the runtime exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+            with urllib.request.urlopen(url + "/readyz?upstreams=1", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:

@@ -173,7 +173,7 @@ def run_up(plan: UpPlan, *, say: Callable[[str], None] = print, stop: threading.
                           "--host", "127.0.0.1", "--port", str(plan.runtime_port),
                           "--state-dir", str(plan.run_dir / "state")], log_path, env=env)
         procs.append(("runtime", runtime, log_path))
-        wait_http(f"http://127.0.0.1:{plan.runtime_port}/readyz", timeout_s=runtime_timeout_s, proc=runtime,
+        wait_http(f"http://127.0.0.1:{plan.runtime_port}/readyz?upstreams=1", timeout_s=runtime_timeout_s, proc=runtime,
                    log_path=log_path, what="the runtime")
         key = next(iter(yaml.safe_load(plan.keys_yaml) or {}), "KEY")
         say("")

@@ -325,8 +325,17 @@ async def _healthz(_: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """This process can serve: its membership is known. With no healthy replica it still answers every request
+    itself (a JSON 503 with Retry-After), so it stays in its Service; replica health is in the body and in
+    `agentfleet_router_replica_healthy`. `?upstreams=1` also asks for a healthy replica (benches, scripts)."""
     fleet: FleetState = request.app["fleet"]
-    return web.Response(text="ok") if fleet.is_ready() else web.Response(status=503, text="no ready replica")
+    healthy = sum(1 for v in fleet.views() if v.is_healthy and not v.is_draining)
+    body = {"ready": fleet.synced, "replicas": {"total": len(fleet.endpoints), "healthy": healthy}}
+    if not fleet.synced:
+        body["reason"] = "replica membership not listed yet"
+    elif request.query.get("upstreams") == "1" and not fleet.is_ready():
+        body.update(ready=False, reason="no ready replica")
+    return web.json_response(body, status=200 if body["ready"] else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -100,6 +100,7 @@ class FleetState:
     load_bound_passes: int = 0
     choices: dict[str, int] = field(default_factory=dict)
     no_replica: int = 0
+    synced: bool = False  # the membership has been set once (static list, or the first EndpointSlice listing)
     forgotten_keys: int = 0
     released_keys: int = 0
     _sessions: OrderedDict[str, str] = field(default_factory=OrderedDict)  # affinity key -> home, LRU
@@ -125,6 +126,7 @@ class FleetState:
             self.endpoints[name].is_draining = name in draining
         if set(self.ring.members) != set(self.endpoints):
             self.ring = Ring(self.endpoints)
+        self.synced = True
 
     def set_health(self, name: str, is_healthy: bool) -> None:
         ep = self.endpoints.get(name)

@@ -49,6 +49,14 @@ class RuntimeMetrics:
                                       "Runs refused (429) by a per-key or per-tenant limit, by which limit "
                                       "(key_concurrency, tenant_concurrency, key_rate, tenant_rate).", ["by"],
                                       registry=r)
+        self.upstream_ready = Gauge("agentfleet_runtime_upstream_ready",
+                                    "1 when the upstream answered the last readiness check (model_large, "
+                                    "model_small, mcp_<server>, index); the replica stays ready either way.",
+                                    ["upstream"], registry=r)
+
+    def record_upstreams(self, ready: dict[str, bool]) -> None:
+        for name, ok in ready.items():
+            self.upstream_ready.labels(name).set(1.0 if ok else 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -652,9 +652,22 @@ async def _readyz(request: web.Request) -> web.Response:
     if request.app[RUNS_KEY].is_draining:
         return web.json_response({"ready": False, "checks": {"draining": "shutting down"}}, status=503)
     checks = await rt.readiness(client.probe)
-    ready = all(v is None for v in checks.values())
-    return web.json_response({"ready": ready, "checks": {k: v or "ok" for k, v in checks.items()}},
-                             status=200 if ready else 503)
+    rt.metrics.record_upstreams({k: v is None for k, v in checks.items() if is_upstream(k)})
+    # This process can serve unless something of its own is missing: an upstream that is down (a model fleet, an
+    # MCP server, the index) is named in the body and in agentfleet_runtime_upstream_ready, and the request that
+    # needs it gets its own error, but the replica stays in its Service. `?upstreams=1` asks for all of them too.
+    strict = request.query.get("upstreams") == "1"
+    failing = [k for k, v in checks.items() if v is not None and (strict or not is_upstream(k))]
+    degraded = sorted(k for k, v in checks.items() if v is not None and is_upstream(k))
+    body = {"ready": not failing, "checks": {k: v or "ok" for k, v in checks.items()}}
+    if degraded:
+        body["degraded"] = degraded
+    return web.json_response(body, status=200 if not failing else 503)
+
+
+def is_upstream(check: str) -> bool:
+    """A readiness check of something outside this process (see _readyz)."""
+    return check.startswith(("model_", "mcp_")) or check == "index"
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -65,7 +65,7 @@ def test_restarted_engine_loses_its_claims_at_once():
 
 def _ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url + "/readyz", timeout=1):
+        with urllib.request.urlopen(url + "/readyz?upstreams=1", timeout=1):
             return True
     except OSError:
         return False

@@ -154,6 +154,36 @@ def test_no_replica_left_after_two_mid_stream_deaths_answers_503(dies):
     assert asyncio.run(go()) == (503, "no_replica_available", False)
 
 
+def test_readyz_is_the_routers_own_and_names_replica_health():
+    """With every replica gone the router stays ready (it still answers each request itself, a JSON 503 with
+    Retry-After, instead of leaving its Service and giving callers connection refused); `?upstreams=1` asks for a
+    healthy replica too. Before the membership is first known it is not ready."""
+    async def go():
+        engines = Engines(dies={1, 2})
+        async with fleet_behind_router(engines) as (fleet, url), aiohttp.ClientSession() as s:
+            async def readyz(q: str = "") -> tuple[int, dict]:
+                async with s.get(url + "/readyz" + q) as r:
+                    return r.status, await r.json()
+
+            before = await readyz(), await readyz("?upstreams=1")
+            await _read(s, url)
+            await _read(s, url)
+            async with s.post(url + "/v1/chat/completions", json=BODY, headers=SESSION) as r:
+                refused = r.status, r.headers.get("Retry-After"), (await r.json())["error"]["code"]
+            after = await readyz(), await readyz("?upstreams=1")
+            fleet.synced = False  # as a router whose first EndpointSlice listing has not come back yet
+            unsynced = await readyz()
+        return before, refused, after, unsynced
+
+    before, refused, after, unsynced = asyncio.run(go())
+    assert before == ((200, {"ready": True, "replicas": {"total": 2, "healthy": 2}}),
+                      (200, {"ready": True, "replicas": {"total": 2, "healthy": 2}}))
+    assert refused[0] == 503 and refused[1] and refused[2] == "no_replica_available"
+    assert after[0] == (200, {"ready": True, "replicas": {"total": 2, "healthy": 0}})
+    assert after[1] == (503, {"ready": False, "replicas": {"total": 2, "healthy": 0}, "reason": "no ready replica"})
+    assert unsynced[0] == 503 and unsynced[1]["reason"] == "replica membership not listed yet"
+
+
 def test_probe_reads_a_gzipped_metrics_page_and_keeps_running():
     """llm-d-inference-sim gzips /metrics for a client that accepts gzip; the router's pool does not decompress.
     The probe (which also runs the health checks) must read the page and never die on it."""

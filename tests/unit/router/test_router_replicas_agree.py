@@ -33,7 +33,7 @@ def _router(endpoints: str, placement: str) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1):
+            with urllib.request.urlopen(url + "/readyz?upstreams=1", timeout=1):
                 return proc, url
         except OSError:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]

@@ -89,7 +89,7 @@ def test_mcp_tools_are_offered_and_called(mcp_url, tmp_path):
     assert rstatus == 200 and ready["checks"]["mcp_math"] == "ok"
 
 
-def test_mcp_server_down_is_a_readiness_problem_not_a_crash(tmp_path):
+def test_mcp_server_down_is_reported_not_a_crash_nor_unready(tmp_path):
     from agentfleet.runtime.mcp_tools import McpTools
 
     dead = f"http://127.0.0.1:{free_port()}/mcp"
@@ -98,11 +98,16 @@ def test_mcp_server_down_is_a_readiness_problem_not_a_crash(tmp_path):
         async with scripted(lambda b, h: final("no tools needed")) as m:
             cfg = _mcp_config(tmp_path, m.url, [{"name": "gone", "url": dead}])
             async with serve(cfg, tmp_path, external=McpTools(cfg.tools.mcp_servers)) as s:
-                return await s.chat("hi"), await s.get("/readyz", key=None)
+                return (await s.chat("hi"), await s.get("/readyz", key=None),
+                        await s.get("/readyz?upstreams=1", key=None), await s.get("/metrics", key=None))
 
-    (status, body), (rstatus, ready) = asyncio.run(go())
+    (status, body), (rstatus, ready), (sstatus, strict), (_, metrics) = asyncio.run(go())
     assert status == 200 and body["choices"][0]["message"]["content"] == "no tools needed"
-    assert rstatus == 503 and ready["checks"]["mcp_gone"].startswith("MCP server gone unreachable: ")
+    # The replica stays in its Service (an upstream down is not this process failing) and says what is down.
+    assert rstatus == 200 and ready["ready"] is True and ready["degraded"] == ["mcp_gone"]
+    assert ready["checks"]["mcp_gone"].startswith("MCP server gone unreachable: ")
+    assert sstatus == 503 and strict["ready"] is False
+    assert 'agentfleet_runtime_upstream_ready{upstream="mcp_gone"} 0.0' in metrics
 
 
 def test_a_tool_past_its_timeout_becomes_an_observation(mcp_url, tmp_path):

@@ -31,7 +31,7 @@ def _start_router(sim_url: str) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1):
+            with urllib.request.urlopen(url + "/readyz?upstreams=1", timeout=1):
                 return proc, url
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]

@@ -149,18 +149,24 @@ def test_probes_and_metrics(cfg, tmp_path):
         assert line in mb, line
 
 
-def test_readyz_fails_when_the_model_is_down(tmp_path):
+def test_readyz_names_a_model_that_is_down_and_stays_ready(tmp_path):
+    """Readiness is this process's: a model fleet that is down is named (body, metrics) but does not take the
+    replica out of its Service, where callers would get connection refused instead of the runtime's own error.
+    `?upstreams=1` (scripts, `agentfleet up`) still waits for every upstream."""
     with running_fleet(1, SimSettings(extra=("--mode", "echo"))) as fleet:
         cfg = make_config(tmp_path, large_url=fleet.urls[0] + "/v1")
         fleet.stop()
 
         async def go():
             async with serve(cfg, tmp_path) as s:
-                return await s.get("/readyz", key=None)
+                return (await s.get("/readyz", key=None), await s.get("/readyz?upstreams=1", key=None),
+                        await s.get("/metrics", key=None))
 
-        status, body = asyncio.run(go())
-    assert status == 503 and body["ready"] is False
+        (status, body), (sstatus, strict), (_, metrics) = asyncio.run(go())
+    assert status == 200 and body["ready"] is True and "model_large" in body["degraded"]
     assert body["checks"]["model_large"].startswith("large model unreachable")
+    assert sstatus == 503 and strict["ready"] is False
+    assert 'agentfleet_runtime_upstream_ready{upstream="model_large"} 0.0' in metrics
 
 
 def test_runs_complete_belong_to_their_caller_and_trace_steps(cfg, tmp_path):
