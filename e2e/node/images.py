@@ -49,64 +49,58 @@ def _key(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def single_binary(ref: str, binary: Path, path: str, *, user: str = "65532:65532") -> Path:
-    """An image holding one static binary at ``path`` as its entrypoint, run as a non-root UID."""
-    data = binary.read_bytes()
-    out = CACHE / f"{ref.replace('/', '_').replace(':', '_')}-{_key(data, path.encode(), user.encode())}.tar"
+def _image(ref: str, stem: str, *, files: dict[str, bytes], links: tuple[str, ...] = (),
+           dirs: tuple[str, ...] = ("tmp", "etc"), config: dict) -> Path:
+    """A one-layer image: ``files`` (path -> content, mode 755), busybox applet ``links`` in bin/ and empty
+    ``dirs`` (tmp is 1777); cached under a key of everything that goes in."""
+    key = _key(ref.encode(), json.dumps(config, sort_keys=True).encode(), repr((sorted(links), dirs)).encode(),
+               *(p.encode() + b"\0" + data for p, data in sorted(files.items())))
+    out = CACHE / f"{stem}-{key}.tar"
     if out.is_file():
         return out
     CACHE.mkdir(parents=True, exist_ok=True)
+    for stale in CACHE.glob(f"{stem}-*.tar*"):  # an older key of the same image
+        stale.unlink(missing_ok=True)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as t:
-        for d in ("tmp", "etc"):
+        parents = {str(Path(p).parent) for p in [*files, *(f"bin/{a}" for a in links)]} - {"."}
+        for d in sorted(set(dirs) | {q for p in parents for q in _ancestors(p)}):
             _dir(t, d, 0o1777 if d == "tmp" else 0o755)
-        ti = tarfile.TarInfo(path.lstrip("/"))
-        ti.size, ti.mode = len(data), 0o755
-        t.addfile(ti, io.BytesIO(data))
-    return _archive(ref, buf.getvalue(), {"Entrypoint": [path], "User": user, "Env": ["PATH=/"]}, out)
+        for name, blob in files.items():
+            ti = tarfile.TarInfo(name.lstrip("/"))
+            ti.size, ti.mode = len(blob), 0o755
+            t.addfile(ti, io.BytesIO(blob))
+        for applet in links:
+            ti = tarfile.TarInfo(f"bin/{applet}")
+            ti.type, ti.linkname = tarfile.SYMTYPE, "busybox"
+            t.addfile(ti)
+    return _archive(ref, buf.getvalue(), config, out)
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = Path(path.lstrip("/")).parts
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def single_binary(ref: str, binary: Path, path: str, *, user: str = "65532:65532") -> Path:
+    """An image holding one static binary at ``path`` as its entrypoint, run as a non-root UID."""
+    return _image(ref, ref.replace("/", "_").replace(":", "_"), files={path.lstrip("/"): binary.read_bytes()},
+                  config={"Entrypoint": [path], "User": user, "Env": ["PATH=/"]})
 
 
 def pause(ref: str = "localhost/pause:local") -> Path:
     """The sandbox image: busybox's sh waiting for SIGTERM, as the real pause binary does."""
-    data = BUSYBOX.read_bytes()
-    out = CACHE / f"pause-{_key(data)}.tar"
-    if out.is_file():
-        return out
-    CACHE.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        _dir(t, "bin")
-        ti = tarfile.TarInfo("bin/busybox")
-        ti.size, ti.mode = len(data), 0o755
-        t.addfile(ti, io.BytesIO(data))
-        for applet in ("sh", "sleep"):
-            ti = tarfile.TarInfo(f"bin/{applet}")
-            ti.type, ti.linkname = tarfile.SYMTYPE, "busybox"
-            t.addfile(ti)
-    return _archive(ref, buf.getvalue(), {
-        "Entrypoint": ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"],
-        "User": "65535:65535", "Env": ["PATH=/bin"]}, out)
+    return _image(ref, "pause", files={"bin/busybox": BUSYBOX.read_bytes()}, links=("sh", "sleep"), dirs=(),
+                  config={"Entrypoint": ["/bin/sh", "-c",
+                                         "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"],
+                          "User": "65535:65535", "Env": ["PATH=/bin"]})
 
 
 def busybox(ref: str = "localhost/busybox:local") -> Path:
     """A shell with nslookup and wget, for probing the node's networking from inside a pod."""
-    data = BUSYBOX.read_bytes()
-    out = CACHE / f"busybox-{_key(data)}.tar"
-    if out.is_file():
-        return out
-    CACHE.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for d in ("bin", "tmp", "etc"):
-            _dir(t, d, 0o1777 if d == "tmp" else 0o755)
-        ti = tarfile.TarInfo("bin/busybox")
-        ti.size, ti.mode = len(data), 0o755
-        t.addfile(ti, io.BytesIO(data))
-        for applet in ("sh", "sleep", "nslookup", "wget", "cat", "echo"):
-            ti = tarfile.TarInfo(f"bin/{applet}")
-            ti.type, ti.linkname = tarfile.SYMTYPE, "busybox"
-            t.addfile(ti)
-    return _archive(ref, buf.getvalue(), {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]}, out)
+    return _image(ref, "busybox", files={"bin/busybox": BUSYBOX.read_bytes()},
+                  links=("sh", "sleep", "nslookup", "wget", "cat", "echo"),
+                  config={"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]})
 
 
 # `vllm serve MODEL FLAGS...` as the rendered engine container runs it, handed to llm-d-inference-sim: the flags the
@@ -137,23 +131,7 @@ exec /llm-d-inference-sim --model "$model" --force-dummy-tokenizer "$@"
 def engine_sim(sim: Path, ref: str = "localhost/vllm-sim:v0.10.2") -> Path:
     """The engine stand-in: llm-d-inference-sim behind a `vllm` command that takes the rendered args, plus
     busybox's sh and sleep (the rendered preStop runs `sleep`)."""
-    data, bb = sim.read_bytes(), BUSYBOX.read_bytes()
-    out = CACHE / f"vllm-sim-{_key(data, bb, VLLM_ADAPTER.encode())}.tar"
-    if out.is_file():
-        return out
-    CACHE.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for d in ("bin", "tmp", "etc", "usr", "usr/local", "usr/local/bin"):
-            _dir(t, d, 0o1777 if d == "tmp" else 0o755)
-        for name, blob in (("bin/busybox", bb), ("llm-d-inference-sim", data),
-                           ("usr/local/bin/vllm", VLLM_ADAPTER.encode())):
-            ti = tarfile.TarInfo(name)
-            ti.size, ti.mode = len(blob), 0o755
-            t.addfile(ti, io.BytesIO(blob))
-        for applet in ("sh", "sleep"):
-            ti = tarfile.TarInfo(f"bin/{applet}")
-            ti.type, ti.linkname = tarfile.SYMTYPE, "busybox"
-            t.addfile(ti)
-    return _archive(ref, buf.getvalue(), {"Entrypoint": ["/usr/local/bin/vllm"],
-                                          "Env": ["PATH=/usr/local/bin:/bin"]}, out)
+    return _image(ref, "vllm-sim", files={"bin/busybox": BUSYBOX.read_bytes(), "llm-d-inference-sim": sim.read_bytes(),
+                                          "usr/local/bin/vllm": VLLM_ADAPTER.encode()},
+                  links=("sh", "sleep"), config={"Entrypoint": ["/usr/local/bin/vllm"],
+                                                 "Env": ["PATH=/usr/local/bin:/bin"]})

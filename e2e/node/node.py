@@ -228,15 +228,21 @@ state = "{self.work / 'state'}"
         _wait("containerd's socket", lambda: self.ctr("version", timeout=10).returncode == 0, 60)
 
     def _import(self, archives: list[Path]) -> None:
-        have = self.ctr("images", "ls", "-q").stdout.split()
+        """Import each archive unless this very archive (its name carries its content key) was the last one
+        imported under its image reference: a rebuilt image under the same tag is imported again."""
+        stamps = CACHE / "node" / "imported.json"
+        done = json.loads(stamps.read_text()) if stamps.is_file() else {}
+        have = set(self.ctr("images", "ls", "-q").stdout.split())
         for a in archives:
             meta = a.with_suffix(a.suffix + ".ref")
-            ref = meta.read_text().strip() if meta.is_file() else None
-            if ref and ref in have:
+            ref = meta.read_text().strip() if meta.is_file() else str(a)
+            if ref in have and done.get(ref) == a.name:
                 continue
             p = self.ctr("images", "import", str(a), timeout=900)
             if p.returncode != 0:
                 raise NodeError(f"ctr images import {a}: {p.stderr.strip()}")
+            done[ref] = a.name
+            stamps.write_text(json.dumps(done, indent=1, sort_keys=True))
 
     def _start_kubelet(self, kubelet: Path, timeout: float) -> None:
         cfg = self.work / "kubelet.yaml"

@@ -65,6 +65,23 @@ class UpstreamError(AgentfleetError):
     reason = "UpstreamError"
 
 
+class CRDNotServed(UpstreamError):
+    """A child's kind is not served by the API server: the operator that owns that CRD is not installed. The
+    object says so in its status (Degraded) and is retried, so installing the operator heals it."""
+
+    reason = "CRDNotServed"
+    # kind -> what to install (README: Before you install)
+    NEEDS = {"Milvus": "the Milvus operator (milvus.io), or set spec.milvus.mode: embedded or external",
+             "LeaderWorkerSet": "LeaderWorkerSet (leaderworkerset.x-k8s.io)",
+             "PodMonitor": "the Prometheus Operator (monitoring.coreos.com)",
+             "InferencePool": "the Gateway API Inference Extension (inference.networking.k8s.io)"}
+
+    def __init__(self, kind: str, api_version: str):
+        self.kind, self.api_version = kind, api_version
+        need = self.NEEDS.get(kind, "its CRD and operator")
+        super().__init__(f"the API server does not serve {kind} ({api_version}): install {need}")
+
+
 class UpstreamTimeout(UpstreamError):
     """Something outside agentfleet did not answer in time (a model server, Milvus)."""
 

@@ -7,9 +7,9 @@ import datetime as dt
 from typing import Any
 
 import json
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
-from .api import AgentApp, Budget, Condition, EvaluationGate, EvaluationStatus, ModelFleet, VectorIndex
+from .api import AgentApp, Budget, Condition, EvaluationGate, EvaluationStatus, ModelFleet, Resource, VectorIndex
 from .conditions import DEGRADED, EVALUATED, PROGRESSING, READY, Status, remove, set_condition
 from .errors import AgentfleetError
 from .names import ENGINE_PORT, RUNTIME_PORT, SPEC_HASH_LABEL, engine_name, fleet_url
@@ -52,9 +52,10 @@ def conditions_for(current: list[Condition], verdict: Verdict, *, generation: in
 
 
 def failed(current: list[Condition], err: AgentfleetError, *, generation: int | None, now: str) -> dict[str, Any]:
-    """The status patch for a spec error (Degraded, no retry) or a missing dependency (Progressing, retried)."""
+    """The status patch for a spec error (Degraded, no retry), a missing prerequisite operator (Degraded,
+    retried) or a missing dependency (Progressing, retried)."""
     message = getattr(err, "message", str(err))
-    degraded = (err.reason, message) if err.reason == "InvalidSpec" else None
+    degraded = (err.reason, message) if err.reason in ("InvalidSpec", "CRDNotServed") else None
     return {"observedGeneration": generation,
             "conditions": conditions_for(current, ("False", err.reason, message), generation=generation, now=now,
                                          degraded=degraded)}
@@ -457,8 +458,42 @@ def _evaluation_conditions(app: AgentApp, conds: list[Condition], ev: dict[str, 
     return set_condition(conds, EVALUATED, status_, reason, ev.get("message") or "", generation=generation, now=now)
 
 
+UPSTREAMS_READY = "UpstreamsReady"
+
+
+def upstreams(app: AgentApp, related: Mapping[tuple[str, str], Resource]) -> list[dict[str, Any]]:
+    """The fleets and index `app`'s runtime calls, each with the Ready condition its own status reports."""
+    out = []
+    kinds = [("ModelFleet", n) for n in app.fleet_names] + (
+        [("VectorIndex", app.spec.index.name)] if app.spec.index else [])
+    for kind, name in kinds:
+        obj = related.get((kind, name))
+        if obj is None:
+            out.append({"kind": kind, "name": name, "ready": "False", "reason": "NotFound",
+                        "message": f"{kind} {name} does not exist or is invalid"})
+            continue
+        cond = next((c for c in getattr(obj.status, "conditions", []) if c.type == READY), None)
+        row = {"kind": kind, "name": name, "ready": cond.status if cond else "Unknown",
+               "reason": cond.reason if cond else None, "message": cond.message if cond else None}
+        out.append({k: v for k, v in row.items() if v})  # as stored: a list item keeps no empty field
+    return out
+
+
+def _upstreams_condition(conds: list[Condition], ups: list[dict[str, Any]], *, generation: int | None,
+                         now: str) -> list[Condition]:
+    down = [u for u in ups if u["ready"] != "True"]
+    if not down:
+        return set_condition(conds, UPSTREAMS_READY, "True", "AllReady",
+                             f"{len(ups)} upstreams ready" if ups else "no upstreams", generation=generation,
+                             now=now)
+    text = "; ".join(f"{u['kind']}/{u['name']}: {u['reason'] or u['ready']}" +
+                     (f" ({u['message']})" if u.get("message") else "") for u in down)
+    return set_condition(conds, UPSTREAMS_READY, "False", "UpstreamNotReady", text, generation=generation, now=now)
+
+
 def agentapp(app: AgentApp, *, deployment: dict[str, Any] | None, config_hash: str | None,
-             now: str, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+             now: str, evaluation: dict[str, Any] | None = None,
+             upstreams: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """`evaluation`: status.evaluation as `evaluation()` computed it. A failing gate is Degraded
     (EvaluationRegressed) without touching Ready: the app still serves, and a running evaluation is no reason to
     hold traffic back either."""
@@ -480,8 +515,11 @@ def agentapp(app: AgentApp, *, deployment: dict[str, Any] | None, config_hash: s
     conds = [Condition.model_validate(c) for c in conditions_for(
         app.status.conditions, verdict, generation=gen, now=now, degraded=degraded, degraded_stalls=False)]
     conds = _evaluation_conditions(app, conds, evaluation, generation=gen, now=now)
+    if upstreams is not None:
+        conds = _upstreams_condition(conds, upstreams, generation=gen, now=now)
     return {
         "observedGeneration": gen,
+        **({"upstreams": upstreams} if upstreams is not None else {}),
         "endpoint": f"http://{app.name}.{app.namespace}.svc:{RUNTIME_PORT}/v1",
         "replicas": _int(deployment, "status", "replicas"),
         "readyReplicas": ready,

@@ -151,6 +151,23 @@ def test_a_spec_that_slips_past_the_schema_becomes_invalid_spec(kubectl, operato
     assert kubectl.json("get", "statefulsets")["items"] == []
 
 
+def test_a_managed_index_without_the_milvus_operator_says_so_in_status(kubectl, operator):
+    """A child whose kind the API server does not serve (here Milvus: no Milvus operator) is named in the
+    object's own status, Degraded, instead of only in the operator's log; it is retried, so installing the
+    operator heals it."""
+    served = kubectl("api-resources", "--api-group=milvus.io", "-o", "name").stdout.split()
+    if served:
+        pytest.skip("this API server serves milvus.io: the Milvus operator's CRD is installed")
+    apply(kubectl, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "corpus"},
+                    "data": {"a.md": "hello"}})
+    apply(kubectl, index("managed", milvus={"mode": "managed"}))
+    cond = kubectl.wait_for("Ready=False CRDNotServed", lambda: (
+        c if (c := kubectl.condition("vectorindex", "managed")) and c["reason"] == "CRDNotServed" else None))
+    assert cond["status"] == "False" and "install the Milvus operator" in cond["message"], cond
+    degraded = kubectl.condition("vectorindex", "managed", "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "CRDNotServed"
+
+
 def test_a_missing_dependency_resolves_by_itself(kubectl, operator):
     apply(kubectl, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"},
                     "stringData": {"keys.yaml": "k1: {user: u, tenant: t, groups: [g]}\n"}})

@@ -143,6 +143,20 @@ class Kubectl:
         return k
 
 
+def post_json(url: str, body: dict, *, key: str | None = None, timeout: float = 60) -> tuple[int, dict]:
+    """POST a JSON body; (status, JSON answer). An HTTP error answers (code, {"raw": text}); nothing answering
+    (refused, reset) answers (0, {"raw": the error})."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, {"raw": err.read().decode(errors="replace")}
+    except OSError as err:
+        return 0, {"raw": repr(err)}
+
+
 def wait_for(what: str, predicate: Callable[[], Any], *, timeout: float = 90, interval: float = 0.5) -> Any:
     """Poll until predicate() is truthy; fail naming the last value seen."""
     deadline = time.monotonic() + timeout

@@ -31,7 +31,7 @@ import yaml
 from agentfleet import render
 from agentfleet.api import parse
 from agentfleet.bench import simulator
-from e2e_kit import EXAMPLE, MANIFESTS, OPERATOR_NS, Kubectl, server_and_ca, wait_for
+from e2e_kit import EXAMPLE, MANIFESTS, OPERATOR_NS, Kubectl, post_json, server_and_ca, wait_for
 from pod_process import PodProcess, PodSpecError, find, pod_template
 
 pytestmark = pytest.mark.e2e
@@ -88,13 +88,7 @@ def _engine_slice(service: dict, url: str) -> dict:
 
 
 def _post(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, {"raw": err.read().decode(errors="replace")}
+    return post_json(url, body, key=KEY, timeout=timeout)
 
 
 def _sim_requests(url: str) -> float:

@@ -39,7 +39,7 @@ import yaml
 
 from e2e.cluster import launcher
 from e2e.node import images, node
-from e2e_kit import EXAMPLE, MANIFESTS, Kubectl, wait_for
+from e2e_kit import EXAMPLE, MANIFESTS, Kubectl, post_json, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -127,15 +127,7 @@ def _state_volume(n: node.Node) -> dict:
 
 
 def _post(url: str, body: dict, timeout: float) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, {"error": e.read().decode(errors="replace")}
-    except OSError as e:  # refused or reset: nothing behind the Service answered
-        return 0, {"error": repr(e)}
+    return post_json(url, body, key=KEY, timeout=timeout)
 
 
 def url_of(k: Kubectl, service: str) -> str:
@@ -226,6 +218,12 @@ def test_operator_and_app_run_as_real_pods(app) -> None:
         routed += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                       if line.startswith("agentfleet_router_requests_total{"))
     assert routed >= 1
+    # The operator, in its pod, shows what the runtime calls and whether it is up.
+    ups = wait_for("AgentApp assistant UpstreamsReady", lambda: (k.condition("agentapp", "assistant", "UpstreamsReady")
+                   or {}).get("status") == "True" and k.get("agentapp", "assistant")["status"]["upstreams"],
+                   timeout=60, interval=2)
+    assert sorted((u["kind"], u["name"], u["ready"]) for u in ups) == [("ModelFleet", "large", "True"),
+                                                                      ("ModelFleet", "small", "True")], ups
     # The runtime's projected token and Role at work, from inside its pod: it patches its Budget's status.
     wait_for("the runtime to publish demo-budget's status",
              lambda: (k.get("budget", "demo-budget") or {}).get("status", {}).get("windowStart"), timeout=60)

@@ -227,11 +227,15 @@ def test_manifests_render_the_operator(rendered):
             assert doc["metadata"]["namespace"] == "agentfleet-system"
 
 
-def test_manifests_include_all_four_crds_in_the_first_sync_wave(rendered):
+def test_manifests_include_all_four_crds_in_the_first_sync_wave_never_pruned(rendered):
     crds = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "CustomResourceDefinition"}
     assert set(crds) == {f"{cls.__crd__.plural}.{GROUP}" for cls in KINDS.values()}
     for name, crd in crds.items():
         assert crd["metadata"]["annotations"][SYNC_WAVE] == "-1", name
+        # Neither a sync that no longer finds a CRD nor deleting the Argo CD Application deletes it (and with it
+        # every custom resource of its kind).
+        options = crd["metadata"]["annotations"]["argocd.argoproj.io/sync-options"].split(",")
+        assert {"Prune=false", "Delete=false"} <= set(options), name
     for doc in rendered:
         if doc["kind"] != "CustomResourceDefinition":
             assert doc["metadata"]["annotations"][SYNC_WAVE] == "0", doc["metadata"]["name"]

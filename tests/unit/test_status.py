@@ -209,6 +209,40 @@ def test_agentapp_verdict(kit, desired, deployment, ready, reason, message, read
         "docs", "spend", "abc123", 2)
 
 
+def _ready_cond(state: str, reason: str, message: str = "") -> dict:
+    return {"type": "Ready", "status": state, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}
+
+
+def test_agentapp_names_each_upstream_and_stays_ready_when_one_is_down(kit):
+    """status.upstreams and UpstreamsReady carry the fleets' and the index's own readiness; the app's Ready (its
+    runtime pods, which stay in their Service) is not held back by them."""
+    app = kit.app("assistant", {"fleets": {"large": "large", "small": "small"}})
+    large = kit.fleet("large", status={"conditions": [_ready_cond("True", "Ready", "1/1 replicas ready")]})
+    small = kit.fleet("small", status={"conditions": [
+        _ready_cond("False", "CrashLoopBackOff", "small-engine-0: back-off restarting failed container")]})
+    ups = status.upstreams(app, kit.related(large, small))  # the index does not exist
+    assert ups == [
+        {"kind": "ModelFleet", "name": "large", "ready": "True", "reason": "Ready", "message": "1/1 replicas ready"},
+        {"kind": "ModelFleet", "name": "small", "ready": "False", "reason": "CrashLoopBackOff",
+         "message": "small-engine-0: back-off restarting failed container"},
+        {"kind": "VectorIndex", "name": "docs", "ready": "False", "reason": "NotFound",
+         "message": "VectorIndex docs does not exist or is invalid"}]
+    out = status.agentapp(app, deployment=_workload(1, 1), config_hash="c", now=NOW, upstreams=ups)
+    conds = _by_type(out["conditions"])
+    assert conds["Ready"]["status"] == "True"
+    assert conds["UpstreamsReady"]["status"] == "False" and conds["UpstreamsReady"]["reason"] == "UpstreamNotReady"
+    assert conds["UpstreamsReady"]["message"] == (
+        "ModelFleet/small: CrashLoopBackOff (small-engine-0: back-off restarting failed container); "
+        "VectorIndex/docs: NotFound (VectorIndex docs does not exist or is invalid)")
+    assert out["upstreams"] == ups
+    fine = status.upstreams(app, kit.related(large, kit.fleet("small", status={"conditions": [
+        _ready_cond("True", "Ready")]}), kit.index("docs", status={"conditions": [_ready_cond("True", "Ready")]})))
+    conds = _by_type(status.agentapp(app, deployment=_workload(1, 1), config_hash="c", now=NOW,
+                                     upstreams=fine)["conditions"])
+    assert (conds["UpstreamsReady"]["status"], conds["UpstreamsReady"]["message"]) == ("True", "3 upstreams ready")
+
+
 # --- Budget ----------------------------------------------------------------------------------------------------
 
 def _t(text):

@@ -11,13 +11,14 @@ from pydantic import Field, field_validator
 
 from ..names import API_VERSION
 from .base import (
-    DNS1123_LABEL, CRDInfo, Condition, LocalRef, Model, PrinterColumn, Resource, Rule, SecretKeyRef, StatusModel,
+    DNS1123_LABEL, CRDInfo, Condition, LocalRef, Model, PodOptions, PrinterColumn, Resource, Rule, SecretKeyRef,
+    StatusModel,
 )
 
 __all__ = [
     "FleetRoles", "IndexRef", "MCPServer", "ToolsSpec", "A2AAgent", "SubAgent", "LoopLimits", "AuthSpec",
     "FailedAttempts", "LedgerSpec", "DEFAULT_SUB_AGENT_TOOLS", "DEFAULT_SUB_AGENT_ROLE",
-    "AgentAppSpec", "AgentAppStatus", "AgentApp", "BuiltinTool", "LedgerStorage", "ModelRole", "ConfigMapKeyRef",
+    "AgentAppSpec", "AgentAppStatus", "AgentApp", "UpstreamStatus", "BuiltinTool", "LedgerStorage", "ModelRole", "ConfigMapKeyRef",
     "EvaluationGate", "EvaluationSpec", "EvaluationStatus", "TelemetrySpec", "cron_problem",
 ]
 
@@ -364,6 +365,8 @@ class AgentAppSpec(Model):
     replicas: int = Field(default=1, ge=0, le=100)
     image: str | None = None
     resources: dict[str, str] = Field(default_factory=lambda: {"cpu": "500m", "memory": "512Mi"})
+    pod: PodOptions = Field(default_factory=PodOptions,
+                            description="Laid over the runtime's pods and the evaluation Jobs' pods.")
     evaluation: EvaluationSpec | None = None
     telemetry: TelemetrySpec | None = None
 
@@ -386,6 +389,16 @@ class EvaluationStatus(StatusModel):
         default=None, description="The AgentApp generation the summarised run evaluated, when known.")
 
 
+class UpstreamStatus(StatusModel):
+    """A fleet or index the runtime calls, as its own status reports it (Ready condition)."""
+
+    kind: str
+    name: str
+    ready: Literal["True", "False", "Unknown"] = "Unknown"
+    reason: str | None = None
+    message: str | None = None
+
+
 class AgentAppStatus(StatusModel):
     observed_generation: int | None = None
     endpoint: str | None = None
@@ -395,6 +408,10 @@ class AgentAppStatus(StatusModel):
     index: str | None = None
     budget: str | None = None
     config_hash: str | None = None
+    upstreams: list[UpstreamStatus] = Field(
+        default_factory=list, description="The fleets and index the runtime calls, with their readiness (the "
+                                          "UpstreamsReady condition sums it up; the app's own Ready does not wait "
+                                          "on them).")
     evaluation: EvaluationStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 

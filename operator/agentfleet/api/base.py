@@ -111,6 +111,32 @@ class SecretKeyRef(Model):
     key: str = Field(min_length=1)
 
 
+class PodOptions(Model):
+    """What platform teams set on every pod: scheduling, identity, pull secrets, metadata, environment and extra
+    volumes. Lists and objects are Kubernetes' own (core/v1) and passed through as written."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    image_pull_secrets: list[LocalRef] = Field(default_factory=list)
+    service_account_name: str | None = Field(
+        default=None, pattern=DNS1123_LABEL,
+        description="ModelFleet engine: an existing ServiceAccount (IRSA / Workload Identity for s3:// and "
+                    "gs://). Ignored elsewhere: the router, the runtime and the index's Jobs run under accounts "
+                    "the operator binds to exactly what they call (VectorIndex: ingestion.serviceAccountName).")
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, description="Added to the pods; ours win on conflict.")
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    env_from: list[dict[str, Any]] = Field(default_factory=list)
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    security_context: dict[str, Any] | None = Field(
+        default=None, description="Laid over the pod securityContext we set (non-root uid 1000 for vLLM, 10001 "
+                                  "for agentfleet, seccomp RuntimeDefault), e.g. runAsUser for an image built for "
+                                  "another uid.")
+
+
 @dataclass(frozen=True)
 class PrinterColumn:
     name: str

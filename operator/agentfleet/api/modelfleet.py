@@ -9,8 +9,8 @@ from pydantic import Field
 
 from ..names import API_VERSION
 from .base import (
-    DNS1123_LABEL, RFC1035_LABEL, CRDInfo, Condition, LocalRef, Model, PrinterColumn, Resource, Rule, SecretKeyRef,
-    StatusModel,
+    DNS1123_LABEL, RFC1035_LABEL, CRDInfo, Condition, LocalRef, Model, PodOptions, PrinterColumn, Resource, Rule,
+    SecretKeyRef, StatusModel,
 )
 
 __all__ = [
@@ -113,30 +113,6 @@ class WeightCacheSpec(Model):
                       description="The emptyDir sizeLimit, or the size of each per-replica claim.")
     storage_class_name: str | None = Field(default=None, description="PerReplica: the claims' StorageClass.")
     claim_name: str | None = Field(default=None, pattern=DNS1123_LABEL, description="Shared: the existing claim.")
-
-
-class PodOptions(Model):
-    """What platform teams set on every pod: scheduling, identity, pull secrets, metadata, environment and extra
-    volumes. Lists and objects are Kubernetes' own (core/v1) and passed through as written."""
-
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    affinity: dict[str, Any] | None = None
-    priority_class_name: str | None = Field(default=None, max_length=253)
-    image_pull_secrets: list[LocalRef] = Field(default_factory=list)
-    service_account_name: str | None = Field(
-        default=None, pattern=DNS1123_LABEL,
-        description="Engine: an existing ServiceAccount (IRSA / Workload Identity for s3:// and gs://). "
-                    "Router: ignored (the router runs under its own account, which reads EndpointSlices).")
-    annotations: dict[str, str] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict, description="Added to the pods; ours win on conflict.")
-    env: list[dict[str, Any]] = Field(default_factory=list)
-    env_from: list[dict[str, Any]] = Field(default_factory=list)
-    volumes: list[dict[str, Any]] = Field(default_factory=list)
-    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
-    security_context: dict[str, Any] | None = Field(
-        default=None, description="Laid over the pod securityContext we set (non-root uid 1000 for vLLM, "
-                                  "seccomp RuntimeDefault), e.g. runAsUser for an image built for another uid.")
 
 
 class NetworkPolicySpec(Model):

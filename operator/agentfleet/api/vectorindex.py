@@ -8,7 +8,9 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from ..names import API_VERSION
-from .base import CRDInfo, Condition, LocalRef, Model, PrinterColumn, Resource, Rule, SecretKeyRef, StatusModel
+from .base import (
+    CRDInfo, Condition, LocalRef, Model, PodOptions, PrinterColumn, Resource, Rule, SecretKeyRef, StatusModel,
+)
 
 __all__ = [
     "ConfigMapSource", "PVCSource", "SourceSpec", "ChunkingSpec", "LocalEmbedder", "EmbeddingSpec",
@@ -190,6 +192,8 @@ class VectorIndexSpec(Model):
     milvus: MilvusSpec = Field(default_factory=MilvusSpec)
     access: AccessDefaults = Field(default_factory=AccessDefaults)
     ingestion: IngestionSpec = Field(default_factory=IngestionSpec)
+    pod: PodOptions = Field(default_factory=PodOptions,
+                            description="Laid over the ingestion and drop Jobs' pods and the embedded Milvus pod.")
 
 
 class VectorIndexStatus(StatusModel):

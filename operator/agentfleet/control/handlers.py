@@ -151,6 +151,12 @@ def _child_changed(body: Any, memo: kopf.Memo, **_: Any) -> None:
     for kind, name in owners:
         try:
             rec.refresh(memo.kube, kind, name, meta["namespace"], defaults=memo.defaults, now=_now())
+            # The apps that call this fleet or index show its readiness (status.upstreams, UpstreamsReady).
+            if kind in ("ModelFleet", "VectorIndex"):
+                for dep in rec.dependents(memo.kube, kind, name, meta["namespace"]):
+                    if dep.get("kind") == "AgentApp":
+                        rec.refresh(memo.kube, "AgentApp", dep["metadata"]["name"], meta["namespace"],
+                                    defaults=memo.defaults, now=_now())
         except (UpstreamError, ApiException, DynamicApiError) as err:
             raise kopf.TemporaryError(str(err), delay=UPSTREAM_RETRY_S) from None
 

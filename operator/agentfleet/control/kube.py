@@ -12,7 +12,7 @@ from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError, UnprocessibleEntityError
 
-from ..errors import UpstreamError
+from ..errors import CRDNotServed
 from ..names import API_VERSION, FIELD_MANAGER
 
 __all__ = ["Kube", "new_api_client"]
@@ -74,8 +74,7 @@ class Kube:
                 try:
                     res = dyn.resources.get(api_version=api_version, kind=kind)
                 except ResourceNotFoundError:
-                    raise UpstreamError(f"the API server does not serve {kind} ({api_version}): is its CRD or "
-                                        f"operator installed?") from None
+                    raise CRDNotServed(kind, api_version) from None
             self._resources[key] = res
             return res
 

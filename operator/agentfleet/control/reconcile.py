@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import render, status
 from ..api import KINDS, AgentApp, Budget, Condition, ModelFleet, Resource, VectorIndex, parse
-from ..errors import AgentfleetError, DependencyMissing, SpecError, UpstreamError
+from ..errors import AgentfleetError, CRDNotServed, DependencyMissing, SpecError, UpstreamError
 from ..names import (
     API_VERSION, CONFIG_HASH_ANNOTATION, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY,
     SPEC_HASH_LABEL, engine_name, router_name,
@@ -185,7 +185,8 @@ def observe(kube: Kube, obj: Resource, *, now: dt.datetime, children: list[dict[
         cfg_hash = (((rendered or {}).get("spec") or {}).get("template", {}).get("metadata", {})
                     .get("annotations", {}).get(CONFIG_HASH_ANNOTATION))
         return status.agentapp(obj, deployment=dep, config_hash=cfg_hash, now=stamp,
-                               evaluation=_evaluation(kube, obj, children))
+                               evaluation=_evaluation(kube, obj, children),
+                               upstreams=status.upstreams(obj, _related(kube, obj)))
     if isinstance(obj, Budget):
         apps, fleets = _budget_users(kube, obj)
         return status.budget(obj, now=now, prices=render.price_problems(obj, apps=apps, fleets=fleets),
@@ -227,8 +228,13 @@ def reconcile(kube: Kube, body: dict[str, Any], *, defaults: Defaults, now: dt.d
         _write_status(kube, body, status.failed(_current_conditions(body), err, generation=meta.get("generation"),
                                                 now=_stamp(now)))
         raise
-    for child in children:
-        kube.apply(child)
+    try:
+        for child in children:
+            kube.apply(child)
+    except CRDNotServed as err:  # a prerequisite operator is missing: say so where the user looks, then retry
+        _write_status(kube, body, status.failed(_current_conditions(body), err, generation=meta.get("generation"),
+                                                now=_stamp(now)))
+        raise
     pruned = _prune(kube, obj, children) if obj.metadata.uid else []
     if pruned:
         log.info("%s: pruned %s", obj.ref(), ", ".join(pruned))

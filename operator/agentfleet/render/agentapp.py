@@ -23,6 +23,7 @@ from ..names import (
 )
 from .defaults import Defaults
 from .meta import child_meta, pod_labels, selector_labels, stable_hash
+from .pod_options import overlay
 from .prices import price_row
 from .vectorindex import client_env, connection
 
@@ -160,7 +161,7 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
         extra += budget_access(app, budget.name)
     if is_sqlite:
         extra.append(state_claim(app))
-    return copy.deepcopy([
+    children = copy.deepcopy([
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
         {
             "apiVersion": "v1",
@@ -229,6 +230,8 @@ def agentapp(app: AgentApp, defaults: Defaults, *, fleets: dict[str, ModelFleet]
         },
         *extra,
     ])
+    overlay(next(c for c in children if c["kind"] == "Deployment")["spec"]["template"], app.spec.pod)
+    return children
 
 
 def state_claim(app: AgentApp) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from ..api import AgentApp, ModelFleet
 from ..names import GROUP, RUNTIME_PORT, SPEC_HASH_LABEL, fleet_url
 from .defaults import Defaults
 from .meta import child_meta, pod_labels, stable_hash
+from .pod_options import overlay
 
 __all__ = ["evaluation", "suite_text", "waiting_message", "eval_job_name", "eval_cronjob_name", "service_url",
            "EVAL_APP", "EVAL_COMPONENT", "EVAL_CONTAINER", "EVALUATION_LABEL", "SUITE_DIR", "EVAL_KEYS_DIR",
@@ -168,6 +169,7 @@ def evaluation(app: AgentApp, defaults: Defaults, *, suite: dict[str, Any] | Non
             "spec": pod,
         },
     }
+    overlay(job_spec["template"], app.spec.pod)
     # No ttlSecondsAfterFinished on the onChange Job: reconcile would re-create a collected Job and pay for the
     # run again. It goes when the next hash replaces it (pruned); status keeps its summary.
     children: list[dict[str, Any]] = []

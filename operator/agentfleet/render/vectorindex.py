@@ -17,6 +17,7 @@ from ..api.agentapp import RetrievalMode
 from ..names import GROUP, LABEL_NAME, ingest_job_name, milvus_name, milvus_uri
 from .defaults import Defaults
 from .meta import child_meta, pod_labels, selector_labels, stable_hash
+from .pod_options import overlay
 
 __all__ = ["vectorindex", "connection", "client_env", "ingest_job", "drop_job", "INGEST_APP", "MILVUS_APP",
            "SOURCE_MOUNT", "MILVUS_TOKEN_ENV", "MILVUS_PASSWORD_ENV", "REINGEST_ANNOTATION", "MILVUS_PORT",
@@ -101,7 +102,7 @@ def drop_job(index: VectorIndex, d: Defaults) -> dict[str, Any]:
     conn = connection(index)
     env = client_env(index)
     meta = child_meta(index, f"{index.name}-drop", app=INGEST_APP, component="drop")
-    return copy.deepcopy({
+    job = copy.deepcopy({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": meta,
@@ -127,6 +128,8 @@ def drop_job(index: VectorIndex, d: Defaults) -> dict[str, Any]:
             },
         },
     })
+    overlay(job["spec"]["template"], index.spec.pod)
+    return job
 
 
 def ingest_job(index: VectorIndex, d: Defaults, *, embedder_url: str | None = None,
@@ -208,6 +211,7 @@ def ingest_job(index: VectorIndex, d: Defaults, *, embedder_url: str | None = No
             },
         },
     }
+    overlay(job_spec["template"], spec.pod)
     # The name hashes the whole spec (a Job's template is immutable) plus the re-ingest annotation. Ingestion is
     # an idempotent upsert of content-hashed chunks, so a re-run after, say, an image upgrade is safe.
     # The store's mode is in it too: embedded and managed share a URI, but a new store starts empty.
@@ -241,7 +245,7 @@ def _embedded_milvus(index: VectorIndex, d: Defaults) -> list[dict[str, Any]]:
         return {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 5,
                 "failureThreshold": failures}
 
-    return [
+    children = [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(full), "data": {"embedEtcd.yaml": EMBED_ETCD}},
         {
             "apiVersion": "v1",
@@ -310,6 +314,8 @@ def _embedded_milvus(index: VectorIndex, d: Defaults) -> list[dict[str, Any]]:
         },
         _milvus_network_policy(index, full, sel),
     ]
+    overlay(next(c for c in children if c["kind"] == "StatefulSet")["spec"]["template"], index.spec.pod)
+    return children
 
 
 def _milvus_network_policy(index: VectorIndex, name: str, sel: dict[str, str]) -> dict[str, Any]:
