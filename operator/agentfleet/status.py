@@ -486,7 +486,7 @@ def _upstreams_condition(conds: list[Condition], ups: list[dict[str, Any]], *, g
         return set_condition(conds, UPSTREAMS_READY, "True", "AllReady",
                              f"{len(ups)} upstreams ready" if ups else "no upstreams", generation=generation,
                              now=now)
-    text = "; ".join(f"{u['kind']}/{u['name']}: {u['reason'] or u['ready']}" +
+    text = "; ".join(f"{u['kind']}/{u['name']}: {u.get('reason') or 'Ready ' + u['ready']}" +
                      (f" ({u['message']})" if u.get("message") else "") for u in down)
     return set_condition(conds, UPSTREAMS_READY, "False", "UpstreamNotReady", text, generation=generation, now=now)
 

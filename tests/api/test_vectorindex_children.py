@@ -216,3 +216,39 @@ def test_vectorindex_crd_accepts_and_rejects_naming_the_field(kubectl, vectorind
         assert out.returncode == 0, out.stderr
     else:
         assert out.returncode == 1 and message in out.stderr, out.stderr
+
+
+def test_every_pod_of_an_app_and_its_evaluation_is_admitted_in_a_restricted_namespace(restricted):
+    """The AgentApp's runtime and its evaluation Job and CronJob, with spec.pod options set, as the operator
+    renders them for the example: each child applies (server-side dry-run) and each pod is admitted at the
+    restricted Pod Security level."""
+    import yaml
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "agentapp.yaml"
+    docs = [d for d in yaml.safe_load_all(example.read_text()) if d and d["apiVersion"].startswith("agentfleet.io/")]
+    for d in docs:
+        d["metadata"]["namespace"] = restricted.ns
+        if d["kind"] == "AgentApp":
+            d["spec"]["evaluation"]["schedule"] = "0 3 * * *"
+            d["spec"]["pod"] = {"tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                                "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+                                "securityContext": {"runAsUser": 10001}}
+    objs = [parse(d) for d in docs]
+    related = {(o.kind, o.name): o for o in objs}
+    app = next(o for o in objs if o.kind == "AgentApp")
+    children = render.render(app, related=related, defaults=Defaults(), suite={"data": {"suite.yaml": "cases: []"}})
+    kinds = {c["kind"] for c in children}
+    assert {"Deployment", "Job", "CronJob"} <= kinds, kinds
+    for sa in (c for c in children if c["kind"] == "ServiceAccount"):  # pods naming it must find it
+        restricted("apply", "-f", "-", input=json.dumps({**sa, "metadata": {"name": sa["metadata"]["name"]}}))
+    for child in children:
+        out = dry_run(restricted, child)
+        what = f"{child['kind']}/{child['metadata']['name']}"
+        assert out.returncode == 0, f"{what}: {out.stderr}"
+        assert "would violate PodSecurity" not in out.stderr, f"{what}: {out.stderr}"
+        if child["kind"] == "CronJob":
+            child = {"kind": "Job", "metadata": child["metadata"], "spec": child["spec"]["jobTemplate"]["spec"]}
+        for pod in pods_of(child):
+            created = restricted("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(pod),
+                                 check=False)
+            assert created.returncode == 0, f"pod of {what}: {created.stderr}"

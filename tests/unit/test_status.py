@@ -241,6 +241,11 @@ def test_agentapp_names_each_upstream_and_stays_ready_when_one_is_down(kit):
     conds = _by_type(status.agentapp(app, deployment=_workload(1, 1), config_hash="c", now=NOW,
                                      upstreams=fine)["conditions"])
     assert (conds["UpstreamsReady"]["status"], conds["UpstreamsReady"]["message"]) == ("True", "3 upstreams ready")
+    # A fleet whose status has no Ready condition yet (just created): Unknown, named without a reason.
+    new = status.upstreams(app, kit.related(large, kit.fleet("small"), kit.index("docs")))
+    assert new[1] == {"kind": "ModelFleet", "name": "small", "ready": "Unknown"}
+    conds = _by_type(status.agentapp(app, deployment=None, config_hash=None, now=NOW, upstreams=new)["conditions"])
+    assert conds["UpstreamsReady"]["message"] == "ModelFleet/small: Ready Unknown; VectorIndex/docs: Ready Unknown"
 
 
 # --- Budget ----------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class RequestKey:
     is_cacheable: bool = True  # False for embeddings and models: no KV cache to be near
     is_run: bool = False  # a runtime's run: it releases the session itself when the run ends
     home: str | None = None  # the replica the client says served its previous call (HOME_HEADER)
+    model: str | None = None  # the body's model: a LoRA adapter goes only where it is loaded
 
 
 def _text(content: Any) -> str:
@@ -64,6 +65,8 @@ def request_key(path: str, headers: Mapping[str, str], body: Mapping[str, Any] |
     if session is None and body is not None and isinstance(body.get("session_id"), str):
         session = body["session_id"]
     key = _key(path, session, body, prefix_tokens)
+    if body is not None and isinstance(body.get("model"), str):
+        key = replace(key, model=body["model"])
     if session is not None and lower.get(RUN_HEADER):
         return replace(key, is_run=True, home=lower.get(HOME_HEADER) or None)
     return key

@@ -71,6 +71,7 @@ class ProxySettings:
     health_interval_s: float = 2.0
     health_timeout_s: float = 1.0
     metrics_interval_s: float = 1.0
+    models_interval_s: float = 10.0  # how often each replica's /v1/models is read (adapters loaded at run time)
     max_attempts: int = 2  # the first try and one retry elsewhere
     max_body_bytes: int = MAX_BODY_BYTES
     max_buffered_bytes: int = MAX_BUFFERED_BYTES
@@ -414,6 +415,21 @@ async def _probe_loop(app: web.Application) -> None:
             fleet.set_load(name, *parse_load(page))
             fleet.set_served(name, parse_served(page))
 
+    async def models(name: str, url: str) -> None:
+        # Which models (base and LoRA adapters) the replica serves now: adapters loaded at run time
+        # (/v1/load_lora_adapter) differ per replica, and their requests go only where they are loaded.
+        try:
+            async with session.get(url + "/v1/models", timeout=timeout,
+                                   headers={"Accept-Encoding": "identity"}) as r:
+                body = await r.json(content_type=None) if r.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, UnicodeDecodeError):
+            return
+        data = body.get("data") if isinstance(body, dict) else None
+        if isinstance(data, list):
+            fleet.set_models(name, frozenset(m["id"] for m in data if isinstance(m, dict)
+                                             and isinstance(m.get("id"), str)))
+
+    last_models = -settings.models_interval_s
     while True:
         eps = [(e.name, e.url) for e in fleet.endpoints.values()]
         jobs: list[Awaitable[None]] = []
@@ -422,6 +438,10 @@ async def _probe_loop(app: web.Application) -> None:
         if loop.time() - last_health >= settings.health_interval_s:
             last_health = loop.time()
             jobs += [health(n, u) for n, u in eps]
+        if loop.time() - last_models >= settings.models_interval_s or \
+                any(fleet.endpoints[n].models is None for n, _ in eps if n in fleet.endpoints):
+            last_models = loop.time()
+            jobs += [models(n, u) for n, u in eps]
         await asyncio.gather(*jobs)
         await asyncio.sleep(settings.metrics_interval_s)
 

@@ -46,6 +46,7 @@ class Endpoint:
     mid_stream_failures: int = 0  # answers that broke off after the first byte (not retried here: the client's)
     served: float | None = None  # the engine's own cumulative request count at the last scrape (restart marker)
     restarts: int = 0  # engine restarts seen (a counter that went back, or a new address)
+    models: frozenset[str] | None = None  # what its /v1/models lists (base model and loaded adapters); None: unread
 
 
 def parse_prometheus_text(text: str) -> dict[str, float]:
@@ -121,12 +122,28 @@ class FleetState:
             if ep is None:
                 self.endpoints[name] = Endpoint(name, url)
             elif ep.url != url:  # a new pod under the old name (a StatefulSet replaced it): nothing is cached there
-                ep.url, ep.served = url, None
+                ep.url, ep.served, ep.models = url, None, None
                 self.restarted(name)
             self.endpoints[name].is_draining = name in draining
         if set(self.ring.members) != set(self.endpoints):
             self.ring = Ring(self.endpoints)
         self.synced = True
+
+    def set_models(self, name: str, models: frozenset[str] | None) -> None:
+        ep = self.endpoints.get(name)
+        if ep is not None:
+            ep.models = models
+
+    def without_model(self, model: str | None) -> frozenset[str]:
+        """The replicas known not to serve `model` when some replica does (a LoRA adapter loaded on some of
+        them): its requests go where it is loaded. A name no replica lists excludes nothing (the engine answers
+        for it)."""
+        if model is None:
+            return frozenset()
+        listed = [e for e in self.endpoints.values() if e.models is not None]
+        if not any(model in e.models for e in listed):  # type: ignore[operator]
+            return frozenset()
+        return frozenset(e.name for e in listed if model not in e.models)  # type: ignore[operator]
 
     def set_health(self, name: str, is_healthy: bool) -> None:
         ep = self.endpoints.get(name)
@@ -179,6 +196,7 @@ class FleetState:
              ) -> Choice | None:
         now = time.monotonic() if now is None else now
         affinity = (key.session or key.prefix) if key.is_cacheable else None
+        exclude = exclude | self.without_model(key.model)
         self._expire(now)
         home = self._sessions.get(affinity) if affinity is not None else None
         if key.home is not None and key.session is not None and key.home in self.endpoints:

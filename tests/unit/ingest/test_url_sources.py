@@ -449,3 +449,78 @@ def test_http_document_archive_and_hostile_archive(tmp_path, capsys):
 
         rc, _, err = ingest(capsys, f"{base}/corpus.tar.gz", tmp_path / "big.db", "--max-total-mb", "0.0001")
         assert rc == 1 and "over the total limit" in err and "Traceback" not in err
+
+
+def _private_ca_and_server_cert(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A CA of our own and a certificate for 127.0.0.1 signed by it (as a company's internal file server has)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agentfleet test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_https_source_verifies_the_server_and_sends_the_authorization(tmp_path, capsys, monkeypatch):
+    """https:// over real TLS: a server whose certificate chains to no trusted CA is refused with a clear error
+    (never fetched unverified); with the company CA in SSL_CERT_FILE (a mounted CA bundle) the document is ingested,
+    and the Authorization header from the credentials Secret goes with it."""
+    import ssl
+
+    ca, cert, key = _private_ca_and_server_cert(tmp_path)
+    seen: list[str | None] = []
+    doc = b"---\ntenant: acme\ngroups: [all]\n---\n# Handbook\n\nEmployees get 25 days of paid vacation."
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200 if self.path == "/handbook.md" else 404)
+            self.send_header("Content-Length", str(len(doc)))
+            self.end_headers()
+            self.wfile.write(doc)
+
+    server = serve(H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.server.socket = ctx.wrap_socket(server.server.socket, server_side=True)
+    with server as base:
+        url = base.replace("http://", "https://") + "/handbook.md"
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-certs-here"))
+        rc, _, err = ingest(capsys, url, tmp_path / "untrusted.db")
+        assert rc == 1 and "CERTIFICATE_VERIFY_FAILED" in err and "Traceback" not in err, err
+        assert seen == []  # the handshake failed: nothing was sent
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        monkeypatch.setenv("AGENTFLEET_SOURCE_AUTHORIZATION", "Bearer s3cret")
+        rc, summary, err = ingest(capsys, url, tmp_path / "trusted.db")
+        assert rc == 0 and summary["documents"] == 1, err
+        assert seen[-1] == "Bearer s3cret"
+        assert search(capsys, tmp_path / "trusted.db", "vacation", "acme", ["all"]) == {"handbook.md"}

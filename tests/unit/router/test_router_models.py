@@ -58,3 +58,60 @@ def test_router_lists_what_its_replicas_serve_lora_adapters_included():
     (status, body), listed = asyncio.run(go())
     assert status == 200 and body == ENGINE_MODELS
     assert listed == [("llama", None), ("sql-lora", "llama")]
+
+
+def test_an_adapters_requests_go_only_where_it_is_loaded():
+    """Adapters loaded at run time differ per replica: the router reads each replica's /v1/models and sends a
+    request for an adapter only to replicas that list it; the base model still spreads over all of them, and a
+    name no replica lists is not filtered (the engine answers for it)."""
+    def engine(name: str, models: list[str]) -> web.Application:
+        async def listing(_: web.Request) -> web.Response:
+            return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
+
+        async def chat(_: web.Request) -> web.Response:
+            return web.json_response({"choices": [{"message": {"role": "assistant", "content": name}}]})
+
+        app = web.Application()
+        app.router.add_get("/v1/models", listing)
+        app.router.add_post("/v1/chat/completions", chat)
+        return app
+
+    async def go():
+        runners, urls = [], {}
+        for name, models in (("a", ["llama", "sql-lora"]), ("b", ["llama"]), ("c", ["llama"])):
+            runner = web.AppRunner(engine(name, models), access_log=None, shutdown_timeout=1)
+            await runner.setup()
+            port = free_port()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            runners.append(runner)
+            urls[name] = f"http://127.0.0.1:{port}"
+        fleet = FleetState(policy="session")
+        fleet.set_endpoints(urls)
+        router = web.AppRunner(build_app(fleet, ProxySettings(health_interval_s=1e12, metrics_interval_s=0.05)),
+                               access_log=None, shutdown_timeout=1)
+        await router.setup()
+        rport = free_port()
+        await web.TCPSite(router, "127.0.0.1", rport).start()
+        runners.append(router)
+        try:
+            for _ in range(100):
+                if all(e.models is not None for e in fleet.endpoints.values()):
+                    break
+                await asyncio.sleep(0.05)
+            served: dict[str, list[str]] = {}
+            async with aiohttp.ClientSession() as s:
+                for model in ("sql-lora", "llama", "nobody-has-it"):
+                    for i in range(12):
+                        body = {"model": model, "messages": [{"role": "user", "content": f"q{i}"}]}
+                        async with s.post(f"http://127.0.0.1:{rport}/v1/chat/completions", json=body,
+                                          headers={"x-session-id": f"{model}-{i}"}) as r:
+                            served.setdefault(model, []).append(r.headers["x-agentfleet-replica"])
+            return served
+        finally:
+            for r in reversed(runners):
+                await r.cleanup()
+
+    served = asyncio.run(go())
+    assert set(served["sql-lora"]) == {"a"}, served
+    assert len(set(served["llama"])) >= 2, served
+    assert len(set(served["nobody-has-it"])) >= 2, served
