@@ -421,7 +421,8 @@ async def _probe_loop(app: web.Application) -> None:
         try:
             async with session.get(url + "/v1/models", timeout=timeout,
                                    headers={"Accept-Encoding": "identity"}) as r:
-                body = await r.json(content_type=None) if r.status == 200 else None
+                # An engine without the route lists nothing: asked again at the interval, not every second.
+                body = await r.json(content_type=None) if r.status == 200 else {"data": []}
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, UnicodeDecodeError):
             return
         data = body.get("data") if isinstance(body, dict) else None

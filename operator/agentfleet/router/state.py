@@ -30,6 +30,8 @@ KEY_IDLE_PACE = 3.0
 KEY_IDLE_MIN_S = 1.0
 
 
+_NONE: frozenset[str] = frozenset()
+
 @dataclass
 class Endpoint:
     name: str
@@ -109,6 +111,7 @@ class FleetState:
     _live: OrderedDict[str, tuple[float, float, str]] = field(default_factory=OrderedDict)
     _expiry: list[tuple[float, str]] = field(default_factory=list)
     _placed: dict[str, int] = field(default_factory=dict)  # replica -> live affinity keys
+    _model_gaps: dict[str, frozenset[str]] = field(default_factory=dict)  # model -> replicas lacking it
 
     # -- membership -------------------------------------------------------------------------------------
     def set_endpoints(self, urls: Mapping[str, str], draining: frozenset[str] | set[str] = frozenset()) -> None:
@@ -127,23 +130,27 @@ class FleetState:
             self.endpoints[name].is_draining = name in draining
         if set(self.ring.members) != set(self.endpoints):
             self.ring = Ring(self.endpoints)
+        self._index_models()
         self.synced = True
 
     def set_models(self, name: str, models: frozenset[str] | None) -> None:
         ep = self.endpoints.get(name)
-        if ep is not None:
+        if ep is not None and ep.models != models:
             ep.models = models
+            self._index_models()
+
+    def _index_models(self) -> None:
+        """Per model that some replicas list and others do not (a LoRA adapter loaded on some of them): the
+        replicas without it. Rebuilt when a listing or the membership changes, so a request pays one lookup."""
+        listed = [e for e in self.endpoints.values() if e.models is not None]
+        every = set().union(*(e.models for e in listed)) if listed else set()  # type: ignore[misc]
+        gaps = {m: frozenset(e.name for e in listed if m not in e.models) for m in every}  # type: ignore[operator]
+        self._model_gaps = {m: g for m, g in gaps.items() if g}
 
     def without_model(self, model: str | None) -> frozenset[str]:
-        """The replicas known not to serve `model` when some replica does (a LoRA adapter loaded on some of
-        them): its requests go where it is loaded. A name no replica lists excludes nothing (the engine answers
-        for it)."""
-        if model is None:
-            return frozenset()
-        listed = [e for e in self.endpoints.values() if e.models is not None]
-        if not any(model in e.models for e in listed):  # type: ignore[operator]
-            return frozenset()
-        return frozenset(e.name for e in listed if model not in e.models)  # type: ignore[operator]
+        """The replicas known not to serve `model` when some replica does: its requests go where it is loaded.
+        A name no replica lists excludes nothing (the engine answers for it)."""
+        return self._model_gaps.get(model, _NONE) if model is not None else _NONE
 
     def set_health(self, name: str, is_healthy: bool) -> None:
         ep = self.endpoints.get(name)
@@ -196,7 +203,8 @@ class FleetState:
              ) -> Choice | None:
         now = time.monotonic() if now is None else now
         affinity = (key.session or key.prefix) if key.is_cacheable else None
-        exclude = exclude | self.without_model(key.model)
+        if key.model is not None and key.model in self._model_gaps:
+            exclude = exclude | self._model_gaps[key.model]
         self._expire(now)
         home = self._sessions.get(affinity) if affinity is not None else None
         if key.home is not None and key.session is not None and key.home in self.endpoints:

@@ -21,6 +21,16 @@ ENGINE_MODELS = {"object": "list", "data": [
      "parent": "llama", "max_model_len": 8192}]}
 
 
+async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
+    """Start `app` on a free local port (kept in `runners` for cleanup); its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runners.append(runner)
+    return f"http://127.0.0.1:{port}"
+
+
 def test_router_lists_what_its_replicas_serve_lora_adapters_included():
     openai = pytest.importorskip("openai")
 
@@ -30,24 +40,16 @@ def test_router_lists_what_its_replicas_serve_lora_adapters_included():
     async def go():
         engine = web.Application()
         engine.router.add_get("/v1/models", models)
-        engine_runner = web.AppRunner(engine, access_log=None, shutdown_timeout=1)
-        await engine_runner.setup()
-        port = free_port()
-        await web.TCPSite(engine_runner, "127.0.0.1", port).start()
-        runners = [engine_runner]
+        runners: list[web.AppRunner] = []
         fleet = FleetState(policy="session")
-        fleet.set_endpoints({"a": f"http://127.0.0.1:{port}"})
-        router = web.AppRunner(build_app(fleet, ProxySettings(health_interval_s=1e12, metrics_interval_s=3600)),
-                               access_log=None, shutdown_timeout=1)
-        await router.setup()
-        rport = free_port()
-        await web.TCPSite(router, "127.0.0.1", rport).start()
-        runners.append(router)
+        fleet.set_endpoints({"a": await _serve(engine, runners)})
+        base = await _serve(build_app(fleet, ProxySettings(health_interval_s=1e12, metrics_interval_s=3600)),
+                            runners)
         try:
             async with aiohttp.ClientSession() as s:
-                async with s.get(f"http://127.0.0.1:{rport}/v1/models") as resp:
+                async with s.get(f"{base}/v1/models") as resp:
                     raw = resp.status, await resp.json()
-            client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{rport}/v1", api_key="unused", max_retries=0)
+            client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
             listed = [(m.id, getattr(m, "parent", None)) async for m in client.models.list()]
             await client.close()
             return raw, listed
@@ -77,22 +79,13 @@ def test_an_adapters_requests_go_only_where_it_is_loaded():
         return app
 
     async def go():
-        runners, urls = [], {}
-        for name, models in (("a", ["llama", "sql-lora"]), ("b", ["llama"]), ("c", ["llama"])):
-            runner = web.AppRunner(engine(name, models), access_log=None, shutdown_timeout=1)
-            await runner.setup()
-            port = free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            runners.append(runner)
-            urls[name] = f"http://127.0.0.1:{port}"
+        runners: list[web.AppRunner] = []
+        urls = {name: await _serve(engine(name, models), runners)
+                for name, models in (("a", ["llama", "sql-lora"]), ("b", ["llama"]), ("c", ["llama"]))}
         fleet = FleetState(policy="session")
         fleet.set_endpoints(urls)
-        router = web.AppRunner(build_app(fleet, ProxySettings(health_interval_s=1e12, metrics_interval_s=0.05)),
-                               access_log=None, shutdown_timeout=1)
-        await router.setup()
-        rport = free_port()
-        await web.TCPSite(router, "127.0.0.1", rport).start()
-        runners.append(router)
+        base = await _serve(build_app(fleet, ProxySettings(health_interval_s=1e12, metrics_interval_s=0.05)),
+                            runners)
         try:
             for _ in range(100):
                 if all(e.models is not None for e in fleet.endpoints.values()):
@@ -103,7 +96,7 @@ def test_an_adapters_requests_go_only_where_it_is_loaded():
                 for model in ("sql-lora", "llama", "nobody-has-it"):
                     for i in range(12):
                         body = {"model": model, "messages": [{"role": "user", "content": f"q{i}"}]}
-                        async with s.post(f"http://127.0.0.1:{rport}/v1/chat/completions", json=body,
+                        async with s.post(f"{base}/v1/chat/completions", json=body,
                                           headers={"x-session-id": f"{model}-{i}"}) as r:
                             served.setdefault(model, []).append(r.headers["x-agentfleet-replica"])
             return served
