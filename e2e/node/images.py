@@ -49,7 +49,7 @@ def _key(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def _image(ref: str, stem: str, *, files: dict[str, bytes], links: tuple[str, ...] = (),
+def image(ref: str, stem: str, *, files: dict[str, bytes], links: tuple[str, ...] = (),
            dirs: tuple[str, ...] = ("tmp", "etc"), config: dict) -> Path:
     """A one-layer image: ``files`` (path -> content, mode 755), busybox applet ``links`` in bin/ and empty
     ``dirs`` (tmp is 1777); cached under a key of everything that goes in."""
@@ -84,13 +84,13 @@ def _ancestors(path: str) -> list[str]:
 
 def single_binary(ref: str, binary: Path, path: str, *, user: str = "65532:65532") -> Path:
     """An image holding one static binary at ``path`` as its entrypoint, run as a non-root UID."""
-    return _image(ref, ref.replace("/", "_").replace(":", "_"), files={path.lstrip("/"): binary.read_bytes()},
+    return image(ref, ref.replace("/", "_").replace(":", "_"), files={path.lstrip("/"): binary.read_bytes()},
                   config={"Entrypoint": [path], "User": user, "Env": ["PATH=/"]})
 
 
 def pause(ref: str = "localhost/pause:local") -> Path:
     """The sandbox image: busybox's sh waiting for SIGTERM, as the real pause binary does."""
-    return _image(ref, "pause", files={"bin/busybox": BUSYBOX.read_bytes()}, links=("sh", "sleep"), dirs=(),
+    return image(ref, "pause", files={"bin/busybox": BUSYBOX.read_bytes()}, links=("sh", "sleep"), dirs=(),
                   config={"Entrypoint": ["/bin/sh", "-c",
                                          "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"],
                           "User": "65535:65535", "Env": ["PATH=/bin"]})
@@ -98,8 +98,8 @@ def pause(ref: str = "localhost/pause:local") -> Path:
 
 def busybox(ref: str = "localhost/busybox:local") -> Path:
     """A shell with nslookup and wget, for probing the node's networking from inside a pod."""
-    return _image(ref, "busybox", files={"bin/busybox": BUSYBOX.read_bytes()},
-                  links=("sh", "sleep", "nslookup", "wget", "cat", "echo"),
+    return image(ref, "busybox", files={"bin/busybox": BUSYBOX.read_bytes()},
+                  links=("sh", "sleep", "nslookup", "wget", "cat", "echo", "timeout"),
                   config={"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]})
 
 
@@ -131,7 +131,7 @@ exec /llm-d-inference-sim --model "$model" --force-dummy-tokenizer "$@"
 def engine_sim(sim: Path, ref: str = "localhost/vllm-sim:v0.10.2") -> Path:
     """The engine stand-in: llm-d-inference-sim behind a `vllm` command that takes the rendered args, plus
     busybox's sh and sleep (the rendered preStop runs `sleep`)."""
-    return _image(ref, "vllm-sim", files={"bin/busybox": BUSYBOX.read_bytes(), "llm-d-inference-sim": sim.read_bytes(),
+    return image(ref, "vllm-sim", files={"bin/busybox": BUSYBOX.read_bytes(), "llm-d-inference-sim": sim.read_bytes(),
                                           "usr/local/bin/vllm": VLLM_ADAPTER.encode()},
                   links=("sh", "sleep"), config={"Entrypoint": ["/usr/local/bin/vllm"],
                                                  "Env": ["PATH=/usr/local/bin:/bin"]})

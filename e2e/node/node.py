@@ -41,6 +41,8 @@ CACHE = Path(os.environ.get("AGENTFLEET_CACHE", Path.home() / ".cache" / "agentf
 NODE_NAME = "agentfleet-node-0"
 POD_CIDR = "10.244.0.0/24"
 BRIDGE = "afnode0"
+# Where CNI pins pod network namespaces (containerd 1.6: /var/run/netns, through the /var/run -> /run link).
+NETNS = Path("/run/netns")
 DNS_IP = "10.0.0.10"
 PAUSE_IMAGE = "localhost/pause:local"
 COREDNS_IMAGE = "localhost/coredns:local"
@@ -64,7 +66,7 @@ def host_address() -> str:
 
 # Debian package -> a file it installs (e2e/apt-install.sh installs what is missing, without starting services)
 PACKAGES = {"containerd": "containerd", "runc": "runc", "containernetworking-plugins": "/usr/lib/cni/bridge",
-            "iptables": "iptables", "busybox-static": "/bin/busybox"}
+            "iptables": "iptables", "busybox-static": "/bin/busybox", "ipset": "/usr/sbin/ipset"}
 
 
 def ensure_packages() -> str | None:
@@ -348,6 +350,12 @@ state = "{self.work / 'state'}"
         if proxy.exists():
             subprocess.run([str(proxy), "--cleanup", "--proxy-mode", "iptables"], capture_output=True, timeout=60)
         _drop_kube_chains()
+        from e2e.node import netpol
+
+        netpol.cleanup()
+        for ns in NETNS.glob("cni-*"):  # pinned by CNI for sandboxes that were killed, not stopped
+            subprocess.run(["umount", "-l", str(ns)], capture_output=True)
+            ns.unlink(missing_ok=True)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
         if self.work.exists():
             mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()

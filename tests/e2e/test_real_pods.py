@@ -19,9 +19,11 @@ stand-in. Then, as a platform team would:
 5. the runtime publishes its Budget's status with its own token and Role.
 
 The one stand-in is the engine (vLLM needs a GPU): llm-d-inference-sim, a third-party OpenAI-compatible simulator,
-behind a ``vllm`` command that takes the rendered ``vllm serve`` args (e2e/node/images.py). What is not exercised:
-NetworkPolicies (the bridge CNI does not enforce them) and PersistentVolume provisioning (the runtime's ledger claim
-is bound to a statically created hostPath volume, as a cluster without a provisioner would do it).
+behind a ``vllm`` command that takes the rendered ``vllm serve`` args (e2e/node/images.py). NetworkPolicies are
+enforced by kube-router's network policy controller (e2e/node/netpol.py), so the chat path above runs under the
+fleets' policies and a pod they do not name is refused. Not exercised: PersistentVolume provisioning
+(the runtime's ledger claim is bound to a statically created hostPath volume, as a cluster without a provisioner
+would do it).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import pytest
 import yaml
 
 from e2e.cluster import launcher
-from e2e.node import images, node
+from e2e.node import images, netpol, node
 from e2e_kit import EXAMPLE, MANIFESTS, Kubectl, post_json, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -48,6 +50,7 @@ NS = "demo"
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SCRIPT = ROOT / "e2e" / "image" / "build.sh"
 ENGINE_IMAGE = "localhost/vllm-sim:v0.10.2"
+PROBE_IMAGE = "localhost/busybox:local"
 KEY = "demo-key-alice"
 
 
@@ -70,12 +73,18 @@ def real_node():
         pytest.skip("Kubernetes binaries not built and Go not installed")
     from agentfleet.bench import simulator
 
-    archives = [images.engine_sim(simulator.binary()), _agentfleet_image()]
+    archives = [images.engine_sim(simulator.binary()), _agentfleet_image(), images.busybox(PROBE_IMAGE)]
     cluster = launcher.up(CLUSTER, fake_node=False, pod_address=node.host_address(), reuse=False)
     try:
         n = node.Node.start(kubeconfig=cluster.kubeconfig, kubectl=launcher.kubectl_path(), archives=archives,
                             extended={"nvidia.com/gpu": "4"})
     except BaseException:
+        launcher.down(CLUSTER)
+        raise
+    try:
+        netpol.start(n)  # NetworkPolicies are enforced from here on, for every test of this tier
+    except BaseException:
+        n.stop()
         launcher.down(CLUSTER)
         raise
     try:
@@ -227,6 +236,50 @@ def test_operator_and_app_run_as_real_pods(app) -> None:
     # The runtime's projected token and Role at work, from inside its pod: it patches its Budget's status.
     wait_for("the runtime to publish demo-budget's status",
              lambda: (k.get("budget", "demo-budget") or {}).get("status", {}).get("windowStart"), timeout=60)
+
+
+def _probe(k: Kubectl, name: str, labels: dict[str, str], targets: dict[str, str]) -> dict[str, str]:
+    """Run a pod (restricted-compliant, labelled ``labels``) that tries each target URL once; for each, "open" when
+    a TCP connection was made (any HTTP answer, errors included), else "closed" with what wget said."""
+    lines = [f'out=$(timeout 6 wget -q -O /dev/null {url} 2>&1); rc=$?; case "$out" in *HTTP/*) echo "{key} open";; '
+             f'*) if [ $rc = 0 ]; then echo "{key} open"; else echo "{key} closed rc=$rc $out"; fi;; esac'
+             for key, url in targets.items()]
+    k.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": {
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "probe", "image": PROBE_IMAGE, "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c", "\n".join(lines)],
+                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}})
+    try:
+        wait_for(f"probe pod {name} to finish", lambda: (k.get("pod", name) or {}).get("status", {}).get("phase")
+                 in ("Succeeded", "Failed"), timeout=90, interval=1)
+        out = k("logs", name).stdout
+    finally:
+        k("delete", "pod", name, "--wait=false", check=False)
+    got = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines() if " " in line}
+    assert set(got) == set(targets), out
+    return got
+
+
+def test_network_policies_are_enforced_on_the_real_node(app) -> None:
+    """The fleets' NetworkPolicies hold on a real dataplane (kube-router's policy controller): a pod of the app's namespace
+    that is none of the named peers reaches the runtime's Service, which has no policy, but neither an engine pod nor
+    a router; the same probe labelled as a runtime pod reaches both, so the refusal is the policy's doing. The chat
+    of the first test went runtime -> router -> engine under the same policies."""
+    k, n, _ = app
+    policies = sorted(p["metadata"]["name"] for p in k.items("networkpolicies"))
+    assert {"small-engine", "small-router", "large-engine", "large-router"} <= set(policies), policies
+    engine_ip = wait_for("small-engine-0's pod IP", lambda: (k.get("pod", "small-engine-0") or {})
+                         .get("status", {}).get("podIP"), timeout=60)
+    runtime = k.json("get", "service", "assistant")["spec"]["ports"][0]["port"]
+    targets = {"engine": f"http://{engine_ip}:8000/health", "router": "http://small-router:8000/readyz",
+               "runtime": f"http://assistant:{runtime}/healthz"}
+    stranger = _probe(k, "probe-stranger", {"app.kubernetes.io/name": "curious"}, targets)
+    assert stranger["runtime"] == "open", stranger
+    assert stranger["engine"].startswith("closed") and stranger["router"].startswith("closed"), stranger
+    peer = _probe(k, "probe-runtime-peer", {"app.kubernetes.io/name": "agentfleet-runtime"}, targets)
+    assert peer == {"engine": "open", "router": "open", "runtime": "open"}, peer
 
 
 def test_an_engine_pod_deleted_mid_stream_finishes_the_stream(app) -> None:
