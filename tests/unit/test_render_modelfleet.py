@@ -281,6 +281,17 @@ def test_router_fair_queue(kit, spec, flag):
     fleet, children = _children(kit, spec)
     args = kit.container(kit.one(children, "Deployment", router_name(fleet.name)))["args"]
     assert kit.flag(args, "--fair-queue") == flag
+    assert kit.flag(args, "--fair-queue-order") is None  # least-served, the router's default
+
+
+def test_router_fair_queue_order_most_served_reaches_the_router(kit):
+    fleet, children = _children(kit, {"engine": {"maxNumSeqs": 8},
+                                      "router": {"fairQueue": True, "fairQueueOrder": "most-served"}})
+    args = kit.container(kit.one(children, "Deployment", router_name(fleet.name)))["args"]
+    assert kit.flag(args, "--fair-queue-order") == "most-served"
+    from agentfleet.cli import build_parser
+
+    assert build_parser().parse_args(["router", *args]).fair_queue_order == "most-served"
 
 
 def test_router_fair_queue_needs_the_engines_slot_count():

@@ -324,6 +324,9 @@ class RouterSpec(Model):
         "Per-run fair queueing at saturation: each router lets at most engine.maxNumSeqs / replicas requests be in "
         "flight on an engine; the rest wait in the router, and a freed slot goes to the run with the fewest calls "
         "served, so a long task cannot starve short ones behind it."))
+    fair_queue_order: Literal["least-served", "most-served"] = Field(default="least-served", description=(
+        "With fairQueue, which waiting run a freed slot goes to: least-served (short runs first) or most-served "
+        "(runs deep into their task first: a lower task p95 at some throughput cost, see the README)."))
     load_bound_factor: float = Field(default=1.25, ge=1, le=10,
                                      description="A replica takes at most this times the mean load (bounded loads).")
     prefix_tokens: int = Field(default=256, ge=16, le=32768,

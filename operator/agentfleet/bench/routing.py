@@ -29,7 +29,7 @@ _OURS, _THEIRS = "agentfleet", "vllm-router"
 # Short names kept from earlier versions of this bench.
 _ALIASES = {"agentfleet": "agentfleet:prefix-aware", "round_robin": "agentfleet:round-robin",
             "least_loaded": "agentfleet:least-load"}
-OPTIONS = ("shared", "hints", "fair", "warm")
+OPTIONS = ("shared", "hints", "fair", "deep", "warm")
 WARM_LEAD_S = 0.5  # +warm: how long before a tool ends its task's history is sent again (max_tokens 1)
 BUCKETS = ((10, 16, "short"), (17, 23, "medium"), (24, 10_000, "long"))  # steps per task
 
@@ -57,7 +57,8 @@ def parse_targets(spec: str) -> list[Target]:
         family, _, policy = _ALIASES.get(raw, raw).partition(":")
         allowed = POLICIES if family == _OURS else PEER_POLICIES if family == _THEIRS else None
         # Our options after the policy: +shared (--placement shared), +hints (the driver sends what the runtime
-        # sends: run id, home replica, run end), +fair (--fair-queue max_num_seqs / router replicas), +warm (the
+        # sends: run id, home replica, run end), +fair (--fair-queue max_num_seqs / router replicas), +deep (the
+        # same queue, most-served runs first: --fair-queue-order most-served), +warm (the
         # driver re-sends a task's history just before a tool ends: --tool-s), e.g. agentfleet:prefix-aware+shared.
         base, *options = policy.split("+")
         if family == _OURS and options:
@@ -66,7 +67,7 @@ def parse_targets(spec: str) -> list[Target]:
             policy_ok = allowed is not None and policy in allowed
         if not policy_ok:
             raise SystemExit(f"agentfleet bench routing: --routers: unknown router {raw!r} (use agentfleet:"
-                             f"{'|'.join(POLICIES)}[+shared][+hints][+fair][+warm] or vllm-router:{'|'.join(PEER_POLICIES)})")
+                             f"{'|'.join(POLICIES)}[+shared][+hints][+fair|+deep][+warm] or vllm-router:{'|'.join(PEER_POLICIES)})")
         out.append(Target(family, policy))
     return out
 
@@ -476,7 +477,9 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
                 return [sys.executable, "-m", "agentfleet.cli", "router", "--endpoints", endpoints, "--host",
                         "127.0.0.1", "--port", str(port), "--policy", policy, "--prefix-tokens",
                         str(args.prefix_tokens), *(["--placement", placement] if placement else []),
-                        *(["--fair-queue", str(max(1, args.max_num_seqs // n_routers))] if "fair" in options else []),
+                        *(["--fair-queue", str(max(1, args.max_num_seqs // n_routers))]
+                          if "fair" in options or "deep" in options else []),
+                        *(["--fair-queue-order", "most-served"] if "deep" in options else []),
                         *(["--admin-token-file", token_file.name] if token_file else []), *args.router_arg]
         else:
             ready = "/health"

@@ -473,6 +473,7 @@ def _router(fleet: ModelFleet, d: Defaults) -> list[dict[str, Any]]:
         "--policy", r.policy,
         "--placement", r.placement if r.placement != "auto" else "shared" if r.replicas > 1 else "local",
         *(["--fair-queue", str(max(1, (fleet.spec.engine.max_num_seqs or 1) // r.replicas))] if r.fair_queue else []),
+        *(["--fair-queue-order", r.fair_queue_order] if r.fair_queue and r.fair_queue_order != "least-served" else []),
         "--load-bound-factor", str(r.load_bound_factor),
         "--prefix-tokens", str(r.prefix_tokens),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .fairness import ORDERS
 from .policy import DEFAULT_MOVE_BOUND_FACTOR, PLACEMENTS, POLICIES
 from .state import KEY_IDLE_S
 
@@ -37,7 +38,8 @@ def _cmd_router(args: argparse.Namespace) -> int:
     settings = ProxySettings(prefix_tokens=args.prefix_tokens, connect_timeout_s=args.connect_timeout,
                              read_timeout_s=args.read_timeout, health_interval_s=args.health_interval,
                              max_body_bytes=args.max_body_bytes, admin_token_sha256=admin,
-                             fair_queue=args.fair_queue, fair_queue_max_wait_s=args.fair_queue_max_wait)
+                             fair_queue=args.fair_queue, fair_queue_max_wait_s=args.fair_queue_max_wait,
+                             fair_queue_order=args.fair_queue_order)
     stop = threading.Event()
     on_startup = None
     if args.endpoints:
@@ -93,6 +95,9 @@ def add_parsers(sub) -> None:
                    help="per-run fair queueing at saturation: at most N requests in flight per replica from this "
                    "router (the engine's max_num_seqs over the router replicas); the rest wait here and a freed slot "
                    "goes to the run with the fewest calls served (0: off)")
+    p.add_argument("--fair-queue-order", choices=ORDERS, default="least-served",
+                   help="which waiter a freed slot goes to: the run with the fewest calls served (short runs first) "
+                   "or the most (runs near their end first, so their history leaves the cache sooner)")
     p.add_argument("--fair-queue-max-wait", type=float, default=2.0, metavar="SECONDS",
                    help="a request that has waited this long goes first, however much its run has been served")
     p.add_argument("--key-idle", type=float, default=KEY_IDLE_S,

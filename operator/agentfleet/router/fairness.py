@@ -16,18 +16,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["FairGate", "SERVED_TABLE_SIZE"]
+__all__ = ["FairGate", "ORDERS", "SERVED_TABLE_SIZE"]
 
 SERVED_TABLE_SIZE = 100_000  # runs whose served calls are remembered (least recently served forgotten first)
 DEFAULT_MAX_WAIT_S = 2.0
+ORDERS = ("least-served", "most-served")  # who gets a freed slot: the run with the fewest calls served, or the most
 
 
 class FairGate:
-    def __init__(self, limit: int, *, max_wait_s: float = DEFAULT_MAX_WAIT_S,
+    def __init__(self, limit: int, *, max_wait_s: float = DEFAULT_MAX_WAIT_S, order: str = "least-served",
                  clock: Callable[[], float] = time.monotonic):
         if limit < 1:
             raise ValueError("the fair queue needs a limit of at least 1 request in flight per replica")
+        if order not in ORDERS:
+            raise ValueError(f"fair queue order must be one of {', '.join(ORDERS)}, not {order!r}")
         self.limit, self.max_wait_s, self.clock = limit, max_wait_s, clock
+        self._sign = 1 if order == "least-served" else -1
         self.waited = 0  # requests that had to wait for a slot (a counter for /metrics)
         self._in_flight: dict[str, int] = {}
         # per replica: (served calls of its run, arrival number, when it started waiting, its slot)
@@ -67,7 +71,8 @@ class FairGate:
         if queue:
             due = self.clock() - self.max_wait_s
             overdue = [w for w in queue if w[2] <= due]
-            pick = min(overdue, key=lambda w: w[1]) if overdue else min(queue, key=lambda w: (w[0], w[1]))
+            pick = (min(overdue, key=lambda w: w[1]) if overdue
+                    else min(queue, key=lambda w: (self._sign * w[0], w[1])))
             queue.remove(pick)
             pick[3].set_result(None)
             return

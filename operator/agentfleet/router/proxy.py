@@ -83,6 +83,7 @@ class ProxySettings:
     admin_token_sha256: bytes | None = None  # /admin/* answers 403 without one
     fair_queue: int = 0  # requests in flight per replica from this router before they wait least-served-first (0: off)
     fair_queue_max_wait_s: float = 2.0  # a waiter this old goes first, whatever its run has been served
+    fair_queue_order: str = "least-served"  # or most-served (fairness.ORDERS)
 
 
 class _ByteBudget:
@@ -468,7 +469,8 @@ def build_app(fleet: FleetState, settings: ProxySettings,
     app["settings"] = settings
     app["telemetry"] = telemetry
     app["buffered"] = _ByteBudget(settings.max_buffered_bytes)
-    app["gate"] = (FairGate(settings.fair_queue, max_wait_s=settings.fair_queue_max_wait_s)
+    app["gate"] = (FairGate(settings.fair_queue, max_wait_s=settings.fair_queue_max_wait_s,
+                            order=settings.fair_queue_order)
                    if settings.fair_queue > 0 else None)
     for path in PROXIED:
         app.router.add_post(path, _proxy)

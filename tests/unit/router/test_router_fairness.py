@@ -1,4 +1,5 @@
-"""FairGate: at most `limit` in flight per replica; waiters admitted least-served-first (ties by arrival); a waiter
+"""FairGate: at most `limit` in flight per replica; waiters admitted least-served-first, or most-served-first
+(--fair-queue-order), ties by arrival; a waiter
 whose client left is skipped; a slot handed to a request cancelled at that moment is passed on, never lost."""
 
 from __future__ import annotations
@@ -10,18 +11,20 @@ import pytest
 from agentfleet.router.fairness import FairGate
 
 
-def test_waiters_go_least_served_first():
+@pytest.mark.parametrize(("order", "expected"), [("least-served", ["new", "short", "long", "long"]),
+                                                ("most-served", ["long", "long", "short", "new"])])
+def test_waiters_go_in_the_gates_order(order, expected):
     async def go():
-        gate = FairGate(limit=1)
+        gate = FairGate(limit=1, order=order)
         for _ in range(5):
             gate.note_served("long")
         gate.note_served("short")
         await gate.acquire("r", "x")  # the one slot
-        order = []
+        seen = []
 
         async def call(run):
             await gate.acquire("r", run)
-            order.append(run)
+            seen.append(run)
             await asyncio.sleep(0)
             gate.release("r")
 
@@ -30,10 +33,10 @@ def test_waiters_go_least_served_first():
         assert gate.waiting("r") == 4 and gate.waited == 4
         gate.release("r")
         await asyncio.gather(*tasks)
-        return order, gate
+        return seen, gate
 
-    order, gate = asyncio.run(go())
-    assert order == ["new", "short", "long", "long"]  # 0 served, 1, then 5 (arrival breaks the tie)
+    got, gate = asyncio.run(go())
+    assert got == expected  # served 0, 1, 5 and 5 (arrival breaks the tie either way)
     assert gate.waiting("r") == 0 and gate._in_flight["r"] == 0
 
 
@@ -72,9 +75,11 @@ def test_a_client_that_leaves_loses_no_slot(when):
     assert gate._in_flight["r"] == 0 and gate.waiting("r") == 0
 
 
-def test_limit_must_be_positive():
+def test_limit_must_be_positive_and_the_order_known():
     with pytest.raises(ValueError):
         FairGate(0)
+    with pytest.raises(ValueError, match="least-served, most-served"):
+        FairGate(1, order="random")
 
 
 def test_the_proxy_holds_requests_past_the_limit_and_serves_the_least_served_run_first():
