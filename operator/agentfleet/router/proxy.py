@@ -204,7 +204,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         if gate is not None:  # at saturation, wait here least-served-first rather than in the engine's queue
             await gate.acquire(name, run)
             gate.note_served(run)
-        url = fleet.started(name) + request.path_qs
+        url = fleet.started(name, key) + request.path_qs
         try:
             try:
                 upstream = await session.request(request.method, url, data=raw, headers=headers, timeout=timeout)
@@ -255,7 +255,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             finally:
                 upstream.release()
         finally:
-            fleet.finished(name)
+            fleet.finished(name, key)
             if gate is not None:
                 gate.release(name)
     # The reason goes to the log; the client learns only that no replica could answer (no names, no exceptions).

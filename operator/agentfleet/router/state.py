@@ -111,6 +111,7 @@ class FleetState:
     _live: OrderedDict[str, tuple[float, float, str]] = field(default_factory=OrderedDict)
     _expiry: list[tuple[float, str]] = field(default_factory=list)
     _placed: dict[str, int] = field(default_factory=dict)  # replica -> live affinity keys
+    _busy: dict[str, int] = field(default_factory=dict)  # affinity key -> its requests not yet answered
     _model_gaps: dict[str, frozenset[str]] = field(default_factory=dict)  # model -> replicas lacking it
 
     # -- membership -------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ class FleetState:
     def pick(self, key: RequestKey, exclude: frozenset[str] = frozenset(), *, now: float | None = None
              ) -> Choice | None:
         now = time.monotonic() if now is None else now
-        affinity = (key.session or key.prefix) if key.is_cacheable else None
+        affinity = self.affinity(key)
         if key.model is not None and key.model in self._model_gaps:
             exclude = exclude | self._model_gaps[key.model]
         self._expire(now)
@@ -266,6 +267,8 @@ class FleetState:
             expires, affinity = heapq.heappop(self._expiry)
             entry = self._live.get(affinity)
             if entry is not None and entry[1] == expires:
+                if affinity in self._busy:  # a request of it is still unanswered: live until it is, and after
+                    continue
                 del self._live[affinity]
                 self._placed[entry[2]] -= 1
         while len(self._live) > SESSION_TABLE_SIZE:  # the least recently seen go first
@@ -275,16 +278,38 @@ class FleetState:
     def live_keys(self) -> dict[str, int]:
         return {n: c for n, c in self._placed.items() if c}
 
-    def started(self, name: str) -> str:
+    @staticmethod
+    def affinity(key: RequestKey) -> str | None:
+        return (key.session or key.prefix) if key.is_cacheable else None
+
+    def started(self, name: str, key: RequestKey | None = None) -> str:
         ep = self.endpoints[name]
         ep.in_flight += 1
         ep.requests += 1
+        affinity = self.affinity(key) if key is not None else None
+        if affinity is not None:
+            self._busy[affinity] = self._busy.get(affinity, 0) + 1
         return ep.url
 
-    def finished(self, name: str) -> None:
+    def finished(self, name: str, key: RequestKey | None = None, *, now: float | None = None) -> None:
+        """The answer is done. A key stays live while a request of it is unanswered (waiting in the engine's or
+        the fair queue counts: a wait is not silence), and its time to live counts from this moment."""
         ep = self.endpoints.get(name)
         if ep is not None:
             ep.in_flight = max(0, ep.in_flight - 1)
+        affinity = self.affinity(key) if key is not None else None
+        if affinity is None or affinity not in self._busy:
+            return
+        self._busy[affinity] -= 1
+        if self._busy[affinity] <= 0:
+            del self._busy[affinity]
+        entry = self._live.get(affinity)
+        if entry is not None:
+            now = time.monotonic() if now is None else now
+            seen, until, replica = entry
+            if now + (until - seen) > until:
+                self._live[affinity] = (seen, now + (until - seen), replica)
+                heapq.heappush(self._expiry, (now + (until - seen), affinity))
 
     def failed_before_first_byte(self, name: str, *, is_connection_error: bool) -> None:
         """Counted as a retry; a refused connection also takes the replica out until its health check passes."""

@@ -149,6 +149,35 @@ def test_live_keys_follow_their_own_pace(gap_s, silent_s, is_live):
     assert f.live_keys() == ({home: 1} if is_live else {})
 
 
+def test_a_key_waiting_for_its_answer_stays_live_and_its_time_counts_from_the_answer():
+    """A request that waits (in the engine's queue or the fair queue) is not silence: its key keeps counting on its
+    replica until the answer is done, then for its time to live (3x its pace) after that, so new sessions are not
+    placed on a replica whose sessions only look silent because their requests wait."""
+    f = fleet("session")
+    key = RequestKey(session="s")
+    home = f.pick(key, now=0.0).replica
+    f.pick(key, now=0.5)  # a pace of 0.5 s: live for 1.5 s after a call
+    f.started(home, key)
+    f.pick(RequestKey(), now=10.0)  # still unanswered 9.5 s later: waiting, so live
+    assert f.live_keys() == {home: 1}
+    f.finished(home, key, now=10.0)
+    f.pick(RequestKey(), now=11.0)
+    assert f.live_keys() == {home: 1}  # 1 s after its answer
+    f.pick(RequestKey(), now=11.6)
+    assert f.live_keys() == {}  # 1.6 s after it: silent past its time to live
+    assert f._busy == {}
+
+
+def test_finishing_a_request_of_a_released_key_does_not_bring_it_back():
+    f = fleet("session")
+    key = RequestKey(session="s")
+    home = f.pick(key, now=0.0).replica
+    f.started(home, key)
+    assert f.release(["s"]) == 1
+    f.finished(home, key, now=1.0)
+    assert f.live_keys() == {} and f._busy == {}
+
+
 def test_retouched_key_is_not_expired_by_its_older_deadline():
     f = fleet("session")
     home = f.pick(RequestKey(session="s"), now=0.0).replica  # first deadline: 120 s
