@@ -19,7 +19,7 @@ __all__ = [
     "FleetRoles", "IndexRef", "MCPServer", "ToolsSpec", "A2AAgent", "SubAgent", "LoopLimits", "AuthSpec",
     "FailedAttempts", "LedgerSpec", "DEFAULT_SUB_AGENT_TOOLS", "DEFAULT_SUB_AGENT_ROLE",
     "AgentAppSpec", "AgentAppStatus", "AgentApp", "UpstreamStatus", "BuiltinTool", "LedgerStorage", "ModelRole", "ConfigMapKeyRef",
-    "EvaluationGate", "EvaluationSpec", "EvaluationStatus", "TelemetrySpec", "cron_problem",
+    "EvaluationGate", "EvaluationSpec", "EvaluationStatus", "TelemetrySpec", "WarmSpec", "cron_problem",
 ]
 
 BuiltinTool = Literal["retrieve", "delegate", "calculator"]
@@ -56,9 +56,24 @@ class MCPServer(Model):
         "re-run by the replica that takes the run over only when true, else recorded as interrupted."))
 
 
+class WarmSpec(Model):
+    """Warm the next step's prefix while a long tool runs: `leadSeconds` before a tool is expected to end (its
+    typical duration on this replica, learned from its past calls), the run's transcript so far is sent to the
+    model as a 1-token request on the run's session, so an engine that evicted the history during the tool prefills
+    it again off the run's critical path. Each warm is a real call: its prompt tokens are charged to the task and
+    the Budget. Measured in the README (`agentfleet bench routing --tool-s 1 --kv-pressure`, +warm)."""
+
+    enabled: bool = False
+    min_tool_seconds: float = Field(default=1.0, ge=0.1, le=3600,
+                                    description="Only tools whose typical duration is at least this are warmed for.")
+    lead_seconds: float = Field(default=0.5, ge=0.05, le=60,
+                                description="How long before the tool's expected end the warm request is sent.")
+
+
 class ToolsSpec(Model):
     builtin: list[BuiltinTool] = Field(default_factory=lambda: ["retrieve", "calculator"])
     mcp_servers: list[MCPServer] = Field(default_factory=list)
+    warm: WarmSpec = Field(default_factory=WarmSpec)
 
 
 class A2AAgent(Model):

@@ -40,13 +40,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
 
-from ..api.agentapp import A2AAgent, LoopLimits, ModelRole, SubAgent
+from ..api.agentapp import A2AAgent, LoopLimits, ModelRole, SubAgent, WarmSpec
 from ..api.budget import RoutingSpec
 from ..errors import BudgetExhausted, UpstreamError, UpstreamTimeout
 from ..retrieval.filters import Principal
@@ -65,6 +67,8 @@ __all__ = ["StopReason", "Completion", "Meter", "ModelCall", "CallBudget", "Exte
 
 StopReason = Literal["answered", "max_steps", "max_tokens", "deadline", "malformed_action", "budget_exhausted",
                      "model_error", "cancelled", "remote_error"]
+log = logging.getLogger(__name__)
+
 DELEGATE_NAME = "delegate"
 ACTION_MAX_TOKENS = 384
 ANSWER_MAX_TOKENS = 768
@@ -217,6 +221,24 @@ Retrieve = Callable[[str, Principal], Awaitable[list[Any]]]
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class ToolTimes:
+    """Each tool's typical duration on this replica: an exponentially weighted mean of its calls (the most recently
+    used `size` tools are kept). The warm-before-tool-end switch reads it; a tool never seen has none."""
+
+    def __init__(self, *, alpha: float = 0.3, size: int = 1024):
+        self.alpha, self.size = alpha, size
+        self._mean: OrderedDict[str, float] = OrderedDict()
+
+    def typical(self, tool: str) -> float | None:
+        return self._mean.get(tool)
+
+    def record(self, tool: str, seconds: float) -> None:
+        was = self._mean.pop(tool, None)
+        self._mean[tool] = seconds if was is None else was + self.alpha * (seconds - was)
+        while len(self._mean) > self.size:
+            self._mean.popitem(last=False)
+
+
 @dataclass
 class TaskContext:
     """What every agent of one task tree shares. `principal` comes only from authentication."""
@@ -246,6 +268,9 @@ class TaskContext:
     request_models: Mapping[str, str] = field(default_factory=dict)  # role -> the served model name requested
     span_attributes: Mapping[str, Any] = field(default_factory=dict)  # more agentfleet.* attributes of the root span
     remote: RemoteAgents | None = None  # the A2A client of subAgents[].a2a
+    warm: WarmSpec | None = None  # tools.warm: re-send the transcript just before a long tool ends (off: None)
+    tool_times: ToolTimes | None = None  # the replica's typical tool durations (shared by its tasks)
+    warm_calls: int = 0  # warm requests sent for this task tree
 
     def remaining_s(self) -> float:
         return self.deadline_s - self.clock()
@@ -808,7 +833,7 @@ class _Agent:
             if action.tool == DELEGATE_NAME:  # sub-agents run under the task's deadline, not the tool timeout
                 observation = await asyncio.wait_for(self._delegate(step, action), max(self.ctx.remaining_s(), 0))
             else:
-                observation = await asyncio.wait_for(self._tool(action), timeout_s)
+                observation = await self._timed_tool(action, timeout_s)
         except (asyncio.TimeoutError, TimeoutError):
             if self.ctx.remaining_s() <= 0:
                 step.error = "deadline"
@@ -831,6 +856,50 @@ class _Agent:
         self.pending = None
         await self._checkpoint()
         await self._emit(step)
+
+    async def _timed_tool(self, action: Action, timeout_s: float) -> str:
+        """Run a tool under its timeout, learn its duration, and (tools.warm) warm the model's cache for the next
+        step shortly before the tool is expected to end."""
+        ctx = self.ctx
+        warm = self._warm_for(action.tool)
+        started = ctx.clock()
+        try:
+            return await asyncio.wait_for(self._tool(action), timeout_s)
+        finally:
+            if ctx.tool_times is not None:
+                ctx.tool_times.record(action.tool, ctx.clock() - started)
+            if warm is not None and not warm.done():
+                warm.cancel()  # the tool ended first: the next step's own call prefills
+
+    def _warm_for(self, tool: str) -> asyncio.Task[None] | None:
+        ctx, spec = self.ctx, self.ctx.warm
+        if spec is None or not spec.enabled or ctx.tool_times is None:
+            return None
+        typical = ctx.tool_times.typical(tool)
+        if typical is None or typical < spec.min_tool_seconds:
+            return None
+        return asyncio.create_task(self._warm(max(0.0, typical - spec.lead_seconds), list(self.messages)))
+
+    async def _warm(self, delay_s: float, messages: list[dict[str, Any]]) -> None:
+        """One 1-token request with the transcript so far, on the run's session and the role the next step will
+        use: the engine holding the session prefills it again if it was evicted. Charged like any call; a warm that
+        fails, or that the task cannot afford twice over (itself and the real call after it), is skipped."""
+        await asyncio.sleep(delay_s)
+        ctx = self.ctx
+        for m in self.messages[self.counted:]:
+            self.message_bytes += _message_bytes(m)
+        self.counted = len(self.messages)
+        bound = self.message_bytes + prompt_token_bound((), messages=len(messages))
+        if ctx.limits.max_tokens - ctx.tokens_used < 2 * bound + ACTION_MAX_TOKENS or ctx.remaining_s() < 1:
+            return
+        role, _ = self._route("tool_format", self.failed_role)
+        step = Step(0, self.spec.name, "warm", role, route_reason="warm before the tool ends")  # type: ignore[arg-type]
+        try:
+            await self._reserve_and_call(step, messages, fmt=None, max_tokens=1, stream=False, stop=(),
+                                         prompt_bound=bound, timeout_s=min(ctx.remaining_s(), 60.0))
+            ctx.warm_calls += 1
+        except Exception as e:  # noqa: BLE001 - a warm is an optimisation: the run goes on without it
+            log.debug("warm request skipped: %r", e)
 
     async def _tool(self, action: Action) -> str:
         if action.tool == "calculator":

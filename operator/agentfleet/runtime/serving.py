@@ -29,7 +29,8 @@ from ..ledger import Account, Amount, Ledger, Reservation, budget_applies, open_
 from ..retrieval.filters import Principal
 from ..telemetry import DISABLED, Telemetry, TelemetrySettings, start as start_telemetry
 from .agent import (
-    AgentResult, AgentSpec, CallBudget, ExternalTools, ModelCall, RemoteAgents, Resume, TaskContext, run_agent,
+    AgentResult, AgentSpec, CallBudget, ExternalTools, ModelCall, RemoteAgents, Resume, TaskContext, ToolTimes,
+    run_agent,
 )
 from .identity import Identity
 from .metrics import RuntimeMetrics
@@ -271,6 +272,7 @@ class Runtime:
         self.idempotent_tools = IDEMPOTENT_TOOLS | {f"{m.name}{MCP_SEPARATOR}" for m in config.tools.mcp_servers
                                                     if m.idempotent}
         self.budget_seen: dict[str, Any] = {}
+        self.tool_times = ToolTimes()  # typical tool durations on this replica (tools.warm)
         # SQLite admits one writer at a time and a waiting writer sleeps in growing steps (its busy handler), so
         # threads of this process queue here instead: one thread for SQLite, a few for Redis's round trips.
         self.ledger_pool = concurrent.futures.ThreadPoolExecutor(
@@ -409,6 +411,7 @@ class Runtime:
                           sub_agents=self.sub_agents, clock=self.clock, emit=emit,
                           answer_max_tokens=answer_max_tokens, external=self.external,
                           telemetry=self.telemetry, request_models=self.request_models, remote=self.remote,
+                          warm=cfg.tools.warm if cfg.tools.warm.enabled else None, tool_times=self.tool_times,
                           span_attributes=self._span_attributes(principal, task_id, budget, takeovers)
                           if self.telemetry.is_enabled else {})
         tools = list(cfg.tools.builtin) + (["delegate"] if self.sub_agents and "delegate" not in

@@ -132,3 +132,56 @@ def test_a_tool_past_its_timeout_becomes_an_observation(mcp_url, tmp_path):
     first = run["steps"][0]
     assert (first["action"], first["error"], first["observation"]) == (
         "math__slow", "tool_timeout", "error: the tool math__slow did not answer within 1s")
+
+
+def _warm_run(tmp_path, mcp_url, warm: dict | None):
+    """Two tasks, each one 1.2 s tool call then a final answer, through the real MCP server: the first teaches the
+    replica the tool's duration, the second may be warmed."""
+    from agentfleet.runtime.mcp_tools import McpTools
+
+    def reply(body, headers):
+        if body["max_tokens"] == 1:  # a warm request: the answer is not read
+            return "x"
+        tools = [m for m in body["messages"] if m["role"] == "tool"]
+        if body.get("response_format") is None:
+            return "slept"
+        return final("slept") if tools else action("math__slow", seconds=1.2)
+
+    async def go():
+        async with scripted(reply) as m:
+            tools = {"builtin": ["calculator"], "mcpServers": [{"name": "math", "url": mcp_url}],
+                     **({"warm": warm} if warm else {})}
+            cfg = make_config(tmp_path, large_url=m.url, app={"tools": tools})
+            async with serve(cfg, tmp_path, external=McpTools(cfg.tools.mcp_servers)) as s:
+                runs = [await s.run_to_end("sleep a bit", deadline_s=30) for _ in range(2)]
+            return runs, m.requests
+
+    return asyncio.run(go())
+
+
+def test_warm_before_tool_end_resends_the_transcript_once_the_tool_is_known(mcp_url, tmp_path):
+    """tools.warm: a tool whose typical duration (learned on this replica) is past minToolSeconds gets, leadSeconds
+    before it is expected to end, one 1-token request carrying the run's transcript so far on the run's session, so
+    the engine holding the session has the history cached when the tool's result arrives; it is charged to the task.
+    The first run of a tool (no duration known yet) is not warmed."""
+    runs, reqs = _warm_run(tmp_path, mcp_url, {"enabled": True, "minToolSeconds": 0.5, "leadSeconds": 0.4})
+    warms = [(b, h) for b, h in reqs if b["max_tokens"] == 1]
+    assert len(warms) == 1, [b["max_tokens"] for b, _ in reqs]
+    body, headers = warms[0]
+    second = runs[1]["agentfleet"]["task_id"]
+    assert headers["x-session-id"] == second and body["user"] == second
+    # The transcript up to the tool call, nothing after it: a prefix of the next step's prompt.
+    assert body["messages"][-1]["role"] == "assistant" and body["messages"][-1]["tool_calls"]
+    after = [b for b, h in reqs if h["x-session-id"] == second and b["max_tokens"] != 1
+             and any(m["role"] == "tool" for m in b["messages"])][0]
+    assert after["messages"][:len(body["messages"])] == body["messages"]
+    assert all(r["status"] == "completed" for r in runs)
+    first, then = (r["agentfleet"] for r in runs)  # the warm was charged to the second task, as a call
+    assert then["models"]["sim-model"]["calls"] == first["models"]["sim-model"]["calls"] + 1
+    assert then["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+
+
+def test_warm_is_off_by_default(mcp_url, tmp_path):
+    runs, reqs = _warm_run(tmp_path, mcp_url, None)
+    assert [b for b, _ in reqs if b["max_tokens"] == 1] == []
+    assert all(r["status"] == "completed" for r in runs)
