@@ -29,7 +29,7 @@ _OURS, _THEIRS = "agentfleet", "vllm-router"
 # Short names kept from earlier versions of this bench.
 _ALIASES = {"agentfleet": "agentfleet:prefix-aware", "round_robin": "agentfleet:round-robin",
             "least_loaded": "agentfleet:least-load"}
-OPTIONS = ("shared", "hints", "fair", "deep", "warm")
+OPTIONS = ("shared", "hints", "fair", "deep", "warm", "warm-typical")
 WARM_LEAD_S = 0.5  # +warm: how long before a tool ends its task's history is sent again (max_tokens 1)
 BUCKETS = ((10, 16, "short"), (17, 23, "medium"), (24, 10_000, "long"))  # steps per task
 
@@ -67,7 +67,7 @@ def parse_targets(spec: str) -> list[Target]:
             policy_ok = allowed is not None and policy in allowed
         if not policy_ok:
             raise SystemExit(f"agentfleet bench routing: --routers: unknown router {raw!r} (use agentfleet:"
-                             f"{'|'.join(POLICIES)}[+shared][+hints][+fair|+deep][+warm] or vllm-router:{'|'.join(PEER_POLICIES)})")
+                             f"{'|'.join(POLICIES)}[+shared][+hints][+fair|+deep][+warm|+warm-typical] or vllm-router:{'|'.join(PEER_POLICIES)})")
         out.append(Target(family, policy))
     return out
 
@@ -91,12 +91,19 @@ def make_workload(*, tasks: int, steps_min: int, steps_max: int, system_words: i
     return system, out
 
 
-def tool_seconds(task: int, step: int, mean_s: float) -> float:
-    """How long the tool before `step` of `task` runs: exponential with mean `mean_s`, capped at 4x, seeded by
-    (task, step) so every router meets the same tools."""
+TOOL_DISTS = ("exp", "steady")
+
+
+def tool_seconds(task: int, step: int, mean_s: float, dist: str = "exp") -> float:
+    """How long the tool before `step` of `task` runs, seeded by (task, step) so every router meets the same tools:
+    exponential with mean `mean_s`, capped at 4x (exp), or within 10 % of `mean_s` (steady: a tool whose duration
+    a runtime can predict)."""
     import random
 
-    return min(random.Random(f"tool:{task}:{step}").expovariate(1.0 / mean_s), 4.0 * mean_s)
+    rng = random.Random(f"tool:{task}:{step}")
+    if dist == "steady":
+        return mean_s * rng.uniform(0.9, 1.1)
+    return min(rng.expovariate(1.0 / mean_s), 4.0 * mean_s)
 
 
 def kv_pressure_blocks(args: argparse.Namespace, tasks: int) -> tuple[int, float]:
@@ -158,21 +165,23 @@ def _cpu_s(pid: int) -> float:
 
 async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int, model: str, max_tokens: int,
                  sim_urls: list[str], deadline_s: float, churn=None, hints: bool = False, tool_s: float = 0.0,
-                 warm: bool = False):
+                 tool_dist: str = "exp", warm: str | None = None):
     """Calls rotate over `router_urls` (router replicas behind a Service). With `hints` the driver does what the
     AgentApp runtime does with our router: names the run, sends back the replica that served the previous call,
     and releases the session when the task ends. With `tool_s` a tool runs between two calls of a task: its time is
     drawn per (task, step) from an exponential distribution of that mean, capped at 4x, the same for every
     router. With `warm`, WARM_LEAD_S before a tool of over a second ends, the task's history so far (without the
     tool's output, which nobody has yet) goes to the router as a 1-token request, so an engine that evicted it
-    during the tool prefills it again off the task's critical path; the driver knows each tool's duration, as a
-    runtime would know a tool's typical one."""
+    during the tool prefills it again off the task's critical path: `warm="exact"` knows each tool's duration;
+    `warm="typical"` does what the runtime's tools.warm does (its ToolTimes): only a tool whose past durations
+    are steady has a typical one, and the warm goes WARM_LEAD_S before that, if the tool is still running then."""
     import asyncio
     import time
 
     import aiohttp
 
     from ..router.state import parse_prometheus_text
+    from ..runtime.agent import ToolTimes
     from .. import metrics_names as mn
 
     import contextlib
@@ -188,6 +197,8 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
     last: dict[str, tuple[float, float]] = {}
     acc = [0.0, 0.0]
     warms = [0, 0]  # sent, failed
+    # warm="typical": the runtime's own record of tool durations (one runtime replica runs all the tasks)
+    tool_times = ToolTimes() if warm == "typical" else None
 
     async def warm_call(http: aiohttp.ClientSession, messages: list, headers: dict[str, str]) -> None:
         body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0}
@@ -207,11 +218,17 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
         pending_warms: list = []
         for j, tool_output in enumerate(steps):
             if j and tool_s > 0:
-                d = tool_seconds(i, j, tool_s)
-                if warm and d > 1.0:
-                    await asyncio.sleep(d - WARM_LEAD_S)
+                d = tool_seconds(i, j, tool_s, tool_dist)
+                typical = tool_times.typical("tool") if tool_times is not None else None
+                at = (d - WARM_LEAD_S if warm == "exact" and d > 1.0 else
+                      typical - WARM_LEAD_S if typical is not None and typical >= 1.0 and d > typical - WARM_LEAD_S
+                      else None)
+                if tool_times is not None:
+                    tool_times.record("tool", d)
+                if at is not None:
+                    await asyncio.sleep(at)
                     pending_warms.append(asyncio.create_task(warm_call(http, messages[:-1], headers)))
-                    await asyncio.sleep(WARM_LEAD_S)
+                    await asyncio.sleep(d - at)
                 else:
                     await asyncio.sleep(d)
             router_url = next(rotation)
@@ -507,7 +524,9 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
             d = asyncio.run(_drive(urls, system, tasks, concurrency=concurrency, model=settings.model,
                                    max_tokens=args.max_tokens, sim_urls=sims.urls, deadline_s=args.run_timeout,
                                    churn=script, hints=hints, tool_s=getattr(args, "tool_s", 0.0),
-                                   warm="warm" in options))
+                                   tool_dist=getattr(args, "tool_dist", "exp"),
+                                   warm="exact" if "warm" in options else "typical" if "warm-typical" in options
+                                   else None))
             cpu = sum(_cpu_s(r.pid) for r in routers) - cpu0
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -694,7 +713,7 @@ def run(args: argparse.Namespace) -> dict:
         "replicas", "tasks_per_worker", "steps_min", "steps_max", "system_words", "task_words", "step_words",
         "max_tokens", "prefill_ms", "inter_token_ms", "max_num_seqs", "kv_blocks", "kv_pressure", "prefix_tokens",
         "rounds", "seed", "router_arg", "run_timeout", "churn", "churn_restart_at", "churn_down_at",
-        "router_replicas", "hints", "tool_s")}
+        "router_replicas", "hints", "tool_s", "tool_dist")}
     out["config"]["vllm_router"] = vllm_router.VERSION
     out["config"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return out
@@ -741,6 +760,8 @@ def add_bench_parsers(bench_sub) -> None:
     p.add_argument("--tool-s", type=float, default=0.0,
                    help="mean seconds a tool runs between two calls of a task (exponential, capped at 4x, the same "
                         "draw for every router); 0: calls back to back")
+    p.add_argument("--tool-dist", choices=TOOL_DISTS, default="exp",
+                   help="tool durations: exp (exponential, capped at 4x the mean) or steady (within 10%% of it)")
     p.add_argument("--prefill-ms", type=float, default=2.0)
     p.add_argument("--inter-token-ms", type=float, default=5.0)
     p.add_argument("--max-num-seqs", type=int, default=8)

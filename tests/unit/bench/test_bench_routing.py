@@ -96,3 +96,5 @@ def test_tool_time_is_the_same_draw_for_every_router_and_bounded():
     assert all(0 <= d <= 8.0 for d in draws) and max(draws) == 8.0  # the cap binds on a long tail
     assert 1.6 < sum(draws) / len(draws) < 2.2  # an exponential of mean 2 s, less the capped tail
     assert len(set(draws)) > len(draws) * 0.9  # per (task, step), not one value for all
+    steady = [tool_seconds(i, j, 2.0, "steady") for i in range(40) for j in range(1, 25)]
+    assert all(1.8 <= d <= 2.2 for d in steady) and len(set(steady)) > len(steady) * 0.9
