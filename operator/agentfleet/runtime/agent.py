@@ -283,7 +283,6 @@ class TaskContext:
     remote: RemoteAgents | None = None  # the A2A client of subAgents[].a2a
     warm: WarmSpec | None = None  # tools.warm: re-send the transcript just before a long tool ends (off: None)
     tool_times: ToolTimes | None = None  # the replica's typical tool durations (shared by its tasks)
-    warm_calls: int = 0  # warm requests sent for this task tree
 
     def remaining_s(self) -> float:
         return self.deadline_s - self.clock()
@@ -910,7 +909,6 @@ class _Agent:
         try:
             await self._reserve_and_call(step, messages, fmt=None, max_tokens=1, stream=False, stop=(),
                                          prompt_bound=bound, timeout_s=min(ctx.remaining_s(), 60.0))
-            ctx.warm_calls += 1
         except Exception as e:  # noqa: BLE001 - a warm is an optimisation: the run goes on without it
             log.debug("warm request skipped: %r", e)
 
