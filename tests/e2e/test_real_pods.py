@@ -238,11 +238,18 @@ def test_operator_and_app_run_as_real_pods(app) -> None:
              lambda: (k.get("budget", "demo-budget") or {}).get("status", {}).get("windowStart"), timeout=60)
 
 
-def _probe(k: Kubectl, name: str, labels: dict[str, str], targets: dict[str, str]) -> dict[str, str]:
-    """Run a pod (restricted-compliant, labelled ``labels``) that tries each target URL once; for each, "open" when
-    a TCP connection was made (any HTTP answer, errors included), else "closed" with what wget said."""
-    lines = [f'out=$(timeout 6 wget -q -O /dev/null {url} 2>&1); rc=$?; case "$out" in *HTTP/*) echo "{key} open";; '
-             f'*) if [ $rc = 0 ]; then echo "{key} open"; else echo "{key} closed rc=$rc $out"; fi;; esac'
+def _probe(k: Kubectl, name: str, labels: dict[str, str], targets: dict[str, str],
+           patience_s: int = 0) -> dict[str, str]:
+    """Run a pod (restricted-compliant, labelled ``labels``) that tries each target URL; for each, "open" when a TCP
+    connection was made (any HTTP answer, errors included), else "closed" with what wget said. With ``patience_s``
+    a closed target is tried again, once a second, until it opens or that long has passed: a policy controller
+    programs a new pod's address a moment after the pod starts (kube-router on the pod's update event), so "may
+    reach" is "reaches within a few seconds", as in Kubernetes' own network policy e2e tests."""
+    lines = [f'end=$(( $(date +%s) + {patience_s} )); while :; do '
+             f'out=$(timeout 6 wget -q -O /dev/null {url} 2>&1); rc=$?; '
+             f'case "$out" in *HTTP/*) rc=0;; esac; '
+             f'if [ $rc = 0 ]; then echo "{key} open"; break; fi; '
+             f'if [ $(date +%s) -ge $end ]; then echo "{key} closed rc=$rc $out"; break; fi; sleep 1; done'
              for key, url in targets.items()]
     k.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": {
         "restartPolicy": "Never",
@@ -253,7 +260,7 @@ def _probe(k: Kubectl, name: str, labels: dict[str, str], targets: dict[str, str
                         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}})
     try:
         wait_for(f"probe pod {name} to finish", lambda: (k.get("pod", name) or {}).get("status", {}).get("phase")
-                 in ("Succeeded", "Failed"), timeout=90, interval=1)
+                 in ("Succeeded", "Failed"), timeout=150, interval=1)
         out = k("logs", name).stdout
     finally:
         k("delete", "pod", name, "--wait=false", check=False)
@@ -278,7 +285,7 @@ def test_network_policies_are_enforced_on_the_real_node(app) -> None:
     stranger = _probe(k, "probe-stranger", {"app.kubernetes.io/name": "curious"}, targets)
     assert stranger["runtime"] == "open", stranger
     assert stranger["engine"].startswith("closed") and stranger["router"].startswith("closed"), stranger
-    peer = _probe(k, "probe-runtime-peer", {"app.kubernetes.io/name": "agentfleet-runtime"}, targets)
+    peer = _probe(k, "probe-runtime-peer", {"app.kubernetes.io/name": "agentfleet-runtime"}, targets, patience_s=30)
     assert peer == {"engine": "open", "router": "open", "runtime": "open"}, peer
 
 
