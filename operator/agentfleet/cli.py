@@ -81,10 +81,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cross_check(parsed: list[tuple[str, int, dict[str, Any], Any]]) -> int:
     """What only the documents together tell: a Budget price row that matches no fleet of the AgentApps (in these
-    files) that reference the Budget is an error; a fleet they use with no price at all is a warning. Returns
+    files) that reference the Budget is an error; a fleet they use with no price at all, or with no fair queue for
+    a Budget that degrades by priority, is a warning. Returns
     the number of documents in error."""
     from .api import AgentApp, Budget, ModelFleet
     from .render import price_problems
+    from .status import unqueued_fleets
 
     objs = [o for *_, o in parsed]
     bad = 0
@@ -97,6 +99,8 @@ def _cross_check(parsed: list[tuple[str, int, dict[str, Any], Any]]) -> int:
         for p in problems:
             print(f"{_label(path, i, doc)}: {'' if p.is_error else 'warning: '}{p.path}: {p.message}")
         bad += any(p.is_error for p in problems)
+        if unqueued := unqueued_fleets(obj, apps, fleets):
+            print(f"{_label(path, i, doc)}: warning: spec.degradeBy: {unqueued}")
     return bad
 
 

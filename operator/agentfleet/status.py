@@ -590,15 +590,35 @@ def unshared_ledgers(b: Budget, apps: Sequence[AgentApp]) -> str | None:
             "may spend more than the limits; give them all ledger.backend redis on one Redis (redisUrlSecretRef)")
 
 
+LOW_BAND_NOT_QUEUED = "LowBandNotQueued"
+
+
+def unqueued_fleets(b: Budget, apps: Sequence[AgentApp], fleets: Mapping[str, ModelFleet]) -> str | None:
+    """Why degradeBy low-priority (or both) would change nothing, or None: the low band waits in the fleet router's
+    fair queue, and a fleet the apps using `b` call (large or small) has router.fairQueue off."""
+    if b.spec.degrade_by == "small-model":
+        return None
+    names = {n for a in apps if a.namespace == b.namespace and a.spec.budget_ref is not None
+             and a.spec.budget_ref.name == b.name for n in (a.spec.fleets.large, a.spec.fleets.small) if n}
+    off = sorted(n for n in names if (f := fleets.get(n)) is not None and not f.spec.router.fair_queue)
+    if not off:
+        return None
+    many = len(off) > 1
+    return (f"degradeBy {b.spec.degrade_by}: ModelFleet{'s' * many} {', '.join(off)} {'have' if many else 'has'} "
+            f"router.fairQueue off, so nothing waits in {'their routers' if many else 'its router'} and a degraded "
+            "task's low-priority calls go as soon as anyone's; set router.fairQueue: true (with engine.maxNumSeqs)")
+
+
 def budget(b: Budget, *, now: dt.datetime, prices: Sequence[PriceProblem] = (),
-           is_referenced: bool = True, unshared: str | None = None) -> dict[str, Any]:
+           is_referenced: bool = True, unshared: str | None = None, unqueued: str | None = None) -> dict[str, Any]:
     """Remaining allowance and conditions. One writer per field: spentTokens, spentUsd, windowStart and windowEnd
     (RUNTIME_BUDGET_FIELDS) belong to the runtime, which publishes its ledger's current window; the operator
     derives the rest from them and the spec, so a raised limit shows at once and spend from a window that has
     turned since (no runtime publishing) counts as nothing. Exhausted: Ready stays True (the Budget is enforced)
     with reason Exhausted, Degraded is True (BudgetExhausted). `prices`: problems of the price table against the
     apps that reference the Budget (render.price_problems); a row matching no fleet makes it not Ready.
-    `unshared`: unshared_ledgers() of those apps, Degraded (LedgerNotShared) when set."""
+    `unshared`: unshared_ledgers() of those apps, Degraded (LedgerNotShared) when set; `unqueued`:
+    unqueued_fleets(), Degraded (LowBandNotQueued) when set and nothing worse is."""
     gen = b.metadata.generation
     start, _ = window_bounds(b.spec.window, now)
     same_window = b.status.window_start in (None, _iso(start))  # None: a `total` window
@@ -623,7 +643,8 @@ def budget(b: Budget, *, now: dt.datetime, prices: Sequence[PriceProblem] = (),
         verdict = ("True", "Ready", "within budget")
     degraded = ((BUDGET_EXHAUSTED, exhausted_msg) if exhausted
                 else (PRICE_MATCHES_NO_FLEET, priced[2]) if priced[1] == PRICE_MATCHES_NO_FLEET
-                else (LEDGER_NOT_SHARED, unshared) if unshared else None)
+                else (LEDGER_NOT_SHARED, unshared) if unshared
+                else (LOW_BAND_NOT_QUEUED, unqueued) if unqueued else None)
     conds = [Condition.model_validate(c)
              for c in conditions_for(b.status.conditions, verdict, generation=gen, now=stamp, degraded=degraded,
                                      degraded_stalls=False)]

@@ -290,6 +290,23 @@ def test_a_price_row_matching_no_fleet_is_a_budget_condition(kubectl, operator):
     assert kubectl.condition("budget", "shared", "Priced")["reason"] == "AllFleetsPriced"
 
 
+def test_a_low_band_without_a_fair_queue_is_a_budget_condition_until_the_fleet_queues(kubectl, operator):
+    """degradeBy low-priority waits in the fleet router's fair queue: while the app's fleet has none the Budget is
+    Degraded (LowBandNotQueued) and says what to set; the fleet's edit clears it, through the fleet's dependents,
+    well before the 60 s drift tick."""
+    kubectl.bind_state_volume("assistant")
+    low = budget("shared")
+    low["spec"].update(degradeAtPercent=80, degradeBy="low-priority")
+    apply(kubectl, KEYS, fleet("big"), app("assistant"), low)
+    cond = kubectl.wait_for("LowBandNotQueued", lambda: (
+        c if (c := kubectl.condition("budget", "shared", "Degraded")) and c["reason"] == "LowBandNotQueued" else None))
+    assert cond["status"] == "True" and "ModelFleet big has router.fairQueue off" in cond["message"], cond
+    assert kubectl.condition("budget", "shared")["reason"] == "Ready"  # enforced all the same
+    apply(kubectl, fleet("big", engine={"maxNumSeqs": 16}, router={"fairQueue": True}))
+    kubectl.wait_for("the low band queued", lambda: kubectl.condition("budget", "shared", "Degraded")["reason"]
+                     == "AsExpected", timeout=30)
+
+
 @pytest.mark.parametrize("spec, field, message", [
     pytest.param({"replicas": 2}, "spec.replicas", "ledger.backend redis with ledger.redisUrlSecretRef",
                  id="sqlite-two-replicas"),

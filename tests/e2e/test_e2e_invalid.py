@@ -45,6 +45,8 @@ INVALID = [
      "should be greater than or equal to 0"),
     ("negative-tokens", budget(f"neg-tokens-{TAG}", limits={"tokens": -5}), "spec.limits.tokens",
      "should be greater than or equal to 0"),
+    ("degrade-by-priority-alone", budget(f"degrade-by-{TAG}", onExhausted="degrade", degradeBy="low-priority"),
+     "spec", "set degradeBy to small-model or both"),
 ]
 
 

@@ -106,6 +106,9 @@ INVALID = [
      "greater than or equal to 0"),
     ("empty-limits", with_(BUDGET, "spec.limits", {}), "spec.limits", "at least one of tokens and costUsd"),
     ("bad-window", with_(BUDGET, "spec.window", "fortnight"), "spec.window", "'fortnight'"),
+    ("degrade-by-priority-alone-past-the-limit", with_(with_(BUDGET, "spec.onExhausted", "degrade"),
+                                                      "spec.degradeBy", "low-priority"),
+     "spec", "set degradeBy to small-model or both"),
     ("unknown-kind", with_(BUDGET, "kind", "Bogus"), "kind", "unknown kind"),
 ]
 

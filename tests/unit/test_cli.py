@@ -88,6 +88,24 @@ def test_validate_warns_about_a_fleet_priced_nowhere_but_accepts_it(tmp_path, ca
     assert "document(s) valid" in out
 
 
+def test_validate_warns_when_a_budgets_low_band_has_no_fair_queue(tmp_path, capsys):
+    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    budget = next(d for d in docs if d["kind"] == "Budget")
+    budget["spec"].update(onExhausted="reject", degradeBy="low-priority")
+    f = tmp_path / "app.yaml"
+    f.write_text(yaml.safe_dump_all(docs))
+    assert main(["validate", "-f", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: spec.degradeBy: degradeBy low-priority: ModelFleets large, small have router.fairQueue off" in out
+    for d in docs:
+        if d["kind"] == "ModelFleet":
+            d["spec"].setdefault("engine", {}).setdefault("maxNumSeqs", 64)
+            d["spec"].setdefault("router", {})["fairQueue"] = True
+    f.write_text(yaml.safe_dump_all(docs))
+    assert main(["validate", "-f", str(f)]) == 0
+    assert "degradeBy" not in capsys.readouterr().out
+
+
 def test_validate_reports_unreadable_yaml(tmp_path, capsys):
     f = tmp_path / "broken.yaml"
     f.write_text("kind: [unclosed\n")

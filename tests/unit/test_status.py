@@ -501,6 +501,26 @@ def test_apps_that_cannot_share_a_budgets_counter_are_degraded(kit, ledgers, deg
     assert (why is None) is (names is None) and (names is None or names in cond["message"])
 
 
+@pytest.mark.parametrize(("degrade_by", "queued", "degraded"), [
+    pytest.param("low-priority", {"large": False, "small": True}, ("True", "LowBandNotQueued"), id="one-fleet-off"),
+    pytest.param("both", {"large": True, "small": True}, ("False", "AsExpected"), id="all-queued"),
+    pytest.param("small-model", {"large": False, "small": False}, ("False", "AsExpected"), id="no-band-asked"),
+])
+def test_a_low_band_that_no_router_queues_is_a_degraded_budget(kit, degrade_by, queued, degraded):
+    """degradeBy low-priority waits in the fleet routers' fair queue: a fleet the apps call with fairQueue off
+    would send the degraded calls at once, so the Budget says which fleet and what to set."""
+    fleets = {n: kit.fleet(n, {"engine": {"maxNumSeqs": 8}, "router": {"fairQueue": on}}) for n, on in queued.items()}
+    app = kit.app("a", {"fleets": {"large": "large", "small": "small"}, "budgetRef": {"name": "spend"}})
+    b = kit.budget("spend", {"degradeAtPercent": 80, "degradeBy": degrade_by})
+    why = status.unqueued_fleets(b, [app], fleets)
+    cond = _by_type(status.budget(b, now=BUDGET_NOW, unqueued=why)["conditions"])["Degraded"]
+    assert (cond["status"], cond["reason"]) == degraded
+    if degraded[1] == "LowBandNotQueued":
+        assert cond["message"].startswith("degradeBy low-priority: ModelFleet large has router.fairQueue off"), cond
+        assert "set router.fairQueue: true" in cond["message"]
+    assert status.unqueued_fleets(b, [kit.app("other", {"budgetRef": {"name": "another"}})], fleets) is None
+
+
 # --- failures --------------------------------------------------------------------------------------------------
 
 SPEC_ERR = SpecError("ModelFleet team-a/llm",

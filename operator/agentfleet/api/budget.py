@@ -52,6 +52,13 @@ class RoutingSpec(Model):
 
 
 class BudgetSpec(Model):
+    __rules__: ClassVar = (
+        Rule("!(self.onExhausted == 'degrade' && self.degradeBy == 'low-priority')",
+             "onExhausted: degrade runs tasks past the limit on the small model: with it, set degradeBy to "
+             "small-model or both (low-priority alone would let them spend at the large model's price)",
+             lambda s: not (s.on_exhausted == "degrade" and s.degrade_by == "low-priority")),
+    )
+
     scope: BudgetScope = Field(default_factory=BudgetScope)
     window: Window = "day"
     limits: BudgetLimits
@@ -63,8 +70,14 @@ class BudgetSpec(Model):
     degrade_at_percent: int | None = Field(
         default=None, ge=1, le=99,
         description="Before the limit: a task admitted once this share of a window limit (tokens or costUsd) is "
-                    "spent or reserved runs every step on the small model, so the rest of the window stretches "
-                    "further before any 429. Unset: full routing until the limit, then onExhausted.")
+                    "spent or reserved is degraded as degradeBy says (by default every step runs on the small model), "
+                    "so the rest of the window stretches further, or yields to other work, before any 429. Unset: "
+                    "full routing until the limit, then onExhausted.")
+    degrade_by: Literal["small-model", "low-priority", "both"] = Field(
+        default="small-model",
+        description="What a degraded task gives up: small-model runs every step on the small model; low-priority "
+                    "keeps its routing but sends its calls in the fleet router's low priority band, so at "
+                    "saturation they wait while other tasks' calls go (needs router.fairQueue on the fleet); both.")
 
 
 class BudgetStatus(StatusModel):

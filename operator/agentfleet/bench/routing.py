@@ -29,7 +29,7 @@ _OURS, _THEIRS = "agentfleet", "vllm-router"
 # Short names kept from earlier versions of this bench.
 _ALIASES = {"agentfleet": "agentfleet:prefix-aware", "round_robin": "agentfleet:round-robin",
             "least_loaded": "agentfleet:least-load"}
-OPTIONS = ("shared", "hints", "fair", "deep", "warm", "warm-typical")
+OPTIONS = ("shared", "hints", "fair", "deep", "warm", "warm-typical", "band")
 WARM_LEAD_S = 0.5  # +warm: how long before a tool ends its task's history is sent again (max_tokens 1)
 BUCKETS = ((10, 16, "short"), (17, 23, "medium"), (24, 10_000, "long"))  # steps per task
 
@@ -59,7 +59,9 @@ def parse_targets(spec: str) -> list[Target]:
         # Our options after the policy: +shared (--placement shared), +hints (the driver sends what the runtime
         # sends: run id, home replica, run end), +fair (--fair-queue max_num_seqs / router replicas), +deep (the
         # same queue, most-served runs first: --fair-queue-order most-served), +warm (the
-        # driver re-sends a task's history just before a tool ends: --tool-s), e.g. agentfleet:prefix-aware+shared.
+        # driver re-sends a task's history just before a tool ends: --tool-s), +band (the --low-share tasks, as a
+        # runtime does for a Budget degraded by priority, send x-agentfleet-priority: low; it turns the fair queue
+        # on), e.g. agentfleet:prefix-aware+shared.
         base, *options = policy.split("+")
         if family == _OURS and options:
             policy_ok = base in POLICIES and all(o in OPTIONS for o in options) and len(set(options)) == len(options)
@@ -67,7 +69,7 @@ def parse_targets(spec: str) -> list[Target]:
             policy_ok = allowed is not None and policy in allowed
         if not policy_ok:
             raise SystemExit(f"agentfleet bench routing: --routers: unknown router {raw!r} (use agentfleet:"
-                             f"{'|'.join(POLICIES)}[+shared][+hints][+fair|+deep][+warm|+warm-typical] or vllm-router:{'|'.join(PEER_POLICIES)})")
+                             f"{'|'.join(POLICIES)}[+shared][+hints][+fair|+deep][+band][+warm|+warm-typical] or vllm-router:{'|'.join(PEER_POLICIES)})")
         out.append(Target(family, policy))
     return out
 
@@ -92,6 +94,14 @@ def make_workload(*, tasks: int, steps_min: int, steps_max: int, system_words: i
 
 
 TOOL_DISTS = ("exp", "steady")
+
+
+def is_low_band(task: int, share: float) -> bool:
+    """Whether `task` is one of the `share` of tasks whose Budget is near its limit (seeded by the task, so the same
+    tasks for every router; only a +band router is told)."""
+    import random
+
+    return share > 0 and random.Random(f"band:{task}").random() < share
 
 
 def tool_seconds(task: int, step: int, mean_s: float, dist: str = "exp") -> float:
@@ -165,7 +175,7 @@ def _cpu_s(pid: int) -> float:
 
 async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int, model: str, max_tokens: int,
                  sim_urls: list[str], deadline_s: float, churn=None, hints: bool = False, tool_s: float = 0.0,
-                 tool_dist: str = "exp", warm: str | None = None):
+                 tool_dist: str = "exp", warm: str | None = None, low_share: float = 0.0, band: bool = False):
     """Calls rotate over `router_urls` (router replicas behind a Service). With `hints` the driver does what the
     AgentApp runtime does with our router: names the run, sends back the replica that served the previous call,
     and releases the session when the task ends. With `tool_s` a tool runs between two calls of a task: its time is
@@ -174,7 +184,9 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
     tool's output, which nobody has yet) goes to the router as a 1-token request, so an engine that evicted it
     during the tool prefills it again off the task's critical path: `warm="exact"` knows each tool's duration;
     `warm="typical"` does what the runtime's tools.warm does (its ToolTimes): only a tool whose past durations
-    are steady has a typical one, and the warm goes WARM_LEAD_S before that, if the tool is still running then."""
+    are steady has a typical one, and the warm goes WARM_LEAD_S before that, if the tool is still running then.
+    With `band` the `low_share` of tasks (is_low_band) send x-agentfleet-priority: low, as the runtime does for a
+    task its Budget degraded by priority."""
     import asyncio
     import time
 
@@ -190,6 +202,7 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
     rotation = itertools.cycle(router_urls)
     ttfts: list[float] = []
     done: list[tuple[int, float]] = []  # (steps, seconds) per finished task
+    done_low: list[bool] = []  # per finished task: one of the low_share (whether or not the router was told)
     tokens = errors = 0
     waiting: list[float] = []
     # (seconds since start, prefix-cache hits, queries) summed over the replicas, cumulative across restarts
@@ -214,6 +227,9 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
         nonlocal tokens, errors
         messages = [{"role": "system", "content": system}, {"role": "user", "content": first}]
         headers = {"X-Session-ID": f"task-{i}", **({"x-agentfleet-run": f"task-{i}"} if hints else {})}
+        low = is_low_band(i, low_share)
+        if band and low:
+            headers["x-agentfleet-priority"] = "low"
         t0 = time.perf_counter()
         pending_warms: list = []
         for j, tool_output in enumerate(steps):
@@ -268,6 +284,7 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
             messages = messages + [{"role": "assistant", "content": "".join(text)},
                                    {"role": "user", "content": tool_output}]
         done.append((len(steps), time.perf_counter() - t0))
+        done_low.append(low)
         await asyncio.gather(*pending_warms, return_exceptions=True)
         if hints:
             with contextlib.suppress(aiohttp.ClientError):
@@ -326,7 +343,7 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
     failed = sum(1 for j in jobs if not j.cancelled() and j.exception() is not None)
-    return {"ttfts": ttfts, "done": done, "tokens": tokens, "errors": errors + failed, "wall": wall,
+    return {"ttfts": ttfts, "done": done, "done_low": done_low, "tokens": tokens, "errors": errors + failed, "wall": wall,
             "warm_requests": warms[0], "warm_failed": warms[1],
             "timed_out_tasks": len(tasks) - len(done) - failed, "waiting": waiting, "cache_series": cache_series,
             "churn": events}
@@ -495,7 +512,7 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
                         "127.0.0.1", "--port", str(port), "--policy", policy, "--prefix-tokens",
                         str(args.prefix_tokens), *(["--placement", placement] if placement else []),
                         *(["--fair-queue", str(max(1, args.max_num_seqs // n_routers))]
-                          if "fair" in options or "deep" in options else []),
+                          if {"fair", "deep", "band"} & set(options) else []),
                         *(["--fair-queue-order", "most-served"] if "deep" in options else []),
                         *(["--admin-token-file", token_file.name] if token_file else []), *args.router_arg]
         else:
@@ -526,7 +543,7 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
                                    churn=script, hints=hints, tool_s=getattr(args, "tool_s", 0.0),
                                    tool_dist=getattr(args, "tool_dist", "exp"),
                                    warm="exact" if "warm" in options else "typical" if "warm-typical" in options
-                                   else None))
+                                   else None, low_share=getattr(args, "low_share", 0.0), band="band" in options))
             cpu = sum(_cpu_s(r.pid) for r in routers) - cpu0
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -567,6 +584,12 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
         ts = [s for n, s in done if lo <= n <= hi]
         buckets[name] = {"tasks": len(ts), "task_p50_s": _r(_pct(ts, 0.5), 2), "task_p99_s": _r(_pct(ts, 0.99), 2),
                          "s_per_step_p50": _r(_pct([s / n for n, s in done if lo <= n <= hi], 0.5), 3)}
+    share = getattr(args, "low_share", 0.0)
+    if share > 0:  # the same tasks split the same way for every router; only +band ones were told
+        for name, want in (("normal", False), ("low", True)):
+            ts = [s for (_, s), low in zip(done, d["done_low"]) if low == want]
+            buckets[f"band_{name}"] = {"tasks": len(ts), "task_p50_s": _r(_pct(ts, 0.5), 2),
+                                       "task_p95_s": _r(_pct(ts, 0.95), 2), "task_p99_s": _r(_pct(ts, 0.99), 2)}
     out = {
         "prefix_hit_rate": round(hits / queries, 4) if queries else None,
         "ttft_p50_ms": _r(_pct(ttfts, 0.5) and 1000 * _pct(ttfts, 0.5), 1),
@@ -594,6 +617,7 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
         out["load_bound_passes"] = router_metrics.get("agentfleet_router_load_bound_passes_total", 0.0)
         out["retries"] = router_metrics.get("agentfleet_router_retries_total", 0.0)
         out["mid_stream_failures"] = router_metrics.get("agentfleet_router_mid_stream_failures_total", 0.0)
+        out["low_band_slots"] = router_metrics.get("agentfleet_router_fair_queue_low_band_total", 0.0)
     if churn:
         out["churn"] = churn_report(d["cache_series"], d["churn"] or {})
         out["churn"]["restarts_seen_by_router"] = router_metrics.get("agentfleet_router_replica_restarts_total", 0.0)
@@ -655,6 +679,14 @@ def run(args: argparse.Namespace) -> dict:
             print(msg, file=sys.stderr, flush=True)
 
     targets = parse_targets(args.routers)
+    share = getattr(args, "low_share", 0.0)
+    if not 0.0 <= share < 1.0:
+        raise SystemExit(f"agentfleet bench routing: --low-share must be in [0, 1), not {share}")
+    if share == 0.0 and any("band" in t.policy.split("+")[1:] for t in targets):
+        raise SystemExit("agentfleet bench routing: +band needs --low-share (e.g. 0.25): the share of tasks that "
+                         "ask for the low band")
+    if args.run_timeout is None:  # a run with tools lasts at least a worker's tasks' tool time
+        args.run_timeout = max(90.0, 6.0 * args.tasks_per_worker * args.steps_max * getattr(args, "tool_s", 0.0))
     skipped: dict[str, str] = {}
     exe = None
     if getattr(args, "churn", False) and any(t.family == _THEIRS for t in targets):
@@ -713,7 +745,7 @@ def run(args: argparse.Namespace) -> dict:
         "replicas", "tasks_per_worker", "steps_min", "steps_max", "system_words", "task_words", "step_words",
         "max_tokens", "prefill_ms", "inter_token_ms", "max_num_seqs", "kv_blocks", "kv_pressure", "prefix_tokens",
         "rounds", "seed", "router_arg", "run_timeout", "churn", "churn_restart_at", "churn_down_at",
-        "router_replicas", "hints", "tool_s", "tool_dist")}
+        "router_replicas", "hints", "tool_s", "tool_dist", "low_share")}
     out["config"]["vllm_router"] = vllm_router.VERSION
     out["config"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return out
@@ -741,8 +773,9 @@ def add_bench_parsers(bench_sub) -> None:
                    "longest prompts fits but the live history of a replica's tasks does not")
     p.add_argument("--profile", default="", metavar="DIR",
                    help="py-spy our router processes; raw folded stacks go to DIR, a summary into the JSON")
-    p.add_argument("--run-timeout", type=float, default=90.0, help="seconds before a router's run is cut off "
-                   "(its unfinished tasks are reported as timed_out_tasks)")
+    p.add_argument("--run-timeout", type=float, default=None, help="seconds before a router's run is cut off "
+                   "(its unfinished tasks are reported as timed_out_tasks); default 90, or with --tool-s six times "
+                   "a worker's longest tool time (--tasks-per-worker x --steps-max x --tool-s)")
     p.add_argument("--router-arg", action="append", default=[],
                    help="an extra flag for `agentfleet router` (repeat), e.g. --router-arg=--load-bound-factor=2")
     p.add_argument("--replicas", type=int, default=4)
@@ -762,6 +795,10 @@ def add_bench_parsers(bench_sub) -> None:
                         "draw for every router); 0: calls back to back")
     p.add_argument("--tool-dist", choices=TOOL_DISTS, default="exp",
                    help="tool durations: exp (exponential, capped at 4x the mean) or steady (within 10%% of it)")
+    p.add_argument("--low-share", type=float, default=0.0, metavar="F",
+                   help="this share of the tasks (the same ones for every router) stand for a Budget near its limit: "
+                        "a +band router is told (x-agentfleet-priority: low), and every router's result splits its "
+                        "tasks into band_normal and band_low buckets")
     p.add_argument("--prefill-ms", type=float, default=2.0)
     p.add_argument("--inter-token-ms", type=float, default=5.0)
     p.add_argument("--max-num-seqs", type=int, default=8)

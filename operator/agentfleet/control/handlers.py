@@ -91,19 +91,28 @@ def _converge(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> N
             return
         raise kopf.TemporaryError(f"{type(err).__name__}: {err}", delay=UPSTREAM_RETRY_S) from None
     logger.debug("reconciled %s", obj.ref())
-    if isinstance(obj, AgentApp) and obj.spec.budget_ref is not None:
-        # The Budget's price table is checked against the fleets of the apps using it (its Priced condition).
-        try:
-            rec.refresh(memo.kube, "Budget", obj.spec.budget_ref.name, obj.namespace, defaults=memo.defaults,
-                        now=_now())
-        except (UpstreamError, ApiException, DynamicApiError) as err:
-            logger.info("budget %s status not refreshed: %s", obj.spec.budget_ref.name, err)
+    if isinstance(obj, AgentApp):
+        _refresh_budget(memo, obj.namespace, (obj.spec.budget_ref.name if obj.spec.budget_ref else None), logger)
     if obj.kind in ("ModelFleet", "VectorIndex", "Budget"):
         for dep in rec.dependents(memo.kube, obj.kind, obj.name, obj.namespace):
             try:
                 rec.reconcile(memo.kube, dep, defaults=memo.defaults, now=_now())
             except (SpecError, DependencyMissing, UpstreamError) as err:
                 logger.info("dependent %s not converged yet: %s", dep["metadata"]["name"], err)
+            if obj.kind == "ModelFleet":  # its pricing and fair queue show in the Budgets of the apps using it
+                ref = (dep.get("spec") or {}).get("budgetRef") or {}
+                _refresh_budget(memo, obj.namespace, ref.get("name"), logger)
+
+
+def _refresh_budget(memo: kopf.Memo, namespace: str, name: str | None, logger: logging.Logger) -> None:
+    """The Budget's price table and low band are checked against the fleets of the apps using it (its Priced
+    condition, Degraded LowBandNotQueued): refresh its status after one of them changed."""
+    if not name:
+        return
+    try:
+        rec.refresh(memo.kube, "Budget", name, namespace, defaults=memo.defaults, now=_now())
+    except (UpstreamError, ApiException, DynamicApiError) as err:
+        logger.info("budget %s status not refreshed: %s", name, err)
 
 
 def _drift(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:

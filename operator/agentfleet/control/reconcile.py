@@ -190,7 +190,8 @@ def observe(kube: Kube, obj: Resource, *, now: dt.datetime, children: list[dict[
     if isinstance(obj, Budget):
         apps, fleets = _budget_users(kube, obj)
         return status.budget(obj, now=now, prices=render.price_problems(obj, apps=apps, fleets=fleets),
-                             is_referenced=bool(apps), unshared=status.unshared_ledgers(obj, apps))
+                             is_referenced=bool(apps), unshared=status.unshared_ledgers(obj, apps),
+                             unqueued=status.unqueued_fleets(obj, apps, fleets))
     raise TypeError(type(obj).__name__)
 
 

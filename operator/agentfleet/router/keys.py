@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["RequestKey", "request_key", "SESSION_HEADERS", "RUN_HEADER", "HOME_HEADER"]
+__all__ = ["RequestKey", "request_key", "priority_band", "SESSION_HEADERS", "RUN_HEADER", "HOME_HEADER",
+           "PRIORITY_HEADER"]
 
 # Checked in order, case-insensitively. x-session-id is what llm-d, KubeAI and vllm-router users already send;
 # x-session-affinity and NVIDIA Dynamo's x-dynamo-session-id are accepted too, so those clients keep their affinity.
@@ -25,6 +26,10 @@ RUN_HEADER = "x-agentfleet-run"
 # the runtime: like a load balancer's sticky cookie, it lets any router replica find the session's history, even
 # one that never saw the session.
 HOME_HEADER = "x-agentfleet-home"
+# "low": the request yields a freed engine slot to every normal one waiting for it (router/fairness.py). Sent by the
+# runtime for a task its Budget degraded near the limit (degradeBy: low-priority). vLLM's own body field `priority`
+# (lower is earlier, default 0) above 0 means the same. Nothing raises a request above normal.
+PRIORITY_HEADER = "x-agentfleet-priority"
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
@@ -100,3 +105,12 @@ def _key(path: str, session: str | None, body: Mapping[str, Any] | None, prefix_
         # shared system prompt's length for completions traffic).
         return RequestKey(session=session, prefix=_digest("prompt", _first_words(prompt, prefix_tokens)))
     return RequestKey(session=session)
+
+
+def priority_band(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> int:
+    """0 (normal) or 1 (low): low when PRIORITY_HEADER says `low` or the body's vLLM `priority` is above 0."""
+    said = next((v for k, v in headers.items() if k.lower() == PRIORITY_HEADER), "")
+    if said.strip().lower() == "low":
+        return 1
+    p = body.get("priority") if body is not None else None
+    return 1 if isinstance(p, int) and not isinstance(p, bool) and p > 0 else 0

@@ -30,7 +30,7 @@ from .. import http_edge
 from ..request_body import check_content_encoding, parse_json
 from ..telemetry import DISABLED, Telemetry
 from .fairness import FairGate
-from .keys import request_key
+from .keys import priority_band, request_key
 from .state import FleetState, parse_load, parse_prometheus_text, parse_served
 
 __all__ = ["ProxySettings", "build_app", "serve", "admin_token_digest", "ADMIN_TOKEN_HEADER", "MAX_BODY_BYTES",
@@ -189,6 +189,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                                     sock_read=settings.read_timeout_s)
     tried: set[str] = set()
     last_error = "no replica is ready"
+    band = priority_band(request.headers, body)
     for _attempt in range(settings.max_attempts):
         choice = fleet.pick(key, exclude=frozenset(tried))
         if choice is None:
@@ -202,7 +203,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         gate: FairGate | None = request.app["gate"]
         run = key.session or key.prefix
         if gate is not None:  # at saturation, wait here least-served-first rather than in the engine's queue
-            await gate.acquire(name, run)
+            await gate.acquire(name, run, band)
             gate.note_served(run)
         url = fleet.started(name, key) + request.path_qs
         try:
@@ -348,6 +349,9 @@ async def _metrics(request: web.Request) -> web.Response:
         text += ("# HELP agentfleet_router_fair_queue_waited_total Requests that waited for a slot (--fair-queue).\n"
                  "# TYPE agentfleet_router_fair_queue_waited_total counter\n"
                  f"agentfleet_router_fair_queue_waited_total {gate.waited}\n"
+                 "# HELP agentfleet_router_fair_queue_low_band_total Slots asked for in the low priority band.\n"
+                 "# TYPE agentfleet_router_fair_queue_low_band_total counter\n"
+                 f"agentfleet_router_fair_queue_low_band_total {gate.low_band}\n"
                  "# HELP agentfleet_router_fair_queue_waiting Requests waiting for a slot, per replica.\n"
                  "# TYPE agentfleet_router_fair_queue_waiting gauge\n"
                  + "".join(f'agentfleet_router_fair_queue_waiting{{replica="{n}"}} {gate.waiting(n)}\n'

@@ -179,6 +179,7 @@ class CallBudget(Protocol):
     """One agent's slice of the task's budget (serving.TaskBudget over the ledger)."""
 
     is_degraded: bool
+    on_small_model: bool  # a degraded task whose Budget degrades to the small model (degradeBy)
     is_budget_capped: bool  # the Budget's per-task caps bound the task (else its own maxTokens does)
     degraded_reason: str  # why every step runs on the small model (when is_degraded)
 
@@ -672,7 +673,7 @@ class _Agent:
         step.cost_micro_usd, step.seconds = cost, self.ctx.clock() - started
 
     def _route(self, kind: StepKind, failed_role: ModelRole | None) -> tuple[ModelRole, str]:
-        if self.budget.is_degraded:
+        if self.budget.on_small_model:
             return "small", self.budget.degraded_reason
         r = choose_role(kind, routing=self.ctx.routing, failed_role=failed_role, pinned=self.spec.pinned)
         return r.role, r.reason
@@ -790,7 +791,7 @@ class _Agent:
 
     def _escalates(self) -> bool:
         routing = self.ctx.routing or RoutingSpec()
-        return routing.policy == "cheap-first" and routing.escalate_on_failure and not self.budget.is_degraded
+        return routing.policy == "cheap-first" and routing.escalate_on_failure and not self.budget.on_small_model
 
     async def _retrieve_first(self) -> None:
         """Search for the user's question before the model plans (no model call, the task's principal)."""

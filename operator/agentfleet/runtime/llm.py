@@ -53,6 +53,7 @@ SESSION_HEADER = "x-session-id"
 RUN_HEADER = "x-agentfleet-run"  # router/keys.py
 HOME_HEADER = "x-agentfleet-home"  # router/keys.py: the replica that served the session's last call
 REPLICA_HEADER = "x-agentfleet-replica"  # what the router answers with
+PRIORITY_HEADER = "x-agentfleet-priority"  # router/keys.py: "low" for a run its Budget degraded by priority
 MAX_TRACKED_RUNS = 10_000  # runs whose sessions are remembered for end_run (oldest forgotten first)
 END_RUN_TIMEOUT_S = 2.0
 log = logging.getLogger("agentfleet.runtime.llm")
@@ -179,6 +180,7 @@ class ModelClient:
         # run (root task id) -> ({session id: the replica that served its last call}, the router URLs called)
         self._runs: OrderedDict[str, tuple[dict[str, str | None], set[str]]] = OrderedDict()
         self._background: set[asyncio.Task] = set()
+        self._low: set[str] = set()  # runs whose calls go in the routers' low priority band
 
     async def start(self) -> None:
         if self.session is None:
@@ -199,6 +201,15 @@ class ModelClient:
         headers[RUN_HEADER] = run
         if home:
             headers[HOME_HEADER] = home
+        if run in self._low:
+            headers[PRIORITY_HEADER] = "low"
+
+    def set_low_priority(self, run: str, low: bool) -> None:
+        """While `low`, the run's calls (its sub-agents' too) ask our routers for the low priority band."""
+        if low:
+            self._low.add(run)
+        else:
+            self._low.discard(run)
 
     def _served_by(self, session_id: str, replica: str | None) -> None:
         entry = self._runs.get(session_id.split("/", 1)[0])

@@ -79,13 +79,25 @@ class TaskBudget:
 
     def __init__(self, *, ledger: Ledger | None, account: Account | None, prices: Mapping[str, ModelPrice],
                  task_id: str, hold: Reservation | str | None, is_degraded: bool = False,
-                 pool: concurrent.futures.Executor | None = None):
+                 pool: concurrent.futures.Executor | None = None, degrade_by: str = "small-model"):
         self.ledger, self.account, self.prices, self.task_id = ledger, account, prices, task_id
         self.hold, self.is_degraded, self.pool = hold, is_degraded, pool
+        self.degrade_by = degrade_by  # the Budget's degradeBy: what a degraded task gives up
         self.is_handed_off = False  # set when the run moves to another replica: abandon() keeps the reservation
         # Whether the Budget's per-task caps (not the app's maxTokens) bound the task's reservation: running out of
         # it is then the Budget's stop (budget_exhausted), else the task's own cap (max_tokens).
         self.is_budget_capped = False
+
+    @property
+    def on_small_model(self) -> bool:
+        """Every step runs on the small model (a degraded task, unless its Budget degrades by priority alone)."""
+        return self.is_degraded and self.degrade_by != "low-priority"
+
+    @property
+    def is_low_priority(self) -> bool:
+        """Its calls go in the fleet router's low priority band (a degraded task of a Budget with degradeBy
+        low-priority or both)."""
+        return self.is_degraded and self.degrade_by != "small-model"
 
     @property
     def degraded_reason(self) -> str:
@@ -134,11 +146,11 @@ class TaskBudget:
     async def child(self, share: float) -> CallBudget:
         if self.ledger is None or self.hold is None:
             return TaskBudget(ledger=None, account=None, prices=self.prices, task_id=self.task_id, hold=None,
-                              is_degraded=self.is_degraded)
+                              is_degraded=self.is_degraded, degrade_by=self.degrade_by)
         hold = await self._ledger(self.ledger.reserve, self.account, None, task_id=self.task_id, now=_now(),
                                   parent=self.hold, share=share)
         return TaskBudget(ledger=self.ledger, account=self.account, prices=self.prices, task_id=self.task_id,
-                          hold=hold, is_degraded=self.is_degraded, pool=self.pool)
+                          hold=hold, is_degraded=self.is_degraded, pool=self.pool, degrade_by=self.degrade_by)
 
     async def close(self) -> None:
         """Settle this slice with no spend of its own (its calls settled already): the rest returns upward."""
@@ -343,7 +355,10 @@ class Runtime:
         if account is None:
             return TaskBudget(ledger=None, account=None, prices=self.prices, task_id=task_id, hold=None)
         assert self.ledger is not None and self.config.budget is not None
-        est, small = self.task_estimate(account), self.degraded_estimate(account)
+        degrade_by = self.config.budget.spec.degrade_by
+        # A task degraded by priority alone keeps its routing, so it holds the full bound.
+        est = self.task_estimate(account)
+        small = self.degraded_estimate(account) if degrade_by != "low-priority" else None
         ttl = self.config.limits.deadline_seconds + 60.0
         ledger, degrade = self.ledger, self.config.budget.spec.on_exhausted == "degrade"
 
@@ -371,7 +386,7 @@ class Runtime:
             raise
         return self._budget_task_bound(TaskBudget(ledger=self.ledger, account=account, prices=self.prices,
                                                   task_id=task_id, hold=hold, is_degraded=degraded,
-                                                  pool=self.ledger_pool))
+                                                  pool=self.ledger_pool, degrade_by=degrade_by))
 
     async def _undo_admission(self, taken: asyncio.Future[tuple[Reservation, bool]]) -> None:
         """Release the reservation an abandoned admission took (nothing when it took none)."""
@@ -389,7 +404,8 @@ class Runtime:
         account = self.account_for(principal) if hold_id is not None else None
         return self._budget_task_bound(TaskBudget(
             ledger=self.ledger if account else None, account=account, prices=self.prices, task_id=task_id,
-            hold=hold_id if account else None, is_degraded=is_degraded, pool=self.ledger_pool))
+            hold=hold_id if account else None, is_degraded=is_degraded, pool=self.ledger_pool,
+            degrade_by=self.config.budget.spec.degrade_by if self.config.budget else "small-model"))
 
     async def run_task(self, principal: Principal, history: Sequence[Mapping[str, Any]], *, task_id: str,
                        budget: TaskBudget, emit: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
@@ -419,10 +435,15 @@ class Runtime:
         spec = AgentSpec(cfg.app, cfg.system_prompt, tuple(tools))
         self.metrics.tasks_running.inc()
         ok = False
+        set_low = getattr(self.model, "set_low_priority", None) if budget.is_low_priority else None
+        if set_low is not None:  # a Budget near its limit with degradeBy low-priority: the routers' low band
+            set_low(task_id, True)
         try:
             result = await run_agent(ctx, spec, budget, history, on_delta=on_delta)
             ok = True
         finally:
+            if set_low is not None:
+                set_low(task_id, False)
             self.metrics.tasks_running.dec()
             if ok:
                 await asyncio.shield(budget.close())

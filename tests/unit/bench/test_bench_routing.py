@@ -98,3 +98,53 @@ def test_tool_time_is_the_same_draw_for_every_router_and_bounded():
     assert len(set(draws)) > len(draws) * 0.9  # per (task, step), not one value for all
     steady = [tool_seconds(i, j, 2.0, "steady") for i in range(40) for j in range(1, 25)]
     assert all(1.8 <= d <= 2.2 for d in steady) and len(set(steady)) > len(steady) * 0.9
+
+
+def test_low_band_tasks_are_the_same_for_every_router_and_about_the_share():
+    from agentfleet.bench.routing import is_low_band
+
+    low = [i for i in range(400) if is_low_band(i, 0.25)]
+    assert low == [i for i in range(400) if is_low_band(i, 0.25)] and 70 < len(low) < 130
+    assert not any(is_low_band(i, 0.0) for i in range(400))
+    assert parse_targets("agentfleet:session+fair+band") == [Target("agentfleet", "session+fair+band")]
+
+
+def _bench_args(*extra: str) -> argparse.Namespace:
+    from agentfleet.cli import build_parser
+
+    return build_parser().parse_args(["bench", "routing", "--json", *extra])
+
+
+def test_band_needs_a_low_share_and_the_run_timeout_covers_the_tools():
+    from agentfleet.bench.routing import run
+
+    with pytest.raises(SystemExit, match="needs --low-share"):
+        run(_bench_args("--routers", "agentfleet:session+band"))
+    with pytest.raises(SystemExit, match=r"\[0, 1\)"):
+        run(_bench_args("--routers", "agentfleet:session+band", "--low-share", "1.5"))
+
+
+def test_a_band_router_is_told_which_tasks_are_low_and_every_router_reports_both_bands():
+    """The bench end to end on two simulators: +band turns the fair queue on and its router counts the low-band
+    slots the driver asked for; the +fair router, not told, counts none; both split their tasks the same way."""
+    import shutil
+
+    from agentfleet.bench import simulator
+    from agentfleet.bench.routing import is_low_band, run
+
+    if not simulator.binary(build=False).exists() and not shutil.which("go"):
+        pytest.skip("llm-d-inference-sim is not built and Go is not installed (e2e/sim/build.sh)")
+    out = run(_bench_args("--routers", "agentfleet:session+fair,agentfleet:session+band", "--low-share", "0.5",
+                          "--replicas", "2", "--tasks", "4", "--tasks-per-worker", "1", "--steps-min", "2",
+                          "--steps-max", "3", "--system-words", "40", "--task-words", "10", "--step-words", "10",
+                          "--max-tokens", "2", "--max-num-seqs", "2"))
+    routers = out["points"][0]["routers"]
+    low = sum(is_low_band(i, 0.5) for i in range(4))
+    assert 0 < low < 4  # the seed splits the four tasks (else the test proves nothing)
+    for name in ("agentfleet:session+fair", "agentfleet:session+band"):
+        r = routers[name]
+        assert r["errors"] == 0 and r["timed_out_tasks"] == 0, r
+        assert r["buckets"]["band_low"]["tasks"] == low and r["buckets"]["band_normal"]["tasks"] == 4 - low
+    assert routers["agentfleet:session+fair"]["low_band_slots"] == 0
+    assert routers["agentfleet:session+band"]["low_band_slots"] >= 2 * low  # every call of every low task
+    assert out["config"]["run_timeout"] == 90.0 and out["config"]["low_share"] == 0.5

@@ -1,5 +1,5 @@
 """FairGate: at most `limit` in flight per replica; waiters admitted least-served-first, or most-served-first
-(--fair-queue-order), ties by arrival; a waiter
+(--fair-queue-order), ties by arrival; a waiter of the low priority band only when no normal one waits; a waiter
 whose client left is skipped; a slot handed to a request cancelled at that moment is passed on, never lost."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import asyncio
 
 import pytest
 
-from agentfleet.router.fairness import FairGate
+from agentfleet.router.fairness import LOW, NORMAL, FairGate
+from agentfleet.router.keys import priority_band
 
 
 @pytest.mark.parametrize(("order", "expected"), [("least-served", ["new", "short", "long", "long"]),
@@ -75,6 +76,53 @@ def test_a_client_that_leaves_loses_no_slot(when):
     assert gate._in_flight["r"] == 0 and gate.waiting("r") == 0
 
 
+def test_the_low_band_waits_behind_every_normal_waiter_even_an_overdue_one():
+    """A low-band waiter that arrived first, has been served least and is past max_wait_s still yields to normal
+    waiters; among low-band waiters the fair order holds."""
+    now = [0.0]
+
+    async def go():
+        gate = FairGate(limit=1, max_wait_s=2.0, clock=lambda: now[0])
+        for _ in range(9):
+            gate.note_served("busy")
+        await gate.acquire("r", "x")
+        order = []
+
+        async def call(run, band):
+            await gate.acquire("r", run, band)
+            order.append(run)
+            await asyncio.sleep(0)
+            gate.release("r")
+
+        calls = [asyncio.create_task(call("low-busy", LOW))]
+        await asyncio.sleep(0)
+        calls.append(asyncio.create_task(call("low-new", LOW)))
+        await asyncio.sleep(0)
+        now[0] = 5.0  # both low waiters are long overdue
+        calls += [asyncio.create_task(call(r, NORMAL)) for r in ("busy", "new")]
+        await asyncio.sleep(0.01)
+        assert gate.waiting("r") == 4
+        gate.release("r")
+        await asyncio.gather(*calls)
+        return order, gate
+
+    order, gate = asyncio.run(go())
+    assert order == ["new", "busy", "low-busy", "low-new"]  # low-busy waited longest: overdue goes first in its band
+    assert gate.low_band == 2 and gate._in_flight["r"] == 0
+    with pytest.raises(ValueError, match="band"):
+        asyncio.run(FairGate(1).acquire("r", "x", 7))
+
+
+@pytest.mark.parametrize(("headers", "body", "band"), [
+    ({"X-Agentfleet-Priority": "low"}, None, LOW), ({"x-agentfleet-priority": " LOW "}, {}, LOW),
+    ({}, {"priority": 3}, LOW),  # vLLM's field: lower is earlier, 0 the default
+    ({}, {"priority": 0}, NORMAL), ({}, {"priority": -5}, NORMAL),  # nothing is raised above normal
+    ({}, {"priority": True}, NORMAL), ({}, {"priority": "9"}, NORMAL),
+    ({"x-agentfleet-priority": "high"}, None, NORMAL), ({}, None, NORMAL)])
+def test_priority_band_from_the_header_or_vllms_priority_field(headers, body, band):
+    assert priority_band(headers, body) == band
+
+
 def test_limit_must_be_positive_and_the_order_known():
     with pytest.raises(ValueError):
         FairGate(0)
@@ -83,8 +131,9 @@ def test_limit_must_be_positive_and_the_order_known():
 
 
 def test_the_proxy_holds_requests_past_the_limit_and_serves_the_least_served_run_first():
-    """Through the router's own edge: one engine slot (--fair-queue 1), a run 4 calls in and a new run waiting
-    behind a call in progress; the new run's call is sent to the engine first."""
+    """Through the router's own edge: one engine slot (--fair-queue 1), a low-priority run, a run 4 calls in and a
+    new run waiting behind a call in progress, in that order; the new run's call is sent to the engine first, the
+    low-priority one last."""
     import aiohttp
     from aiohttp import web
 
@@ -119,8 +168,8 @@ def test_the_proxy_holds_requests_past_the_limit_and_serves_the_least_served_run
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         try:
             async with aiohttp.ClientSession() as s:
-                async def call(session_id: str) -> int:
-                    async with s.post(url, json=body, headers={"x-session-id": session_id}) as r:
+                async def call(session_id: str, extra: dict[str, str] | None = None) -> int:
+                    async with s.post(url, json=body, headers={"x-session-id": session_id, **(extra or {})}) as r:
                         await r.read()
                         return r.status
 
@@ -129,7 +178,8 @@ def test_the_proxy_holds_requests_past_the_limit_and_serves_the_least_served_run
                 seen.clear()
                 first = asyncio.create_task(call("other"))  # takes the slot and holds it
                 await asyncio.sleep(0.1)
-                queued = [asyncio.create_task(call("long")), asyncio.create_task(call("new"))]
+                queued = [asyncio.create_task(call("low", {"x-agentfleet-priority": "low"})),
+                          asyncio.create_task(call("long")), asyncio.create_task(call("new"))]
                 await asyncio.sleep(0.2)
                 async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
                     metrics = await r.text()
@@ -141,9 +191,11 @@ def test_the_proxy_holds_requests_past_the_limit_and_serves_the_least_served_run
         return seen, statuses, metrics
 
     seen, statuses, metrics = asyncio.run(go())
-    assert statuses == [200, 200, 200]
-    assert seen == ["other", "new", "long"]  # without the gate the engine would see them in arrival order
-    assert 'agentfleet_router_fair_queue_waiting{replica="only"} 2' in metrics
+    assert statuses == [200, 200, 200, 200]
+    # without the gate the engine would see them in arrival order; the low-priority run came first and goes last
+    assert seen == ["other", "new", "long", "low"]
+    assert 'agentfleet_router_fair_queue_waiting{replica="only"} 3' in metrics
+    assert "agentfleet_router_fair_queue_low_band_total 1" in metrics
 
 
 def test_a_waiter_past_max_wait_goes_first():

@@ -150,6 +150,59 @@ def test_near_exhausted_budget_routes_to_the_small_model_before_any_429(tmp_path
     assert log == ["large", "small"]
 
 
+@pytest.mark.parametrize(("degrade_by", "model", "band"), [("low-priority", "large", "low"), ("both", "small", "low"),
+                                                        ("small-model", "small", None)])
+def test_degrade_by_chooses_the_small_model_the_routers_low_band_or_both(tmp_path, degrade_by, model, band):
+    """degradeBy: a task admitted past degradeAtPercent runs on the small model (small-model), keeps its routing but
+    sends every call to the fleet's router in the low priority band (low-priority), or both; a task below the line
+    does neither."""
+    seen = []
+
+    def reply(tag):
+        def answer(body, headers):
+            seen.append((tag, headers.get("x-agentfleet-priority"), headers.get("x-agentfleet-run")))
+            return final(f"from {tag}")
+        return answer
+
+    async def go():
+        async with scripted(reply("large")) as L, scripted(reply("small")) as S:
+            cfg = make_config(tmp_path, large_url=L.url, small_url=S.url, budget={
+                "window": "day", "limits": {"tokens": 20000}, "degradeAtPercent": 50, "degradeBy": degrade_by,
+                "routing": {"policy": "large-only"}})
+            # the operator marks an endpoint that is the fleet's own router (the header goes only there)
+            cfg = cfg.model_copy(update={"models": {r: e.model_copy(update={"is_router": True})
+                                                    for r, e in cfg.models.items()}})
+            async with serve(cfg, tmp_path) as s:
+                rt = s.runtime
+                account = Account.for_budget(rt.config.namespace, rt.config.budget.name, rt.config.budget.spec)
+                first = await s.chat("hi")
+                spend = Amount(7000, 0)  # past the 50 % line with this task's 4,000-token bound, under the limit
+                now = dt.datetime.now(dt.timezone.utc)
+                await asyncio.to_thread(lambda: rt.ledger.settle(
+                    rt.ledger.reserve(account, spend, task_id="other-app", now=now), spend, now=now))
+                second = await s.chat("hi")
+                third_low = rt.model._low  # the run left the set when it ended
+                return first, second, await asyncio.to_thread(_usage, rt), third_low
+
+    (s1, b1), (s2, b2), usage, low_after = asyncio.run(go())
+    assert s1 == 200 and b1["agentfleet"]["degraded"] is False
+    assert s2 == 200 and b2["agentfleet"]["degraded"] is True
+    assert b2["choices"][0]["message"]["content"] == f"from {model}"
+    assert seen[0][:2] == ("large", None), seen  # below the line: full routing, normal band
+    assert seen[1][:2] == (model, band), seen
+    assert seen[1][2] and seen[1][2] != seen[0][2]  # each call names its run
+    assert usage.reserved == Amount() and low_after == set()
+
+
+def test_degrade_by_low_priority_is_refused_with_on_exhausted_degrade():
+    from agentfleet.api.budget import BudgetSpec
+
+    with pytest.raises(ValueError, match="set degradeBy to small-model or both"):
+        BudgetSpec.model_validate({"limits": {"tokens": 10}, "onExhausted": "degrade", "degradeBy": "low-priority"})
+    assert BudgetSpec.model_validate({"limits": {"tokens": 10}, "onExhausted": "degrade",
+                                      "degradeBy": "both"}).degrade_by == "both"
+
+
 def test_per_task_cap_ends_the_task_with_its_reason(echo_sim, tmp_path):
     cfg = make_config(tmp_path, large_url=echo_sim, budget={"window": "day", "limits": {"tokens": 100000},
                                                             "perTask": {"maxTokens": 300}})
