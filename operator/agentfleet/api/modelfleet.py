@@ -323,7 +323,8 @@ class RouterSpec(Model):
     fair_queue: bool = Field(default=False, description=(
         "Per-run fair queueing at saturation: each router lets at most engine.maxNumSeqs / replicas requests be in "
         "flight on an engine; the rest wait in the router, and a freed slot goes to the run with the fewest calls "
-        "served, so a long task cannot starve short ones behind it."))
+        "served, so a long task cannot starve short ones behind it. A low-priority request (x-agentfleet-priority: "
+        "low, sent for a task its Budget degraded with degradeBy low-priority) waits behind every normal one."))
     fair_queue_order: Literal["least-served", "most-served"] = Field(default="least-served", description=(
         "With fairQueue, which waiting run a freed slot goes to: least-served (short runs first) or most-served "
         "(runs deep into their task first: a lower task p95 at some throughput cost, see the README)."))

@@ -647,6 +647,9 @@ def _median_of(runs: list[dict]) -> dict:
         out[k] = round(statistics.median(vals), 4) if vals else None
     out["errors"] = sum(r["errors"] for r in runs)
     out["rounds"] = {k: [r.get(k) for r in runs] for k in ("task_p95_s", "throughput_tok_s", "task_p50_s")}
+    for band in ("band_normal", "band_low"):  # the buckets are the last round's; each round's band p95 here
+        if all(band in r["buckets"] for r in runs):
+            out["rounds"][f"{band}_task_p95_s"] = [r["buckets"][band]["task_p95_s"] for r in runs]
     return out
 
 
