@@ -2,7 +2,7 @@
 run (`x-agentfleet-run`), so the router holds the session's claim through its tools, and the moment the run ends
 the runtime sends its sessions to `POST /v1/sessions/end`, so the claim goes then, not when it idles out. A real
 `agentfleet router` process between the runtime and llm-d-inference-sim; a hosted API (is_router false) gets
-neither the header nor the end call."""
+neither the header nor the end call. A run its Budget degraded by priority asks the router for the low band."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ def _router_metrics(url: str) -> dict[str, float]:
         return parse_prometheus_text(r.read().decode())
 
 
-def _start_router(sim_url: str) -> tuple[subprocess.Popen, str]:
+def _start_router(sim_url: str, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "agentfleet.cli", "router", "--endpoints", f"sim-0={sim_url}",
-                             "--host", "127.0.0.1", "--port", str(port)], stderr=subprocess.PIPE)
+                             "--host", "127.0.0.1", "--port", str(port), *extra], stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -64,6 +64,38 @@ def test_a_finished_run_releases_its_session_on_the_router(tmp_path):
     assert status == 200, body
     assert m["agentfleet_router_released_keys_total"] == 1
     assert m.get("agentfleet_router_live_keys", 0) == 0  # nothing left claimed for a run that is over
+
+
+@needs_sim
+def test_a_budget_near_its_limit_sends_its_runs_calls_in_the_routers_low_band(tmp_path):
+    """degradeBy low-priority end to end: the same question through a real router with a fair queue, first from a
+    runtime whose Budget is far from its line (no low-band slot asked), then from one whose every task is past it
+    (degradeAtPercent 1): its calls reach the router's low band."""
+    with running_fleet(1, SimSettings(extra=("--mode", "echo"))) as sims:
+        router, url = _start_router(sims.urls[0], "--fair-queue", "4")
+        try:
+            counts = []
+            for name, at in (("far", 99), ("near", 1)):
+                (tmp_path / name).mkdir()
+                cfg = make_config(tmp_path / name, large_url=url + "/v1", budget={
+                    "window": "day", "limits": {"tokens": 1_000_000 if at == 99 else 50_000},
+                    "degradeAtPercent": at, "degradeBy": "low-priority"})
+                cfg = cfg.model_copy(update={"models": {r: m.model_copy(update={"is_router": True})
+                                                        for r, m in cfg.models.items()}})
+
+                async def go(cfg=cfg):
+                    async with serve(cfg, tmp_path / name) as s:
+                        return await s.chat("what is 2+2?")
+
+                status, body = asyncio.run(go())
+                assert status == 200, body
+                counts.append((body["agentfleet"]["degraded"],
+                               _router_metrics(url).get("agentfleet_router_fair_queue_low_band_total")))
+        finally:
+            router.terminate()
+            router.wait(timeout=10)
+    assert counts[0] == (False, 0.0), counts
+    assert counts[1][0] is True and counts[1][1] >= 1, counts
 
 
 def test_a_hosted_api_gets_no_run_header_and_no_end_call(tmp_path):
