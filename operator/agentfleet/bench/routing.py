@@ -175,16 +175,18 @@ def _cpu_s(pid: int) -> float:
 
 async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int, model: str, max_tokens: int,
                  sim_urls: list[str], deadline_s: float, churn=None, hints: bool = False, tool_s: float = 0.0,
-                 tool_dist: str = "exp", warm: str | None = None, low_share: float = 0.0, band: bool = False):
+                 tool_dist: str = "exp", warm: str | None = None, low_share: float = 0.0, band: bool = False,
+                 warm_lead_s: float = WARM_LEAD_S):
     """Calls rotate over `router_urls` (router replicas behind a Service). With `hints` the driver does what the
     AgentApp runtime does with our router: names the run, sends back the replica that served the previous call,
     and releases the session when the task ends. With `tool_s` a tool runs between two calls of a task: its time is
     drawn per (task, step) from an exponential distribution of that mean, capped at 4x, the same for every
-    router. With `warm`, WARM_LEAD_S before a tool of over a second ends, the task's history so far (without the
+    router. With `warm`, `warm_lead_s` (WARM_LEAD_S) before a tool of over a second ends, the task's history so far (without the
     tool's output, which nobody has yet) goes to the router as a 1-token request, so an engine that evicted it
     during the tool prefills it again off the task's critical path: `warm="exact"` knows each tool's duration;
     `warm="typical"` does what the runtime's tools.warm does (its ToolTimes): only a tool whose past durations
-    are steady has a typical one, and the warm goes WARM_LEAD_S before that, if the tool is still running then.
+    are steady has a typical one, and the warm goes `warm_lead_s` before that, if the tool is still running then
+    (the runtime's tools.warm.leadSeconds).
     With `band` the `low_share` of tasks (is_low_band) send x-agentfleet-priority: low, as the runtime does for a
     task its Budget degraded by priority."""
     import asyncio
@@ -236,8 +238,9 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
             if j and tool_s > 0:
                 d = tool_seconds(i, j, tool_s, tool_dist)
                 typical = tool_times.typical("tool") if tool_times is not None else None
-                at = (d - WARM_LEAD_S if warm == "exact" and d > 1.0 else
-                      typical - WARM_LEAD_S if typical is not None and typical >= 1.0 and d > typical - WARM_LEAD_S
+                lead = warm_lead_s
+                at = (max(0.0, d - lead) if warm == "exact" and d > 1.0 else
+                      max(0.0, typical - lead) if typical is not None and typical >= 1.0 and d > typical - lead
                       else None)
                 if tool_times is not None:
                     tool_times.record("tool", d)
@@ -475,6 +478,64 @@ def _wait_ready(url: str, proc, path: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+VLLM_CPU_MODEL = "gemma-3-270m"
+
+
+class _Engines:
+    """Real vLLM-on-CPU engines in the shape of simulator.SimFleet (urls, procs) for run_target."""
+
+    def __init__(self, engines):
+        self.engines = engines
+        self.urls = [e.base_url for e in engines]
+        self.procs = [e.popen for e in engines]
+
+
+def _vllm_cpu_fleet(n: int, settings, max_model_len: int):
+    """`--engine vllm-cpu`: n fresh real vLLM engines on CPU (the local model server, Gemma 3 270M, float32, prefix
+    caching on), each with `--kv-blocks` blocks (vLLM's --num-gpu-blocks-override: on this model 160 blocks hold
+    3,810 tokens) and `--max-num-seqs`; started for each router under test, like the simulators, so every router
+    meets cold caches."""
+    import contextlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..local import engine as eng
+    from ..local.install import is_engine_installed
+    from ..local.layout import Layout
+
+    @contextlib.contextmanager
+    def fleet():
+        layout = Layout.default()
+        if not is_engine_installed(layout):
+            raise SystemExit(f"agentfleet bench routing --engine vllm-cpu: the local model server is not installed "
+                             f"at {layout.venv}: run scripts/install-local-model")
+        model_dir = eng.prepare_model(layout=layout)
+        logs = Path(tempfile.mkdtemp(prefix="agentfleet-bench-vllm-"))
+        engines = []
+        ok = False
+        try:
+            for i in range(n):
+                extra = ["--max-num-seqs", str(settings.max_num_seqs),
+                         "--num-gpu-blocks-override", str(settings.kv_cache_blocks)]
+                engines.append(eng.start_engine(model_dir, port=eng.free_port(), served_model_name=VLLM_CPU_MODEL,
+                                                max_model_len=max_model_len, log_path=logs / f"vllm-{i}.log",
+                                                layout=layout, extra_args=extra))
+            for e in engines:
+                e.wait_ready(900, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            yield _Engines(engines)
+            ok = True
+        finally:
+            for e in engines:
+                e.stop()
+            if ok:  # the logs are kept (and named) only when something failed
+                shutil.rmtree(logs, ignore_errors=True)
+            else:
+                print(f"engine logs: {logs}", file=sys.stderr, flush=True)
+
+    return fleet()
+
+
 def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: int, peer_exe=None,
                profile_to: str | None = None) -> dict:
     import asyncio
@@ -488,10 +549,15 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
     churn = bool(getattr(args, "churn", False)) and target.family == _OURS
     settings = simulator.SimSettings(prefill_ms_per_token=args.prefill_ms, inter_token_ms=args.inter_token_ms,
                                      max_num_seqs=args.max_num_seqs, kv_cache_blocks=kv_blocks)
+    engine = getattr(args, "engine", "sim")
+    if engine == "vllm-cpu":
+        settings = simulator.SimSettings(model=VLLM_CPU_MODEL, max_num_seqs=args.max_num_seqs, kv_cache_blocks=kv_blocks)
     n_routers = max(1, getattr(args, "router_replicas", 1))
     options = target.policy.split("+")[1:] if target.family == _OURS else []
     hints = target.family == _OURS and (bool(getattr(args, "hints", False)) or "hints" in options)
-    with simulator.running_fleet(args.replicas, settings) as sims:
+    fleet = (simulator.running_fleet(args.replicas, settings) if engine == "sim"
+             else _vllm_cpu_fleet(args.replicas, settings, getattr(args, "max_model_len", 3072)))
+    with fleet as sims:
         token_file = None
         if target.family == _OURS:
             endpoints = ",".join(f"sim-{i}={u}" for i, u in enumerate(sims.urls))
@@ -543,7 +609,8 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
                                    churn=script, hints=hints, tool_s=getattr(args, "tool_s", 0.0),
                                    tool_dist=getattr(args, "tool_dist", "exp"),
                                    warm="exact" if "warm" in options else "typical" if "warm-typical" in options
-                                   else None, low_share=getattr(args, "low_share", 0.0), band="band" in options))
+                                   else None, low_share=getattr(args, "low_share", 0.0), band="band" in options,
+                                   warm_lead_s=getattr(args, "warm_lead_s", WARM_LEAD_S)))
             cpu = sum(_cpu_s(r.pid) for r in routers) - cpu0
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -688,6 +755,8 @@ def run(args: argparse.Namespace) -> dict:
     if share == 0.0 and any("band" in t.policy.split("+")[1:] for t in targets):
         raise SystemExit("agentfleet bench routing: +band needs --low-share (e.g. 0.25): the share of tasks that "
                          "ask for the low band")
+    if getattr(args, "engine", "sim") != "sim" and getattr(args, "churn", False):
+        raise SystemExit("agentfleet bench routing: --churn restarts simulators; not scripted for --engine vllm-cpu")
     if args.run_timeout is None:  # a run with tools lasts at least a worker's tasks' tool time
         args.run_timeout = max(90.0, 6.0 * args.tasks_per_worker * args.steps_max * getattr(args, "tool_s", 0.0))
     skipped: dict[str, str] = {}
@@ -748,7 +817,7 @@ def run(args: argparse.Namespace) -> dict:
         "replicas", "tasks_per_worker", "steps_min", "steps_max", "system_words", "task_words", "step_words",
         "max_tokens", "prefill_ms", "inter_token_ms", "max_num_seqs", "kv_blocks", "kv_pressure", "prefix_tokens",
         "rounds", "seed", "router_arg", "run_timeout", "churn", "churn_restart_at", "churn_down_at",
-        "router_replicas", "hints", "tool_s", "tool_dist", "low_share")}
+        "router_replicas", "hints", "tool_s", "tool_dist", "low_share", "engine", "warm_lead_s")}
     out["config"]["vllm_router"] = vllm_router.VERSION
     out["config"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return out
@@ -802,6 +871,15 @@ def add_bench_parsers(bench_sub) -> None:
                    help="this share of the tasks (the same ones for every router) stand for a Budget near its limit: "
                         "a +band router is told (x-agentfleet-priority: low), and every router's result splits its "
                         "tasks into band_normal and band_low buckets")
+    p.add_argument("--engine", choices=("sim", "vllm-cpu"), default="sim",
+                   help="the engines behind the routers: llm-d-inference-sim (default), or real vLLM on CPU (the local "
+                        "model server, scripts/install-local-model; one engine per replica, --kv-blocks is its "
+                        "--num-gpu-blocks-override, ~35 s to start each)")
+    p.add_argument("--max-model-len", type=int, default=3072, help="--engine vllm-cpu: the engines' max model length "
+                   "(the KV cache must hold one such prompt: 160 blocks do for 3072)")
+    p.add_argument("--warm-lead-s", type=float, default=WARM_LEAD_S,
+                   help="+warm/+warm-typical: how long before a tool is expected to end the warm goes (the runtime's "
+                        "tools.warm.leadSeconds; on CPU a re-prefill takes seconds)")
     p.add_argument("--prefill-ms", type=float, default=2.0)
     p.add_argument("--inter-token-ms", type=float, default=5.0)
     p.add_argument("--max-num-seqs", type=int, default=8)
