@@ -175,6 +175,10 @@ def test_warm_before_tool_end_resends_the_transcript_once_the_tool_is_known(mcp_
     after = [b for b, h in reqs if h["x-session-id"] == second and b["max_tokens"] != 1
              and any(m["role"] == "tool" for m in b["messages"])][0]
     assert after["messages"][:len(body["messages"])] == body["messages"]
+    # It reached the engine while the tool ran (the tool's end cancels a warm not yet sent), before the call with
+    # the tool's result.
+    order = [b for b, _ in reqs]
+    assert order.index(body) < order.index(after)
     assert all(r["status"] == "completed" for r in runs)
     first, then = runs[2]["agentfleet"], runs[3]["agentfleet"]  # the warm was charged to the fourth task, as a call
     assert then["models"]["sim-model"]["calls"] == first["models"]["sim-model"]["calls"] + 1
