@@ -63,11 +63,22 @@ def _res(p95, p50, thr, ttft99=500.0, ttft50=300.0, timed_out=0):
 def test_ratios_against_the_best_peer():
     results = {"agentfleet:session": _res(10.0, 8.0, 600.0), "vllm-router:consistent_hash": _res(13.0, 8.8, 500.0),
                "vllm-router:round_robin": _res(20.0, 12.0, 300.0),
-               "vllm-router:cache_aware": _res(5.0, 3.0, 900.0, timed_out=3)}  # cut off: not a fair best
+               # cut off at the deadline: its percentiles count the unfinished tasks' time so far, a lower bound
+               "vllm-router:cache_aware": _res(90.0, 30.0, 120.0, timed_out=30)}
     r = _ratios(results, "agentfleet:session")
     assert (r["best_peer"], r["task_p95_peer_over_ours"], r["task_p50_peer_over_ours"],
             r["throughput_ours_over_peer"]) == ("vllm-router:consistent_hash", 1.3, 1.1, 1.2)
+    assert r["peer_cut_off_tasks"] == r["ours_cut_off_tasks"] == 0
     assert _ratios({"agentfleet:session": _res(1, 1, 1)}, "agentfleet:session") is None
+
+
+def test_a_peer_cut_off_at_the_deadline_is_still_compared_and_says_so():
+    """Former bug: a peer that left tasks unfinished was dropped from the comparison, so at KV pressure, where
+    consistent_hash left 34 of 128 tasks unfinished after 90 s (ours finished in 30 s), the bench printed no ratio."""
+    r = _ratios({"agentfleet:prefix-aware": _res(20.5, 12.4, 659.0),
+                 "vllm-router:consistent_hash": _res(90.0, 9.5, 202.0, timed_out=34)}, "agentfleet:prefix-aware")
+    assert r["best_peer"] == "vllm-router:consistent_hash" and r["peer_cut_off_tasks"] == 34
+    assert r["task_p95_peer_over_ours"] == 4.39 and r["throughput_ours_over_peer"] == 3.26
 
 
 def test_churn_report_times_the_hit_rate_recovery():
@@ -148,3 +159,21 @@ def test_a_band_router_is_told_which_tasks_are_low_and_every_router_reports_both
     assert routers["agentfleet:session+fair"]["low_band_slots"] == 0
     assert routers["agentfleet:session+band"]["low_band_slots"] >= 2 * low  # every call of every low task
     assert out["config"]["run_timeout"] == 90.0 and out["config"]["low_share"] == 0.5
+
+
+def test_tasks_cut_off_at_the_deadline_count_in_the_percentiles_with_the_time_they_ran():
+    import shutil
+
+    from agentfleet.bench import simulator
+    from agentfleet.bench.routing import run
+
+    if not simulator.binary(build=False).exists() and not shutil.which("go"):
+        pytest.skip("llm-d-inference-sim is not built and Go is not installed (e2e/sim/build.sh)")
+    # Three tasks at a time, each with 2 s tools between its 3 calls: none can finish in the 1.5 s allowed.
+    out = run(_bench_args("--routers", "agentfleet:session", "--replicas", "1", "--tasks", "3",
+                          "--tasks-per-worker", "1", "--steps-min", "3", "--steps-max", "3", "--system-words", "20",
+                          "--task-words", "5", "--step-words", "5", "--max-tokens", "2", "--tool-s", "2",
+                          "--tool-dist", "steady", "--run-timeout", "1.5"))
+    r = out["points"][0]["routers"]["agentfleet:session"]
+    assert r["timed_out_tasks"] == 3 and r["cut_off_tasks_in_percentiles"] == 3, r
+    assert 1.4 <= r["task_p50_s"] <= r["task_p99_s"] < 5, r  # the time each had run, not nothing
