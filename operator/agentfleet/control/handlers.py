@@ -94,14 +94,16 @@ def _converge(body: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> N
     if isinstance(obj, AgentApp):
         _refresh_budget(memo, obj.namespace, (obj.spec.budget_ref.name if obj.spec.budget_ref else None), logger)
     if obj.kind in ("ModelFleet", "VectorIndex", "Budget"):
+        budgets: set[str] = set()
         for dep in rec.dependents(memo.kube, obj.kind, obj.name, obj.namespace):
             try:
                 rec.reconcile(memo.kube, dep, defaults=memo.defaults, now=_now())
             except (SpecError, DependencyMissing, UpstreamError) as err:
                 logger.info("dependent %s not converged yet: %s", dep["metadata"]["name"], err)
-            if obj.kind == "ModelFleet":  # its pricing and fair queue show in the Budgets of the apps using it
-                ref = (dep.get("spec") or {}).get("budgetRef") or {}
-                _refresh_budget(memo, obj.namespace, ref.get("name"), logger)
+            budgets.add(((dep.get("spec") or {}).get("budgetRef") or {}).get("name") or "")
+        if obj.kind == "ModelFleet":  # its pricing and fair queue show in the Budgets of the apps using it
+            for name in sorted(budgets - {""}):  # once each, however many of its apps use the fleet
+                _refresh_budget(memo, obj.namespace, name, logger)
 
 
 def _refresh_budget(memo: kopf.Memo, namespace: str, name: str | None, logger: logging.Logger) -> None:

@@ -189,7 +189,8 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                                     sock_read=settings.read_timeout_s)
     tried: set[str] = set()
     last_error = "no replica is ready"
-    band = priority_band(request.headers, body)
+    gate: FairGate | None = request.app["gate"]
+    band = priority_band(request.headers, body) if gate is not None else 0  # only the gate orders by band
     for _attempt in range(settings.max_attempts):
         choice = fleet.pick(key, exclude=frozenset(tried))
         if choice is None:
@@ -200,7 +201,6 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             span.set_attributes({"agentfleet.router.replica": name, "agentfleet.router.route_reason": choice.reason,
                                  "agentfleet.router.load_bound_pass": choice.is_load_bound_pass,
                                  "agentfleet.router.attempts": len(tried)})
-        gate: FairGate | None = request.app["gate"]
         run = key.session or key.prefix
         if gate is not None:  # at saturation, wait here least-served-first rather than in the engine's queue
             await gate.acquire(name, run, band)

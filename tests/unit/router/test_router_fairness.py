@@ -76,16 +76,27 @@ def test_a_client_that_leaves_loses_no_slot(when):
     assert gate._in_flight["r"] == 0 and gate.waiting("r") == 0
 
 
+def _held_gate():
+    """A gate of one slot on replica "r", held, with a clock the test moves."""
+    now = [0.0]
+
+    async def make(busy_run: str) -> FairGate:
+        gate = FairGate(limit=1, max_wait_s=2.0, clock=lambda: now[0])
+        for _ in range(9):
+            gate.note_served(busy_run)
+        await gate.acquire("r", "x")
+        return gate
+
+    return now, make
+
+
 def test_the_low_band_waits_behind_every_normal_waiter_even_an_overdue_one():
     """A low-band waiter that arrived first, has been served least and is past max_wait_s still yields to normal
     waiters; among low-band waiters the fair order holds."""
-    now = [0.0]
+    now, make = _held_gate()
 
     async def go():
-        gate = FairGate(limit=1, max_wait_s=2.0, clock=lambda: now[0])
-        for _ in range(9):
-            gate.note_served("busy")
-        await gate.acquire("r", "x")
+        gate = await make("busy")  # a run 9 calls in
         order = []
 
         async def call(run, band):
@@ -201,13 +212,10 @@ def test_the_proxy_holds_requests_past_the_limit_and_serves_the_least_served_run
 def test_a_waiter_past_max_wait_goes_first():
     """Least-served-first would keep a long run waiting as long as new runs arrive; past max_wait_s the longest
     waiting goes first."""
-    now = [0.0]
+    now, make = _held_gate()
 
     async def go():
-        gate = FairGate(limit=1, max_wait_s=2.0, clock=lambda: now[0])
-        for _ in range(9):
-            gate.note_served("long")
-        await gate.acquire("r", "x")
+        gate = await make("long")
         order = []
 
         async def call(run):
